@@ -1,0 +1,209 @@
+//! Records shared by the kernel programs (`observer-ebpf`) and the agent (`observer`).
+//!
+//! One definition per record, `#[repr(C)]` with explicit padding so both sides agree on
+//! every byte. The agent decodes records from raw ring-buffer bytes with [`EventKind`]'s
+//! `TryFrom` and bounds-checked reads, never by transmute.
+#![no_std]
+
+/// Largest number of payload bytes one data event can carry (compile-time bound).
+pub const MAX_CAPTURE: usize = 8192;
+/// Default number of payload bytes captured per read/write: room for request headers with
+/// a long JWT.
+pub const DEFAULT_CAPTURE: u32 = 4096;
+
+/// What a record in the ring buffer describes.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A socket accepted by a server (`accept`/`accept4` returned a new fd).
+    Accept = 1,
+    /// A socket connected by a client (`connect` succeeded or is in progress).
+    Connect = 2,
+    /// The local and remote addresses of a tracked socket, learned in the kernel.
+    Addresses = 3,
+    /// A tracked socket fd was closed.
+    Close = 4,
+    /// Bytes moved through a tracked socket (or a TLS library call on one).
+    Data = 5,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(value: u32) -> Result<Self, u32> {
+        Ok(match value {
+            1 => Self::Accept,
+            2 => Self::Connect,
+            3 => Self::Addresses,
+            4 => Self::Close,
+            5 => Self::Data,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Common first part of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// Process id (thread group id).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The socket's file descriptor in that process.
+    pub fd: u32,
+    /// `CLOCK_MONOTONIC` time of the event, nanoseconds (`bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+}
+
+/// Address family values as the kernel uses them.
+pub const AF_INET: u16 = 2;
+/// Address family values as the kernel uses them.
+pub const AF_INET6: u16 = 10;
+
+/// Which end of the connection this host's process is.
+pub const ROLE_UNKNOWN: u32 = 0;
+/// The process accepted the connection: it is the server.
+pub const ROLE_SERVER: u32 = 1;
+/// The process connected: it is the client.
+pub const ROLE_CLIENT: u32 = 2;
+
+/// Accept, Connect, Addresses and Close records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketEvent {
+    pub header: EventHeader,
+    /// `ROLE_*`.
+    pub role: u32,
+    /// `AF_INET`, `AF_INET6`, or 0 when the addresses are unknown.
+    pub family: u16,
+    /// Local port, host byte order (0 when unknown).
+    pub local_port: u16,
+    /// Remote port, host byte order (0 when unknown).
+    pub remote_port: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+    /// Local address: IPv4 in the first 4 bytes, or IPv6 (IPv4-mapped allowed).
+    pub local_addr: [u8; 16],
+    /// Remote address, same layout.
+    pub remote_addr: [u8; 16],
+    /// `comm` of the calling thread.
+    pub comm: [u8; 16],
+}
+
+/// Data moved from the peer into the process (read side).
+pub const DIR_INGRESS: u32 = 0;
+/// Data moved from the process to the peer (write side).
+pub const DIR_EGRESS: u32 = 1;
+
+/// Data seen by a syscall hook (may be ciphertext on a TLS connection).
+pub const SOURCE_SYSCALL: u32 = 0;
+/// Plaintext seen by a TLS library hook.
+pub const SOURCE_TLS: u32 = 1;
+
+/// Header of a Data record; `captured` payload bytes follow it in the same record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// `DIR_INGRESS` or `DIR_EGRESS`.
+    pub direction: u32,
+    /// `SOURCE_SYSCALL` or `SOURCE_TLS`.
+    pub source: u32,
+    /// Bytes the call actually transferred (its return value).
+    pub len: u64,
+    /// Payload bytes that follow this header (`<= len`, `<= MAX_CAPTURE`).
+    pub captured: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// Size of the Data record header in bytes.
+pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataEvent>();
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
+const _: () = assert!(core::mem::size_of::<SocketEvent>() == 88);
+const _: () = assert!(DATA_HEADER_LEN == 48);
+const _: () = assert!(MAX_CAPTURE.is_power_of_two());
+
+/// Indexes of the per-CPU drop counters (`DROPS` map).
+pub mod drop_reason {
+    /// The ring buffer had no room for the record.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// Reading the process's buffer failed (page not present, bad pointer).
+    pub const READ_FAILED: u32 = 1;
+    /// The per-thread in-flight table had no room for a call.
+    pub const INFLIGHT_FULL: u32 = 2;
+    /// The tracked-socket table had no room for a new socket.
+    pub const SOCKETS_FULL: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+    /// Label of each counter, by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ringbuf_full",
+        "read_failed",
+        "inflight_full",
+        "sockets_full",
+    ];
+}
+
+/// Key of the tracked-socket map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SocketKey {
+    /// Process id (thread group id).
+    pub pid: u32,
+    /// File descriptor.
+    pub fd: u32,
+}
+
+/// Value of the tracked-socket map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketState {
+    /// `ROLE_*`.
+    pub role: u32,
+    /// `SOCKET_FLAG_*` bits.
+    pub flags: u32,
+}
+
+/// The kernel has already reported this socket's addresses.
+pub const SOCKET_FLAG_ADDRESSES_KNOWN: u32 = 1;
+
+/// Field offsets of `tcp:tcp_rcv_space_adjust`, read by the agent from tracefs at load
+/// time (they differ between kernel versions).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpTupleOffsets {
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+    /// 1 when the offsets were found and the hook may use them.
+    pub valid: u32,
+}
+
+/// Run-time settings written by the agent before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaptureConfig {
+    /// Payload bytes to capture per call (`<= MAX_CAPTURE`).
+    pub capture_bytes: u32,
+    /// The agent's own pid: its sockets are never traced.
+    pub agent_pid: u32,
+    /// Offsets for the address hook.
+    pub tuple: TcpTupleOffsets,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are `repr(C)` plain integers and arrays with explicit padding.
+    unsafe impl aya::Pod for SocketKey {}
+    unsafe impl aya::Pod for SocketState {}
+    unsafe impl aya::Pod for CaptureConfig {}
+}

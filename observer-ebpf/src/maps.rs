@@ -1,0 +1,103 @@
+//! Every map the programs share, with the helpers that touch them.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use observer_common::{
+    drop_reason, CaptureConfig, SocketKey, SocketState, DATA_HEADER_LEN, MAX_CAPTURE,
+};
+
+/// Records for the agent. The agent may resize it before loading.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// TCP sockets worth tracing, by (pid, fd). LRU so that sockets whose close we never saw
+/// (for example fds inherited across exec) cannot fill it.
+#[map]
+pub static SOCKETS: LruHashMap<SocketKey, SocketState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Calls in flight, by thread id: what `sys_enter_*` saw, for `sys_exit_*` to finish.
+#[map]
+pub static INFLIGHT: LruHashMap<u32, Call> = LruHashMap::with_max_entries(16384, 0);
+
+/// Settings written by the agent.
+#[map]
+pub static CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU drop counters, indexed by `drop_reason`.
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
+
+/// Scratch space to build a data record before copying it to the ring buffer. Twice the
+/// capture size so that the verifier can prove every partial copy stays inside it.
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct Scratch {
+    pub buf: [u8; DATA_HEADER_LEN + 2 * MAX_CAPTURE],
+}
+
+/// What kind of call a thread is in.
+pub const CALL_BUF: u32 = 1;
+pub const CALL_IOV: u32 = 2;
+pub const CALL_ACCEPT: u32 = 3;
+pub const CALL_CONNECT: u32 = 4;
+pub const CALL_SENDFILE: u32 = 5;
+
+/// A call between its enter and exit tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Call {
+    /// `CALL_*`.
+    pub kind: u32,
+    /// The socket (or listening socket for accept).
+    pub fd: u32,
+    /// `DIR_*` for data calls.
+    pub direction: u32,
+    /// Number of iovecs for `CALL_IOV`.
+    pub iov_len: u32,
+    /// User buffer, iovec array, or sockaddr (accept: where the peer address goes).
+    pub ptr: u64,
+    /// Connect: the peer's family and port, decoded at entry.
+    pub family: u16,
+    pub port: u16,
+    pub _pad: u32,
+    /// Connect: the peer's address.
+    pub addr: [u8; 16],
+}
+
+#[inline(always)]
+pub fn count_drop(reason: u32) {
+    if let Some(counter) = DROPS.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static CaptureConfig> {
+    CONFIG.get(0)
+}
+
+/// (pid, tid) of the current thread.
+#[inline(always)]
+pub fn current() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+#[inline(always)]
+pub fn is_agent(pid: u32) -> bool {
+    match config() {
+        Some(c) => c.agent_pid == pid,
+        None => true, // not configured yet: trace nothing
+    }
+}
+
+#[inline(always)]
+pub fn tracked(pid: u32, fd: u32) -> Option<*mut SocketState> {
+    SOCKETS.get_ptr_mut(SocketKey { pid, fd })
+}

@@ -1,0 +1,265 @@
+//! The data families: read/write, recvfrom/sendto, readv/writev, recvmsg/sendmsg, and
+//! sendfile (whose bytes come from a file: only the count is reported).
+//!
+//! The enter hook remembers the user buffer of a call on a tracked socket; the exit hook
+//! copies the first bytes that were actually transferred.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as read_raw},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use observer_common::{
+    drop_reason, DataEvent, EventKind, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE,
+    SOURCE_SYSCALL,
+};
+
+use super::{syscall_arg, syscall_ret};
+use crate::maps::{
+    config, count_drop, current, tracked, Call, CALL_BUF, CALL_IOV, CALL_SENDFILE, EVENTS,
+    INFLIGHT, SCRATCH,
+};
+
+/// Most iovecs copied from one vectored call.
+const MAX_IOV: u32 = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoVec {
+    base: u64,
+    len: u64,
+}
+
+fn remember(ctx: &TracePointContext, kind: u32, direction: u32, ptr_arg: usize) {
+    let (pid, tid) = current();
+    let fd = syscall_arg(ctx, 0) as u32;
+    if tracked(pid, fd).is_none() {
+        return;
+    }
+    let mut call = Call {
+        kind,
+        fd,
+        direction,
+        iov_len: 0,
+        ptr: syscall_arg(ctx, ptr_arg),
+        family: 0,
+        port: 0,
+        _pad: 0,
+        addr: [0; 16],
+    };
+    if kind == CALL_IOV {
+        call.iov_len = syscall_arg(ctx, 2) as u32;
+    }
+    if INFLIGHT.insert(tid, call, 0).is_err() {
+        count_drop(drop_reason::INFLIGHT_FULL);
+    }
+}
+
+/// `recvmsg`/`sendmsg`: the iovec array is inside the user's `struct msghdr`.
+fn remember_msg(ctx: &TracePointContext, direction: u32) {
+    let (pid, tid) = current();
+    let fd = syscall_arg(ctx, 0) as u32;
+    if tracked(pid, fd).is_none() {
+        return;
+    }
+    let msg = syscall_arg(ctx, 1);
+    // struct user_msghdr { void *name; int namelen; struct iovec *iov; size_t iovlen; ... }
+    // SAFETY: bpf_probe_read_user validates the user pointers.
+    let (iov, iov_len) = unsafe {
+        match (
+            bpf_probe_read_user((msg + 16) as *const u64),
+            bpf_probe_read_user((msg + 24) as *const u64),
+        ) {
+            (Ok(iov), Ok(len)) => (iov, len),
+            _ => {
+                count_drop(drop_reason::READ_FAILED);
+                return;
+            }
+        }
+    };
+    let call = Call {
+        kind: CALL_IOV,
+        fd,
+        direction,
+        iov_len: iov_len as u32,
+        ptr: iov,
+        family: 0,
+        port: 0,
+        _pad: 0,
+        addr: [0; 16],
+    };
+    if INFLIGHT.insert(tid, call, 0).is_err() {
+        count_drop(drop_reason::INFLIGHT_FULL);
+    }
+}
+
+fn finish(ctx: &TracePointContext) {
+    let (pid, tid) = current();
+    // SAFETY: copied out before removal.
+    let Some(call) = (unsafe { INFLIGHT.get(tid) }).copied() else {
+        return;
+    };
+    let _ = INFLIGHT.remove(tid);
+    if call.kind != CALL_BUF && call.kind != CALL_IOV && call.kind != CALL_SENDFILE {
+        return;
+    }
+    let ret = syscall_ret(ctx);
+    if ret <= 0 {
+        return;
+    }
+    emit_data(pid, tid, &call, ret as u64);
+}
+
+fn emit_data(pid: u32, tid: u32, call: &Call, len: u64) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU map value, used by this program only while it runs.
+    let buf = unsafe { (*scratch).buf.as_mut_ptr() };
+    let mut cap = match config() {
+        Some(c) => c.capture_bytes as u64,
+        None => return,
+    };
+    if cap > MAX_CAPTURE as u64 {
+        cap = MAX_CAPTURE as u64;
+    }
+    if cap > len {
+        cap = len;
+    }
+    let mut captured: u64 = 0;
+    if call.kind == CALL_BUF {
+        if cap > 0 {
+            // SAFETY: cap <= MAX_CAPTURE and the scratch buffer holds header + 2 * MAX_CAPTURE.
+            let rc = unsafe {
+                read_raw(
+                    buf.add(DATA_HEADER_LEN) as *mut c_void,
+                    cap as u32,
+                    call.ptr as *const c_void,
+                )
+            };
+            if rc == 0 {
+                captured = cap;
+            } else {
+                count_drop(drop_reason::READ_FAILED);
+            }
+        }
+    } else if call.kind == CALL_IOV {
+        captured = copy_iovecs(buf, call, cap);
+    }
+    let header = DataEvent {
+        header: observer_common::EventHeader {
+            kind: EventKind::Data as u32,
+            pid,
+            tid,
+            fd: call.fd,
+            // SAFETY: plain helper call.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        direction: call.direction,
+        source: SOURCE_SYSCALL,
+        len,
+        captured: captured as u32,
+        _pad: 0,
+    };
+    // SAFETY: the scratch buffer starts with room for the header.
+    unsafe { core::ptr::write_unaligned(buf as *mut DataEvent, header) };
+    let mut size = DATA_HEADER_LEN as u64 + captured;
+    if size > (DATA_HEADER_LEN + MAX_CAPTURE) as u64 {
+        size = (DATA_HEADER_LEN + MAX_CAPTURE) as u64;
+    }
+    // SAFETY: size is bounded by the scratch buffer's length.
+    let record = unsafe { core::slice::from_raw_parts(buf as *const u8, size as usize) };
+    if EVENTS.output::<[u8]>(record, 0).is_err() {
+        count_drop(drop_reason::RINGBUF_FULL);
+    }
+}
+
+/// Copy up to `cap` bytes from the call's iovecs into the scratch buffer after the header.
+fn copy_iovecs(buf: *mut u8, call: &Call, cap: u64) -> u64 {
+    let mut off: u64 = 0;
+    let count = if call.iov_len < MAX_IOV {
+        call.iov_len
+    } else {
+        MAX_IOV
+    };
+    for i in 0..MAX_IOV {
+        if i >= count || off >= cap {
+            break;
+        }
+        // SAFETY: bpf_probe_read_user validates the user pointer.
+        let Ok(iov) = (unsafe { bpf_probe_read_user((call.ptr + 16 * i as u64) as *const IoVec) })
+        else {
+            count_drop(drop_reason::READ_FAILED);
+            break;
+        };
+        let mut n = iov.len;
+        if n > cap - off {
+            n = cap - off;
+        }
+        if n > MAX_CAPTURE as u64 {
+            n = MAX_CAPTURE as u64;
+        }
+        if off > MAX_CAPTURE as u64 {
+            break;
+        }
+        if n == 0 {
+            continue;
+        }
+        // SAFETY: off <= MAX_CAPTURE and n <= MAX_CAPTURE: inside header + 2 * MAX_CAPTURE.
+        let rc = unsafe {
+            read_raw(
+                buf.add(DATA_HEADER_LEN + off as usize) as *mut c_void,
+                n as u32,
+                iov.base as *const c_void,
+            )
+        };
+        if rc != 0 {
+            count_drop(drop_reason::READ_FAILED);
+            break;
+        }
+        off += n;
+    }
+    off
+}
+
+macro_rules! data_hooks {
+    ($($enter:ident, $exit:ident, $enter_tp:literal, $exit_tp:literal, $body:expr;)*) => {
+        $(
+            #[tracepoint(category = "syscalls", name = $enter_tp)]
+            pub fn $enter(ctx: TracePointContext) -> u32 {
+                let f: fn(&TracePointContext) = $body;
+                f(&ctx);
+                0
+            }
+
+            #[tracepoint(category = "syscalls", name = $exit_tp)]
+            pub fn $exit(ctx: TracePointContext) -> u32 {
+                finish(&ctx);
+                0
+            }
+        )*
+    };
+}
+
+data_hooks! {
+    enter_read, exit_read, "sys_enter_read", "sys_exit_read",
+        |ctx| remember(ctx, CALL_BUF, DIR_INGRESS, 1);
+    enter_write, exit_write, "sys_enter_write", "sys_exit_write",
+        |ctx| remember(ctx, CALL_BUF, DIR_EGRESS, 1);
+    enter_recvfrom, exit_recvfrom, "sys_enter_recvfrom", "sys_exit_recvfrom",
+        |ctx| remember(ctx, CALL_BUF, DIR_INGRESS, 1);
+    enter_sendto, exit_sendto, "sys_enter_sendto", "sys_exit_sendto",
+        |ctx| remember(ctx, CALL_BUF, DIR_EGRESS, 1);
+    enter_readv, exit_readv, "sys_enter_readv", "sys_exit_readv",
+        |ctx| remember(ctx, CALL_IOV, DIR_INGRESS, 1);
+    enter_writev, exit_writev, "sys_enter_writev", "sys_exit_writev",
+        |ctx| remember(ctx, CALL_IOV, DIR_EGRESS, 1);
+    enter_recvmsg, exit_recvmsg, "sys_enter_recvmsg", "sys_exit_recvmsg",
+        |ctx| remember_msg(ctx, DIR_INGRESS);
+    enter_sendmsg, exit_sendmsg, "sys_enter_sendmsg", "sys_exit_sendmsg",
+        |ctx| remember_msg(ctx, DIR_EGRESS);
+    enter_sendfile, exit_sendfile, "sys_enter_sendfile64", "sys_exit_sendfile64",
+        |ctx| remember(ctx, CALL_SENDFILE, DIR_EGRESS, 1);
+}

@@ -1,0 +1,283 @@
+//! Socket lifecycle: accept, connect, close, and the addresses of tracked sockets.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use observer_common::{
+    drop_reason, EventKind, SocketEvent, SocketKey, SocketState, AF_INET, AF_INET6, ROLE_CLIENT,
+    ROLE_SERVER, ROLE_UNKNOWN, SOCKET_FLAG_ADDRESSES_KNOWN,
+};
+
+use super::{syscall_arg, syscall_ret};
+use crate::maps::{
+    config, count_drop, current, is_agent, tracked, Call, CALL_ACCEPT, CALL_CONNECT, EVENTS,
+    INFLIGHT, SOCKETS,
+};
+
+const EINPROGRESS: i64 = 115;
+
+/// `struct sockaddr_in6` is the largest address we read; `sockaddr_in` is its prefix.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockAddr {
+    family: u16,
+    port_be: u16,
+    v4_or_flowinfo: [u8; 4],
+    v6: [u8; 16],
+}
+
+/// Decode a user-space sockaddr into (family, port, address) for INET/INET6.
+#[inline(always)]
+fn read_sockaddr(ptr: u64) -> Option<(u16, u16, [u8; 16])> {
+    if ptr == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_user validates the user pointer.
+    let sa: SockAddr = unsafe { bpf_probe_read_user(ptr as *const SockAddr) }.ok()?;
+    let port = u16::from_be(sa.port_be);
+    let mut addr = [0u8; 16];
+    match sa.family {
+        AF_INET => {
+            addr[..4].copy_from_slice(&sa.v4_or_flowinfo);
+            Some((AF_INET, port, addr))
+        }
+        AF_INET6 => Some((AF_INET6, port, sa.v6)),
+        _ => Some((sa.family, port, addr)),
+    }
+}
+
+#[inline(always)]
+fn emit(kind: EventKind, pid: u32, tid: u32, fd: u32, fill: impl FnOnce(&mut SocketEvent)) {
+    let Some(mut entry) = EVENTS.reserve::<SocketEvent>(0) else {
+        count_drop(drop_reason::RINGBUF_FULL);
+        return;
+    };
+    let mut ev = SocketEvent::default();
+    ev.header.kind = kind as u32;
+    ev.header.pid = pid;
+    ev.header.tid = tid;
+    ev.header.fd = fd;
+    // SAFETY: plain helper call.
+    ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.comm = bpf_get_current_comm().unwrap_or_default();
+    fill(&mut ev);
+    entry.write(ev);
+    entry.submit(0);
+}
+
+fn track(pid: u32, fd: u32, role: u32) {
+    let state = SocketState { role, flags: 0 };
+    if SOCKETS.insert(SocketKey { pid, fd }, state, 0).is_err() {
+        count_drop(drop_reason::SOCKETS_FULL);
+    }
+}
+
+fn remember(tid: u32, call: &Call) {
+    if INFLIGHT.insert(tid, call, 0).is_err() {
+        count_drop(drop_reason::INFLIGHT_FULL);
+    }
+}
+
+fn take(tid: u32, kind: u32) -> Option<Call> {
+    // SAFETY: the value is copied out before it is removed.
+    let call = unsafe { INFLIGHT.get(tid) }.copied()?;
+    let _ = INFLIGHT.remove(tid);
+    (call.kind == kind).then_some(call)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_accept")]
+pub fn enter_accept(ctx: TracePointContext) -> u32 {
+    on_enter_accept(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
+pub fn enter_accept4(ctx: TracePointContext) -> u32 {
+    on_enter_accept(&ctx);
+    0
+}
+
+fn on_enter_accept(ctx: &TracePointContext) {
+    let (pid, tid) = current();
+    if is_agent(pid) {
+        return;
+    }
+    let call = Call {
+        kind: CALL_ACCEPT,
+        fd: syscall_arg(ctx, 0) as u32,
+        direction: 0,
+        iov_len: 0,
+        ptr: syscall_arg(ctx, 1),
+        family: 0,
+        port: 0,
+        _pad: 0,
+        addr: [0; 16],
+    };
+    remember(tid, &call);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn exit_accept(ctx: TracePointContext) -> u32 {
+    on_exit_accept(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn exit_accept4(ctx: TracePointContext) -> u32 {
+    on_exit_accept(&ctx);
+    0
+}
+
+fn on_exit_accept(ctx: &TracePointContext) {
+    let (pid, tid) = current();
+    let Some(call) = take(tid, CALL_ACCEPT) else {
+        return;
+    };
+    let ret = syscall_ret(ctx);
+    if ret < 0 {
+        return;
+    }
+    let fd = ret as u32;
+    let peer = read_sockaddr(call.ptr);
+    if let Some((family, _, _)) = peer {
+        if family != AF_INET && family != AF_INET6 {
+            return; // unix and other sockets are not HTTP over TCP
+        }
+    }
+    track(pid, fd, ROLE_SERVER);
+    emit(EventKind::Accept, pid, tid, fd, |ev| {
+        ev.role = ROLE_SERVER;
+        if let Some((family, port, addr)) = peer {
+            ev.family = family;
+            ev.remote_port = port;
+            ev.remote_addr = addr;
+        }
+    });
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn enter_connect(ctx: TracePointContext) -> u32 {
+    let (pid, tid) = current();
+    if is_agent(pid) {
+        return 0;
+    }
+    let Some((family, port, addr)) = read_sockaddr(syscall_arg(&ctx, 1)) else {
+        return 0;
+    };
+    if family != AF_INET && family != AF_INET6 {
+        return 0;
+    }
+    let call = Call {
+        kind: CALL_CONNECT,
+        fd: syscall_arg(&ctx, 0) as u32,
+        direction: 0,
+        iov_len: 0,
+        ptr: 0,
+        family,
+        port,
+        _pad: 0,
+        addr,
+    };
+    remember(tid, &call);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn exit_connect(ctx: TracePointContext) -> u32 {
+    let (pid, tid) = current();
+    let Some(call) = take(tid, CALL_CONNECT) else {
+        return 0;
+    };
+    let ret = syscall_ret(&ctx);
+    if ret != 0 && ret != -EINPROGRESS {
+        return 0;
+    }
+    track(pid, call.fd, ROLE_CLIENT);
+    emit(EventKind::Connect, pid, tid, call.fd, |ev| {
+        ev.role = ROLE_CLIENT;
+        ev.family = call.family;
+        ev.remote_port = call.port;
+        ev.remote_addr = call.addr;
+    });
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+pub fn enter_close(ctx: TracePointContext) -> u32 {
+    let (pid, tid) = current();
+    let fd = syscall_arg(&ctx, 0) as u32;
+    let key = SocketKey { pid, fd };
+    // SAFETY: the value is copied out before it is removed.
+    if unsafe { SOCKETS.get(key) }.is_some() {
+        let _ = SOCKETS.remove(key);
+        emit(EventKind::Close, pid, tid, fd, |_| {});
+    }
+    0
+}
+
+/// Runs inside `tcp_recvmsg` in the context of the reading thread: if that thread is in a
+/// read on a tracked socket whose addresses are not known yet, report them.
+#[tracepoint(category = "tcp", name = "tcp_rcv_space_adjust")]
+pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
+    let _ = try_report_addresses(&ctx);
+    0
+}
+
+fn try_report_addresses(ctx: &TracePointContext) -> Result<(), i32> {
+    let (pid, tid) = current();
+    // SAFETY: copied out.
+    let Some(call) = (unsafe { INFLIGHT.get(tid) }).copied() else {
+        return Ok(());
+    };
+    let Some(state) = tracked(pid, call.fd) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let state = unsafe { &mut *state };
+    if state.flags & SOCKET_FLAG_ADDRESSES_KNOWN != 0 {
+        return Ok(());
+    }
+    let Some(cfg) = config() else {
+        return Ok(());
+    };
+    let off = cfg.tuple;
+    if off.valid == 0 {
+        return Ok(());
+    }
+    // SAFETY: offsets come from this kernel's tracefs format file for this event.
+    let (family, sport, dport, saddr, daddr) = unsafe {
+        let family: u16 = ctx.read_at(off.family as usize)?;
+        let sport: u16 = ctx.read_at(off.sport as usize)?;
+        let dport: u16 = ctx.read_at(off.dport as usize)?;
+        let (saddr, daddr) = if family == AF_INET {
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            s[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(off.saddr as usize)?);
+            d[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(off.daddr as usize)?);
+            (s, d)
+        } else {
+            (
+                ctx.read_at::<[u8; 16]>(off.saddr_v6 as usize)?,
+                ctx.read_at::<[u8; 16]>(off.daddr_v6 as usize)?,
+            )
+        };
+        (family, sport, dport, saddr, daddr)
+    };
+    state.flags |= SOCKET_FLAG_ADDRESSES_KNOWN;
+    let role = if state.role == 0 {
+        ROLE_UNKNOWN
+    } else {
+        state.role
+    };
+    emit(EventKind::Addresses, pid, tid, call.fd, |ev| {
+        ev.role = role;
+        ev.family = family;
+        ev.local_port = sport;
+        ev.remote_port = dport;
+        ev.local_addr = saddr;
+        ev.remote_addr = daddr;
+    });
+    Ok(())
+}

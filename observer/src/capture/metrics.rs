@@ -1,0 +1,108 @@
+//! Capture health: records, bytes, drops by reason, connections, probes.
+
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use observer_common::drop_reason;
+
+pub struct CaptureMetrics {
+    pub events: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub dropped: IntCounterVec,
+    pub connections: IntGauge,
+    pub probes: IntGaugeVec,
+    kernel_seen: [u64; drop_reason::COUNT as usize],
+}
+
+impl CaptureMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let events = IntCounterVec::new(
+            Opts::new(
+                "api_observer_capture_events_total",
+                "Kernel records received, by kind.",
+            ),
+            &["kind"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "api_observer_capture_bytes_total",
+                "Bytes moved through traced sockets, by direction (ingress = read by the traced process).",
+            ),
+            &["direction"],
+        )?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "api_observer_capture_dropped_total",
+                "Records or connections lost, by reason (kernel ring buffer full, decode errors, table evictions).",
+            ),
+            &["reason"],
+        )?;
+        let connections = IntGauge::new(
+            "api_observer_capture_connections",
+            "Connections currently followed by the agent.",
+        )?;
+        let probes = IntGaugeVec::new(
+            Opts::new(
+                "api_observer_probe_attached",
+                "1 when a kernel probe is attached, 0 when it failed (see the log for why).",
+            ),
+            &["attach_point"],
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(probes.clone()))?;
+        // Every drop reason exists from the start so that rate() works at once.
+        for name in drop_reason::NAMES {
+            dropped.with_label_values(&[name]);
+        }
+        Ok(Self {
+            events,
+            bytes,
+            dropped,
+            connections,
+            probes,
+            kernel_seen: [0; drop_reason::COUNT as usize],
+        })
+    }
+
+    /// Fold the kernel's cumulative per-reason counters into the counter.
+    pub fn update_kernel_drops(&mut self, totals: [u64; drop_reason::COUNT as usize]) {
+        for (i, total) in totals.into_iter().enumerate() {
+            let delta = total.saturating_sub(self.kernel_seen[i]);
+            if delta > 0 {
+                self.dropped
+                    .with_label_values(&[drop_reason::NAMES[i]])
+                    .inc_by(delta);
+                self.kernel_seen[i] = total;
+            }
+        }
+    }
+
+    /// Sum of every drop counter (for logs and the benchmark).
+    pub fn total_dropped(&self) -> u64 {
+        let mut families = Vec::new();
+        families.extend(prometheus::core::Collector::collect(&self.dropped));
+        families
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_drops_are_folded_as_deltas() {
+        let registry = Registry::new();
+        let mut m = CaptureMetrics::register(&registry).unwrap();
+        m.update_kernel_drops([3, 0, 1, 0]);
+        m.update_kernel_drops([5, 0, 1, 0]);
+        assert_eq!(m.dropped.with_label_values(&["ringbuf_full"]).get(), 5);
+        assert_eq!(m.dropped.with_label_values(&["inflight_full"]).get(), 1);
+        assert_eq!(m.total_dropped(), 6);
+    }
+}

@@ -1,0 +1,241 @@
+//! Capture: load the kernel programs, attach them, seed the sockets that existed before
+//! start, and hand out the ring buffer of records.
+
+pub mod decode;
+pub mod metrics;
+pub mod procfs;
+pub mod tracefs;
+
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use observer_common::{drop_reason, CaptureConfig as KernelConfig, SocketKey, SocketState};
+
+use crate::{config::CaptureConfig, exchange::Role};
+use procfs::ExistingSocket;
+use tracefs::TracefsGuard;
+
+/// The kernel object built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// One hook: the program in the object and the tracepoint it attaches to.
+pub struct ProbeSpec {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub name: &'static str,
+    /// Without a required probe the agent cannot work and refuses to start; an optional
+    /// one that fails is reported and the agent goes on.
+    pub required: bool,
+}
+
+const fn probe(
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+    required: bool,
+) -> ProbeSpec {
+    ProbeSpec {
+        program,
+        category,
+        name,
+        required,
+    }
+}
+
+/// Every hook the agent attaches, in one place.
+pub const PROBES: &[ProbeSpec] = &[
+    probe("enter_accept", "syscalls", "sys_enter_accept", false),
+    probe("exit_accept", "syscalls", "sys_exit_accept", false),
+    probe("enter_accept4", "syscalls", "sys_enter_accept4", true),
+    probe("exit_accept4", "syscalls", "sys_exit_accept4", true),
+    probe("enter_connect", "syscalls", "sys_enter_connect", true),
+    probe("exit_connect", "syscalls", "sys_exit_connect", true),
+    probe("enter_close", "syscalls", "sys_enter_close", true),
+    probe("enter_read", "syscalls", "sys_enter_read", true),
+    probe("exit_read", "syscalls", "sys_exit_read", true),
+    probe("enter_write", "syscalls", "sys_enter_write", true),
+    probe("exit_write", "syscalls", "sys_exit_write", true),
+    probe("enter_recvfrom", "syscalls", "sys_enter_recvfrom", true),
+    probe("exit_recvfrom", "syscalls", "sys_exit_recvfrom", true),
+    probe("enter_sendto", "syscalls", "sys_enter_sendto", true),
+    probe("exit_sendto", "syscalls", "sys_exit_sendto", true),
+    probe("enter_readv", "syscalls", "sys_enter_readv", false),
+    probe("exit_readv", "syscalls", "sys_exit_readv", false),
+    probe("enter_writev", "syscalls", "sys_enter_writev", false),
+    probe("exit_writev", "syscalls", "sys_exit_writev", false),
+    probe("enter_recvmsg", "syscalls", "sys_enter_recvmsg", false),
+    probe("exit_recvmsg", "syscalls", "sys_exit_recvmsg", false),
+    probe("enter_sendmsg", "syscalls", "sys_enter_sendmsg", false),
+    probe("exit_sendmsg", "syscalls", "sys_exit_sendmsg", false),
+    probe("enter_sendfile", "syscalls", "sys_enter_sendfile64", false),
+    probe("exit_sendfile", "syscalls", "sys_exit_sendfile64", false),
+    probe("tcp_rcv_space_adjust", "tcp", "tcp_rcv_space_adjust", false),
+];
+
+/// How attaching one probe went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProbeStatus {
+    pub program: &'static str,
+    pub attach_point: String,
+    pub attached: bool,
+    pub error: Option<String>,
+}
+
+/// The loaded and attached kernel programs. Dropping it detaches everything (the links
+/// belong to the `Ebpf` object) and unmounts tracefs if the agent mounted it.
+pub struct Capture {
+    ebpf: Ebpf,
+    pub probes: Vec<ProbeStatus>,
+    // Declared last: dropped after the links.
+    _tracefs: TracefsGuard,
+}
+
+fn raise_memlock() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        // Kernels with memcg accounting of BPF memory do not need it.
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn privilege_hint(err: &dyn std::fmt::Display) -> String {
+    let text = err.to_string();
+    if text.contains("EPERM")
+        || text.contains("Operation not permitted")
+        || text.contains("permission")
+    {
+        format!("{text}: missing privileges (run as root, or grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)")
+    } else {
+        text
+    }
+}
+
+impl Capture {
+    /// Load and attach every probe. Fails with a clear message when a required one
+    /// cannot be attached.
+    pub fn start(settings: &CaptureConfig) -> anyhow::Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!("this agent was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild without it");
+        }
+        let tracefs = TracefsGuard::ensure()?;
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", settings.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| anyhow::anyhow!(privilege_hint(&e)))
+            .context("loading the eBPF object")?;
+
+        let tuple = match tracefs.tcp_tuple_offsets() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("socket addresses will come from /proc only: {e:#}");
+                Default::default()
+            }
+        };
+        let kernel_config = KernelConfig {
+            capture_bytes: settings.capture_bytes,
+            agent_pid: std::process::id(),
+            tuple,
+        };
+        let mut config: Array<_, KernelConfig> =
+            Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;
+        config.set(0, kernel_config, 0).context("writing CONFIG")?;
+
+        let mut probes = Vec::new();
+        for spec in PROBES {
+            let result = attach(&mut ebpf, spec);
+            let status = ProbeStatus {
+                program: spec.program,
+                attach_point: format!("{}:{}", spec.category, spec.name),
+                attached: result.is_ok(),
+                error: result.as_ref().err().map(|e| format!("{e:#}")),
+            };
+            match result {
+                Ok(()) => tracing::debug!("attached {}", status.attach_point),
+                Err(e) if spec.required => {
+                    return Err(anyhow::anyhow!(privilege_hint(&format!("{e:#}")))).with_context(
+                        || format!("attaching required probe {}", status.attach_point),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!("optional probe {} not attached: {e:#}", status.attach_point)
+                }
+            }
+            probes.push(status);
+        }
+        Ok(Self {
+            ebpf,
+            probes,
+            _tracefs: tracefs,
+        })
+    }
+
+    /// The ring buffer of records (can be taken once).
+    pub fn take_ring(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("EVENTS ring buffer already taken")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Make the kernel trace sockets that existed before start.
+    pub fn seed(&mut self, sockets: &[ExistingSocket]) -> anyhow::Result<usize> {
+        let mut map: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
+            self.ebpf
+                .map_mut("SOCKETS")
+                .context("SOCKETS map missing")?,
+        )?;
+        let mut n = 0;
+        for s in sockets {
+            let state = SocketState {
+                role: match s.role {
+                    Role::Server => observer_common::ROLE_SERVER,
+                    Role::Client => observer_common::ROLE_CLIENT,
+                },
+                flags: observer_common::SOCKET_FLAG_ADDRESSES_KNOWN,
+            };
+            let key = SocketKey {
+                pid: s.pid,
+                fd: s.fd,
+            };
+            if map.insert(key, state, 0).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Kernel-side drop counters summed over CPUs, by `drop_reason` index.
+    pub fn kernel_drops(&self) -> anyhow::Result<[u64; drop_reason::COUNT as usize]> {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("DROPS").context("DROPS map missing")?)?;
+        let mut out = [0u64; drop_reason::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = map.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(spec.program)
+        .with_context(|| format!("program {} missing from the object", spec.program))?
+        .try_into()?;
+    program.load().context("loading (verifier)")?;
+    program
+        .attach(spec.category, spec.name)
+        .context("attaching")?;
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! [`Exchange`]: one request and its response on one connection, with where it happened.
+//! This is what the connection stage hands to every later stage (identity, sessions,
+//! metrics, the JSON-lines stream).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+
+use crate::http::{Header, Protocol};
+
+/// Which end of the connection the traced process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The process accepted the connection: an API this host serves.
+    Server,
+    /// The process connected: a call this host makes to another API.
+    Client,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Client => "client",
+        }
+    }
+}
+
+/// The unspecified address, used when a connection's addresses could not be learned.
+pub const UNKNOWN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+/// One HTTP request and its response.
+///
+/// `request_headers` and `query` may hold raw credentials: they live only until the
+/// identity stage has fingerprinted them, and are never printed (see the `Debug` impl and
+/// [`Exchange::record`]).
+#[derive(Clone)]
+pub struct Exchange {
+    pub protocol: Protocol,
+    pub role: Role,
+    /// Plaintext seen inside TLS.
+    pub tls: bool,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    /// The traced process (server or client, per `role`).
+    pub pid: u32,
+    pub comm: Arc<str>,
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    /// Raw query string (after `?`), if any.
+    pub query: Option<String>,
+    pub status: u16,
+    /// Allowlisted request headers (lower-case names).
+    pub request_headers: Vec<Header>,
+    /// Wall-clock time of the request's first byte.
+    pub started_at: SystemTime,
+    /// From the end of the request head to the end of the response head.
+    pub latency: Duration,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: Option<u64>,
+}
+
+impl Exchange {
+    /// First value of a request header (name in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.request_headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.as_str())
+    }
+
+    /// `1xx`..`5xx`.
+    pub fn status_class(&self) -> &'static str {
+        status_class(self.status)
+    }
+
+    /// The printable record of this exchange: no header values, no query values.
+    pub fn record(&self) -> ExchangeRecord<'_> {
+        ExchangeRecord {
+            ts: self
+                .started_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default(),
+            protocol: self.protocol,
+            role: self.role,
+            tls: self.tls,
+            method: &self.method,
+            path: &self.path,
+            query_keys: self
+                .query
+                .as_deref()
+                .map(|q| {
+                    q.split('&')
+                        .filter(|kv| !kv.is_empty())
+                        .map(|kv| kv.split('=').next().unwrap_or_default())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            status: self.status,
+            latency_ms: self.latency.as_secs_f64() * 1000.0,
+            client: self.client,
+            server: self.server,
+            pid: self.pid,
+            comm: &self.comm,
+            request_body_bytes: self.request_body_bytes,
+            response_body_bytes: self.response_body_bytes,
+        }
+    }
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.record().fmt(f)
+    }
+}
+
+/// Status class label of a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+/// What the JSON-lines stream prints for an exchange.
+#[derive(Debug, Serialize)]
+pub struct ExchangeRecord<'a> {
+    /// Unix time of the request, seconds.
+    pub ts: f64,
+    pub protocol: Protocol,
+    pub role: Role,
+    pub tls: bool,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Names of the query parameters; their values are never printed.
+    pub query_keys: Vec<&'a str>,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub pid: u32,
+    pub comm: &'a str,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: Option<u64>,
+}
+
+/// Split a request target into path and query; absolute-form targets lose their scheme
+/// and authority.
+pub fn split_target(target: &str) -> (String, Option<String>) {
+    let rest = match target.find("://") {
+        Some(i) if !target.starts_with('/') => {
+            let after = &target[i + 3..];
+            match after.find('/') {
+                Some(j) => &after[j..],
+                None => "/",
+            }
+        }
+        _ => target,
+    };
+    let rest = rest.split('#').next().unwrap_or_default();
+    match rest.split_once('?') {
+        Some((path, query)) => (path.to_string(), Some(query.to_string())),
+        None => (rest.to_string(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_target_forms() {
+        assert_eq!(split_target("/a/b"), ("/a/b".into(), None));
+        assert_eq!(
+            split_target("/a?x=1&y"),
+            ("/a".into(), Some("x=1&y".into()))
+        );
+        assert_eq!(
+            split_target("http://h:8/p/q?k=v"),
+            ("/p/q".into(), Some("k=v".into()))
+        );
+        assert_eq!(split_target("http://h"), ("/".into(), None));
+        assert_eq!(split_target("*"), ("*".into(), None));
+        assert_eq!(split_target("/p#frag"), ("/p".into(), None));
+    }
+
+    #[test]
+    fn debug_never_prints_header_values_or_query_values() {
+        let ex = Exchange {
+            protocol: Protocol::Http1,
+            role: Role::Server,
+            tls: false,
+            client: UNKNOWN_ADDR,
+            server: UNKNOWN_ADDR,
+            pid: 1,
+            comm: Arc::from("x"),
+            method: "GET".into(),
+            path: "/p".into(),
+            query: Some("api_key=SECRETQ".into()),
+            status: 200,
+            request_headers: vec![Header {
+                name: "authorization".into(),
+                value: "Bearer SECRETH".into(),
+            }],
+            started_at: SystemTime::UNIX_EPOCH,
+            latency: Duration::ZERO,
+            request_body_bytes: 0,
+            response_body_bytes: None,
+        };
+        let printed = format!("{ex:?} {}", serde_json::to_string(&ex.record()).unwrap());
+        assert!(!printed.contains("SECRET"), "{printed}");
+        assert!(printed.contains("api_key"));
+    }
+}

@@ -1,0 +1,90 @@
+//! Request metrics: counts and latency of exchanges.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+use crate::{exchange::Exchange, http::ParseIssue};
+
+/// Methods that get their own label value; anything else is `OTHER` (bounded cardinality).
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+pub fn method_label(method: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| m.eq_ignore_ascii_case(method))
+        .copied()
+        .unwrap_or("OTHER")
+}
+
+pub struct RequestMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub parse_issues: IntCounterVec,
+}
+
+impl RequestMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "api_observer_http_requests_total",
+                "HTTP exchanges seen, by method, status class, role of the traced process and TLS.",
+            ),
+            &["method", "status_class", "role", "tls"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "api_observer_http_request_duration_seconds",
+                "Time from the end of the request head to the end of the response head.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["method", "status_class", "role"],
+        )?;
+        let parse_issues = IntCounterVec::new(
+            Opts::new(
+                "api_observer_http_parse_issues_total",
+                "Bytes or messages the HTTP parsers could not use, by issue.",
+            ),
+            &["issue"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(parse_issues.clone()))?;
+        Ok(Self {
+            requests,
+            duration,
+            parse_issues,
+        })
+    }
+
+    pub fn observe(&self, ex: &Exchange) {
+        let method = method_label(&ex.method);
+        let class = ex.status_class();
+        let role = ex.role.as_str();
+        self.requests
+            .with_label_values(&[method, class, role, if ex.tls { "true" } else { "false" }])
+            .inc();
+        self.duration
+            .with_label_values(&[method, class, role])
+            .observe(ex.latency.as_secs_f64());
+    }
+
+    pub fn issue(&self, issue: ParseIssue) {
+        self.parse_issues.with_label_values(&[issue.as_str()]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label("get"), "GET");
+        assert_eq!(method_label("PROPFIND"), "OTHER");
+        assert_eq!(method_label("\u{0}junk"), "OTHER");
+    }
+}

@@ -1,0 +1,229 @@
+//! Protocol parsers: bytes of one connection in, paired request/response heads out.
+//!
+//! The connection stage (`conn`) detects the protocol from the first bytes a client sends
+//! ([`detect`]) and hands the connection to one [`StreamParser`]. A new protocol (HTTP/2)
+//! is a new parser beside [`h1::Http1Parser`], not new branches inside it.
+//!
+//! Bodies are skipped, never stored: only the request line, the status and an allowlist of
+//! request headers leave a parser.
+
+pub mod h1;
+
+use std::sync::Arc;
+
+/// Which peer sent a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Bytes sent by the client (requests).
+    Client,
+    /// Bytes sent by the server (responses).
+    Server,
+}
+
+/// The bytes of one read or write on a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment<'a> {
+    /// Monotonic time of the call, nanoseconds.
+    pub ts_ns: u64,
+    /// The captured prefix of what the call transferred.
+    pub data: &'a [u8],
+    /// How many bytes the call transferred (`>= data.len()`); the bytes after `data` were
+    /// not captured and are a gap the parser must skip or resynchronise after.
+    pub len: u64,
+}
+
+/// Protocols a connection can be detected as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Outcome of looking at the first bytes a client sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detection {
+    Http1,
+    /// The HTTP/2 connection preface (`PRI * HTTP/2.0`).
+    Http2,
+    /// Not a protocol we parse; the connection is ignored from here on.
+    Unknown,
+    /// Too few bytes to tell.
+    NeedMore,
+}
+
+/// A request header kept by a parser (its name is in the allowlist).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Lower-case name.
+    pub name: String,
+    /// Value, lossy UTF-8. May hold a credential: never log or export it.
+    pub value: String,
+}
+
+impl std::fmt::Debug for Header {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Values may be credentials: only their length is printed.
+        write!(f, "{}: <{} bytes>", self.name, self.value.len())
+    }
+}
+
+/// Names of the request headers a parser keeps; every other header is dropped at parse
+/// time.
+#[derive(Clone, Debug)]
+pub struct HeaderAllowlist {
+    names: Vec<String>,
+}
+
+impl HeaderAllowlist {
+    /// Headers the pipeline needs by default: routing, identity, client software.
+    pub const DEFAULT: &'static [&'static str] = &[
+        "host",
+        "user-agent",
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "x-auth-token",
+        "cookie",
+        "content-type",
+    ];
+
+    pub fn new<I, S>(names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut names: Vec<String> = names
+            .into_iter()
+            .map(|n| n.as_ref().to_ascii_lowercase())
+            .collect();
+        names.sort();
+        names.dedup();
+        Self { names }
+    }
+
+    /// Whether a header name (any case) is kept.
+    pub fn allows(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+impl Default for HeaderAllowlist {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT)
+    }
+}
+
+/// A request and its response, as one parser paired them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedExchange {
+    pub protocol: Protocol,
+    pub method: String,
+    /// Request target as sent (origin-form `/path?query`, or absolute-form). May hold
+    /// credentials in its query: never log or export it raw.
+    pub target: String,
+    /// HTTP minor version for HTTP/1.x (0 or 1); 0 for HTTP/2.
+    pub minor_version: u8,
+    pub status: u16,
+    /// Allowlisted request headers, in the order received.
+    pub request_headers: Vec<Header>,
+    /// When the first byte of the request was seen.
+    pub request_start_ns: u64,
+    /// When the request head was complete.
+    pub request_end_ns: u64,
+    /// When the response head was complete.
+    pub response_ns: u64,
+    /// Request body length as declared or counted (0 when none).
+    pub request_body_bytes: u64,
+    /// Response body length when declared by Content-Length.
+    pub response_body_bytes: Option<u64>,
+}
+
+/// Why a parser dropped bytes or a message. Each is counted by the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParseIssue {
+    /// Bytes that are not valid HTTP where a message head was expected.
+    Malformed,
+    /// A message head fell (partly) in bytes that were not captured.
+    Truncated,
+    /// A message head grew beyond the parser's limit.
+    HeadTooLarge,
+    /// A response arrived with no request waiting for it.
+    UnpairedResponse,
+    /// A request got no response before the connection closed.
+    Unanswered,
+    /// The connection switched to a protocol we do not parse (101, CONNECT tunnel).
+    Upgraded,
+}
+
+impl ParseIssue {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Truncated => "truncated",
+            Self::HeadTooLarge => "head_too_large",
+            Self::UnpairedResponse => "unpaired_response",
+            Self::Unanswered => "unanswered",
+            Self::Upgraded => "upgraded",
+        }
+    }
+}
+
+/// What one `feed` or `finish` call produced.
+#[derive(Debug, Default)]
+pub struct ParserOutput {
+    pub exchanges: Vec<ParsedExchange>,
+    pub issues: Vec<ParseIssue>,
+}
+
+/// Limits every parser enforces.
+#[derive(Clone, Debug)]
+pub struct ParserLimits {
+    /// Largest message head buffered while waiting for its end.
+    pub max_head_bytes: usize,
+    /// Most headers in one message.
+    pub max_headers: usize,
+    /// Most requests waiting for a response on one connection (pipelining).
+    pub max_pending: usize,
+}
+
+impl Default for ParserLimits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 64 * 1024,
+            max_headers: 100,
+            max_pending: 64,
+        }
+    }
+}
+
+/// One connection's parser: fed both directions in the order the calls happened.
+pub trait StreamParser: Send {
+    fn protocol(&self) -> Protocol;
+    /// Feed one read or write.
+    fn feed(&mut self, side: Side, segment: Segment<'_>, out: &mut ParserOutput);
+    /// The connection closed: complete what can be completed (a response delimited by
+    /// close) and report requests left unanswered.
+    fn finish(&mut self, ts_ns: u64, out: &mut ParserOutput);
+}
+
+/// Look at the first bytes a client sent on a connection.
+pub fn detect(first: &[u8]) -> Detection {
+    h1::detect(first)
+}
+
+/// Make the parser for a detected protocol (`None` for protocols not parsed yet).
+pub fn parser_for(
+    detection: Detection,
+    limits: &ParserLimits,
+    allowlist: &Arc<HeaderAllowlist>,
+) -> Option<Box<dyn StreamParser>> {
+    match detection {
+        Detection::Http1 => Some(Box::new(h1::Http1Parser::new(
+            limits.clone(),
+            Arc::clone(allowlist),
+        ))),
+        Detection::Http2 | Detection::Unknown | Detection::NeedMore => None,
+    }
+}
