@@ -1,1 +1,375 @@
+//! End-to-end harness: the real agent (`OBSERVER_BIN`, built by `cargo xtask test`), real
+//! servers (Python, nginx) and real clients, on this machine's kernel.
+//!
+//! Tests need root and BPF. Without them a test prints why and returns; under `CI=true`
+//! a missing prerequisite fails the test instead.
 
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// Whether the prerequisites are here. Under `CI=true` a missing one panics.
+#[must_use]
+pub fn prerequisites() -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_string());
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        missing.push("BTF (/sys/kernel/btf/vmlinux)".into());
+    }
+    if !agent_bin().exists() {
+        missing.push(format!(
+            "agent binary {} (run through `cargo xtask test`)",
+            agent_bin().display()
+        ));
+    }
+    for tool in ["curl", "python3", "nginx"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            missing.push(tool.into());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("end-to-end prerequisites missing: {}", missing.join(", "));
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg} (CI=true: this is a failure, not a skip)");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("OBSERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/observer"))
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh scratch directory for one test.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "observer-e2e-{}-{}-{name}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A minimal HTTP/1.0 GET from the test process (used for the agent's own endpoint).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Poll `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The agent under test, writing its exchange stream to a file.
+pub struct Agent {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    jsonl: PathBuf,
+}
+
+impl Agent {
+    pub fn start(extra: &[&str]) -> Result<Self> {
+        let dir = scratch_dir("agent");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let jsonl = dir.join("exchanges.jsonl");
+        let child = Command::new(agent_bin())
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--exchanges-jsonl")
+            .arg(&jsonl)
+            .args(extra)
+            .stdout(std::fs::File::create(dir.join("stdout"))?)
+            .stderr(std::fs::File::create(dir.join("stderr"))?)
+            .spawn()
+            .context("starting the agent")?;
+        let mut agent = Self {
+            child,
+            addr,
+            dir,
+            jsonl,
+        };
+        let healthy = wait_for(Duration::from_secs(30), || {
+            if let Ok(Some(_)) = agent.child.try_wait() {
+                return Some(false);
+            }
+            http_get(agent.addr, "/healthz")
+                .ok()
+                .filter(|(code, _)| *code == 200)
+                .map(|_| true)
+        });
+        if healthy != Some(true) {
+            bail!("agent did not become healthy; stderr:\n{}", agent.stderr());
+        }
+        Ok(agent)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    /// Every exchange reported so far.
+    pub fn exchanges(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.jsonl)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Exchanges whose server port is `port`, waiting until `count` of them are there
+    /// (and a little longer, so that an extra, wrong one would be seen too).
+    pub fn exchanges_for_port(&self, port: u16, count: usize) -> Vec<Value> {
+        let of_port = || -> Vec<Value> {
+            self.exchanges()
+                .into_iter()
+                .filter(|e| server_port(e) == Some(port))
+                .collect()
+        };
+        wait_for(Duration::from_secs(10), || {
+            let v = of_port();
+            (v.len() >= count).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        of_port()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.addr, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGINT, then wait for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("agent did not stop within 10 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.stop();
+        }
+    }
+}
+
+pub fn server_port(e: &Value) -> Option<u16> {
+    e["server"].as_str()?.parse::<SocketAddr>().ok().map(|a| a.port())
+}
+
+pub fn client_addr(e: &Value) -> Option<SocketAddr> {
+    e["client"].as_str()?.parse().ok()
+}
+
+/// The fields a test compares: (role, method, path, status).
+pub fn summary(e: &Value) -> (String, String, String, u64) {
+    (
+        e["role"].as_str().unwrap_or_default().to_string(),
+        e["method"].as_str().unwrap_or_default().to_string(),
+        e["path"].as_str().unwrap_or_default().to_string(),
+        e["status"].as_u64().unwrap_or_default(),
+    )
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
+        let child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            child,
+            name: name.into(),
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wait until something accepts connections on `addr`.
+pub fn wait_listening(addr: SocketAddr) -> Result<()> {
+    wait_for(Duration::from_secs(15), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .ok()
+            .map(|_| ())
+    })
+    .with_context(|| format!("nothing listening on {addr}"))
+}
+
+/// The test API server (`tests/servers/api.py`): HTTP/1.1 keep-alive, routes for every
+/// scenario.
+pub fn python_api_server(bind: &str, port: u16) -> Result<Proc> {
+    let script = workspace_root().join("tests/servers/api.py");
+    let p = Proc::spawn(
+        "api.py",
+        Command::new("python3")
+            .arg(script)
+            .arg(bind)
+            .arg(port.to_string()),
+    )?;
+    let host = if bind.contains(':') {
+        format!("[{bind}]:{port}")
+    } else {
+        format!("{bind}:{port}")
+    };
+    wait_listening(host.parse()?)?;
+    Ok(p)
+}
+
+/// nginx in its own prefix, serving static files and a few fixed answers.
+pub struct Nginx {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Nginx {
+    pub fn start(port: u16, extra_server: &str) -> Result<Self> {
+        let dir = scratch_dir("nginx");
+        std::fs::create_dir_all(dir.join("html"))?;
+        std::fs::write(dir.join("html/index.html"), "hello from nginx\n")?;
+        std::fs::write(dir.join("html/big.bin"), vec![b'x'; 256 * 1024])?;
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon on;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d};\n proxy_temp_path {d};\n\
+             fastcgi_temp_path {d};\n uwsgi_temp_path {d};\n scgi_temp_path {d};\n\
+             server {{\n  listen 127.0.0.1:{port};\n  listen [::1]:{port};\n  root {d}/html;\n\
+               location = /empty {{ return 204; }}\n\
+               location = /upload {{ client_max_body_size 10m; return 201 \"stored\\n\"; }}\n\
+               {extra_server}\n }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let status = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .status()?;
+        if !status.success() {
+            bail!(
+                "nginx failed: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            );
+        }
+        wait_listening(format!("127.0.0.1:{port}").parse()?)?;
+        Ok(Self { dir, port })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("nginx")
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&self.dir)
+            .args(["-s", "stop"])
+            .status();
+    }
+}
+
+/// Run curl; returns its stdout. `-w '%{local_port}'` style output is the caller's.
+pub fn curl(args: &[&str]) -> Result<String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .context("running curl")?;
+    if !out.status.success() {
+        bail!("curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

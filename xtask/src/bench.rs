@@ -1,0 +1,238 @@
+//! `cargo xtask bench overhead`: nginx serving a small static file on loopback under wrk
+//! (keep-alive), alternating runs without and with the agent attached, in one run on the
+//! same machine, so the ratio is meaningful on a shared, noisy host.
+
+use std::{
+    io::Read as _,
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+#[derive(clap::Subcommand)]
+pub enum Which {
+    /// Requests/s of nginx under wrk with and without the agent.
+    Overhead {
+        /// Alternating rounds (each one run without and one with the agent).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// wrk connections.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+    },
+}
+
+const NGINX_PORT: u16 = 18_080;
+const AGENT_PORT: u16 = 19_464;
+
+struct Nginx {
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("observer-bench-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("html"))?;
+        std::fs::write(dir.join("html/index.html"), "hello, bench\n")?;
+        let conf = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
+             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{NGINX_PORT}; root {d}/html; keepalive_requests 1000000; }} }}\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let status = Command::new("nginx")
+            .args(["-c"])
+            .arg(dir.join("nginx.conf"))
+            .args(["-p"])
+            .arg(&dir)
+            .status()
+            .context("starting nginx (apt-get install nginx-light)")?;
+        if !status.success() {
+            bail!("nginx failed to start; see {}/error.log", dir.display());
+        }
+        wait_port(NGINX_PORT)?;
+        Ok(Self { dir })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("nginx")
+            .args(["-c"])
+            .arg(self.dir.join("nginx.conf"))
+            .args(["-p"])
+            .arg(&self.dir)
+            .args(["-s", "stop"])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listening on port {port}")
+}
+
+fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+fn wrk(seconds: u64, connections: u32) -> Result<f64> {
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            &format!("http://127.0.0.1:{NGINX_PORT}/index.html"),
+        ])
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+}
+
+/// utime + stime of a process, seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+struct AgentRun {
+    cpu_s: f64,
+    drops: u64,
+    requests_seen: u64,
+}
+
+fn metric_sum(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn with_agent<T>(bin: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, AgentRun)> {
+    let mut child: Child = Command::new(bin)
+        .args(["--listen", &format!("127.0.0.1:{AGENT_PORT}"), "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the agent")?;
+    let started = (|| {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if http_get(AGENT_PORT, "/healthz").is_ok_and(|b| b.contains("\"ok\"")) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("agent exited early: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("agent not healthy after 30 s")
+    })();
+    if let Err(e) = started {
+        let _ = child.kill();
+        return Err(e);
+    }
+    let cpu_before = cpu_seconds(child.id())?;
+    let result = f();
+    std::thread::sleep(Duration::from_millis(1500)); // let the agent drain and fold drops
+    let metrics = http_get(AGENT_PORT, "/metrics").unwrap_or_default();
+    let cpu_s = cpu_seconds(child.id())? - cpu_before;
+    // SAFETY: kill(2) on our own child; SIGINT lets the agent detach cleanly.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+    Ok((
+        result?,
+        AgentRun {
+            cpu_s,
+            drops: metric_sum(&metrics, "api_observer_capture_dropped_total"),
+            requests_seen: metric_sum(&metrics, "api_observer_http_requests_total"),
+        },
+    ))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return 0.0;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+pub fn run(which: Which, bin: &Path) -> Result<()> {
+    match which {
+        Which::Overhead {
+            rounds,
+            seconds,
+            connections,
+        } => overhead(bin, rounds, seconds, connections),
+    }
+}
+
+fn overhead(bin: &Path, rounds: usize, seconds: u64, connections: u32) -> Result<()> {
+    let _nginx = Nginx::start()?;
+    wrk(1, connections)?; // warm-up
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut runs = Vec::new();
+    for round in 1..=rounds {
+        let base = wrk(seconds, connections)?;
+        let (traced, agent) = with_agent(bin, || wrk(seconds, connections))?;
+        println!(
+            "round {round}: without {base:.0} req/s, with {traced:.0} req/s; agent cpu {:.2} s, drops {}, requests seen {}",
+            agent.cpu_s, agent.drops, agent.requests_seen
+        );
+        without.push(base);
+        with.push(traced);
+        runs.push(agent);
+    }
+    let (mw, mt) = (median(without), median(with));
+    let cpu = median(runs.iter().map(|r| r.cpu_s).collect());
+    let drops: u64 = runs.iter().map(|r| r.drops).sum();
+    let seen = median(runs.iter().map(|r| r.requests_seen as f64).collect());
+    println!("overhead (plaintext, nginx {connections} keep-alive connections, {seconds} s x {rounds} rounds):");
+    println!("  median requests/s without agent: {mw:.0}");
+    println!("  median requests/s with agent:    {mt:.0}");
+    println!("  ratio with/without:              {:.3}", mt / mw);
+    println!(
+        "  agent CPU per run (median):      {cpu:.2} s of {seconds} s ({:.0}% of one core)",
+        100.0 * cpu / seconds as f64
+    );
+    println!("  requests reported per run (median): {seen:.0}; drops over all runs: {drops}");
+    Ok(())
+}
