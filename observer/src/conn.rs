@@ -488,3 +488,262 @@ impl ConnTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PID: u32 = 100;
+
+    fn table(max: usize) -> ConnTable {
+        ConnTable::new(
+            ParserLimits::default(),
+            HeaderAllowlist::default(),
+            max,
+            Clock::fixed(0, SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)),
+        )
+    }
+
+    fn info(fd: u32, role: Option<Role>, local: Option<&str>, remote: Option<&str>) -> SocketInfo {
+        SocketInfo {
+            pid: PID,
+            fd,
+            ts_ns: 1,
+            role,
+            local: local.map(|a| a.parse().unwrap()),
+            remote: remote.map(|a| a.parse().unwrap()),
+            comm: "srv".into(),
+        }
+    }
+
+    fn data(
+        t: &mut ConnTable,
+        fd: u32,
+        ts_ns: u64,
+        direction: Direction,
+        bytes: &[u8],
+        out: &mut ConnOutput,
+    ) {
+        t.on_event(
+            Event::Data {
+                pid: PID,
+                fd,
+                ts_ns,
+                direction,
+                tls: false,
+                len: bytes.len() as u64,
+                payload: bytes,
+            },
+            out,
+        );
+    }
+
+    const REQ: &[u8] = b"GET /a?k=v HTTP/1.1\r\nHost: x\r\nUser-Agent: t/1\r\n\r\n";
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    #[test]
+    fn accepted_connection_yields_server_exchange_with_addresses() {
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(5, Some(Role::Server), None, Some("10.0.0.9:4000"))),
+            &mut out,
+        );
+        t.on_event(
+            Event::Addresses(info(
+                5,
+                Some(Role::Server),
+                Some("10.0.0.1:80"),
+                Some("10.0.0.9:4000"),
+            )),
+            &mut out,
+        );
+        data(&mut t, 5, 1_000, Direction::Ingress, REQ, &mut out);
+        data(&mut t, 5, 3_000_000, Direction::Egress, RESP, &mut out);
+        assert_eq!(out.exchanges.len(), 1, "{out:?}");
+        let ex = &out.exchanges[0];
+        assert_eq!(ex.role, Role::Server);
+        assert_eq!(ex.client, "10.0.0.9:4000".parse().unwrap());
+        assert_eq!(ex.server, "10.0.0.1:80".parse().unwrap());
+        assert_eq!(
+            (ex.method.as_str(), ex.path.as_str(), ex.status),
+            ("GET", "/a", 200)
+        );
+        assert_eq!(ex.query.as_deref(), Some("k=v"));
+        assert_eq!(ex.header("user-agent"), Some("t/1"));
+        assert_eq!(ex.latency, Duration::from_nanos(3_000_000 - 1_000));
+        assert_eq!(
+            ex.started_at,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000) + Duration::from_nanos(1_000)
+        );
+        assert_eq!(&*ex.comm, "srv");
+    }
+
+    #[test]
+    fn connected_socket_is_the_client_side() {
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Connect(info(6, Some(Role::Client), None, Some("[::1]:8080"))),
+            &mut out,
+        );
+        data(&mut t, 6, 10, Direction::Egress, REQ, &mut out);
+        t.on_event(
+            Event::Addresses(info(
+                6,
+                Some(Role::Client),
+                Some("[::1]:5555"),
+                Some("[::1]:8080"),
+            )),
+            &mut out,
+        );
+        data(&mut t, 6, 20, Direction::Ingress, RESP, &mut out);
+        assert_eq!(out.exchanges.len(), 1);
+        let ex = &out.exchanges[0];
+        assert_eq!(ex.role, Role::Client);
+        assert_eq!(ex.client, "[::1]:5555".parse().unwrap());
+        assert_eq!(ex.server, "[::1]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn role_is_inferred_for_unknown_sockets_and_midstream_bytes_are_skipped() {
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        // A socket the kernel traces but the table never heard of: its first bytes are
+        // the tail of a body, then a response, then a real request/response.
+        data(
+            &mut t,
+            7,
+            1,
+            Direction::Ingress,
+            b"tail of some body",
+            &mut out,
+        );
+        data(&mut t, 7, 2, Direction::Egress, RESP, &mut out);
+        data(&mut t, 7, 3, Direction::Egress, REQ, &mut out);
+        data(&mut t, 7, 4, Direction::Ingress, RESP, &mut out);
+        assert_eq!(out.exchanges.len(), 1, "{out:?}");
+        assert_eq!(out.exchanges[0].role, Role::Client);
+        assert_eq!(out.exchanges[0].client, UNKNOWN_ADDR);
+    }
+
+    #[test]
+    fn request_split_before_detection_is_kept() {
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(8, Some(Role::Server), None, None)),
+            &mut out,
+        );
+        data(&mut t, 8, 1, Direction::Ingress, &REQ[..2], &mut out);
+        data(&mut t, 8, 2, Direction::Ingress, &REQ[2..9], &mut out);
+        data(&mut t, 8, 3, Direction::Ingress, &REQ[9..], &mut out);
+        data(&mut t, 8, 4, Direction::Egress, RESP, &mut out);
+        assert_eq!(out.exchanges.len(), 1, "{out:?}");
+        assert_eq!(out.exchanges[0].path, "/a");
+    }
+
+    #[test]
+    fn non_http_connection_is_ignored() {
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(9, Some(Role::Server), None, None)),
+            &mut out,
+        );
+        data(
+            &mut t,
+            9,
+            1,
+            Direction::Ingress,
+            &[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5],
+            &mut out,
+        );
+        data(&mut t, 9, 2, Direction::Ingress, REQ, &mut out);
+        data(&mut t, 9, 3, Direction::Egress, RESP, &mut out);
+        assert!(out.exchanges.is_empty());
+        assert_eq!(t.stats.unknown_protocol, 1);
+    }
+
+    #[test]
+    fn tls_plaintext_replaces_ciphertext() {
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(10, Some(Role::Server), None, None)),
+            &mut out,
+        );
+        data(
+            &mut t,
+            10,
+            1,
+            Direction::Ingress,
+            &[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5],
+            &mut out,
+        );
+        for (ts, dir, bytes) in [(2, Direction::Ingress, REQ), (3, Direction::Egress, RESP)] {
+            t.on_event(
+                Event::Data {
+                    pid: PID,
+                    fd: 10,
+                    ts_ns: ts,
+                    direction: dir,
+                    tls: true,
+                    len: bytes.len() as u64,
+                    payload: bytes,
+                },
+                &mut out,
+            );
+            // the ciphertext of the same call, seen by the syscall hooks
+            data(&mut t, 10, ts, dir, &[0x17, 3, 3, 0, 1, 0xff], &mut out);
+        }
+        assert_eq!(out.exchanges.len(), 1, "{out:?}");
+        assert!(out.exchanges[0].tls);
+    }
+
+    #[test]
+    fn close_and_fd_reuse_start_fresh() {
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(11, Some(Role::Server), None, Some("10.0.0.2:1"))),
+            &mut out,
+        );
+        data(&mut t, 11, 1, Direction::Ingress, REQ, &mut out);
+        // fd reused without a close: the pending request is reported unanswered
+        t.on_event(
+            Event::Accept(info(11, Some(Role::Server), None, Some("10.0.0.3:2"))),
+            &mut out,
+        );
+        assert!(out.issues.contains(&ParseIssue::Unanswered), "{out:?}");
+        data(&mut t, 11, 2, Direction::Ingress, REQ, &mut out);
+        data(&mut t, 11, 3, Direction::Egress, RESP, &mut out);
+        assert_eq!(out.exchanges.len(), 1);
+        assert_eq!(out.exchanges[0].client, "10.0.0.3:2".parse().unwrap());
+        t.on_event(
+            Event::Close {
+                pid: PID,
+                fd: 11,
+                ts_ns: 4,
+            },
+            &mut out,
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let mut t = table(8);
+        let mut out = ConnOutput::default();
+        for fd in 0..100 {
+            t.on_event(
+                Event::Accept(info(fd, Some(Role::Server), None, None)),
+                &mut out,
+            );
+        }
+        assert!(t.len() <= 8);
+        assert!(t.stats.evicted >= 92);
+        t.sweep(u64::MAX, Duration::from_secs(1), &mut out);
+        assert!(t.is_empty());
+    }
+}

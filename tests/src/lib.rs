@@ -233,7 +233,11 @@ impl Drop for Agent {
 }
 
 pub fn server_port(e: &Value) -> Option<u16> {
-    e["server"].as_str()?.parse::<SocketAddr>().ok().map(|a| a.port())
+    e["server"]
+        .as_str()?
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|a| a.port())
 }
 
 pub fn client_addr(e: &Value) -> Option<SocketAddr> {
@@ -369,7 +373,10 @@ pub fn curl(args: &[&str]) -> Result<String> {
         .output()
         .context("running curl")?;
     if !out.status.success() {
-        bail!("curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "curl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

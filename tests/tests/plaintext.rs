@@ -44,6 +44,10 @@ fn curl_keepalive_against_python_server() {
     let out = curl(&[
         "-o",
         "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
         "-w",
         "%{local_port} %{http_code}\\n",
         &format!("{base}/hello"),
@@ -53,11 +57,18 @@ fn curl_keepalive_against_python_server() {
     .unwrap();
     let ports = local_ports(&out);
     assert_eq!(ports.len(), 3, "{out}");
-    assert!(ports.iter().all(|p| *p == ports[0]), "keep-alive: one connection: {out}");
+    assert!(
+        ports.iter().all(|p| *p == ports[0]),
+        "keep-alive: one connection: {out}"
+    );
     let client: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().unwrap();
 
     let ex = agent.exchanges_for_port(port, 6);
-    let rows = [("GET", "/hello", 200), ("GET", "/items/42", 200), ("GET", "/missing", 404)];
+    let rows = [
+        ("GET", "/hello", 200),
+        ("GET", "/items/42", 200),
+        ("GET", "/missing", 404),
+    ];
     let server = by_role(&ex, "server");
     assert_eq!(summaries(&server), expect("server", &rows), "{ex:#?}");
     let clients = by_role(&ex, "client");
@@ -89,19 +100,58 @@ fn nginx_methods_bodies_and_bodyless_responses_on_one_connection() {
     let base = format!("http://127.0.0.1:{port}");
     let w = "%{local_port} %{http_code}\\n";
     let out = curl(&[
-        "-o", "/dev/null", "-w", w, &format!("{base}/index.html"),
-        "--next", "-o", "/dev/null", "-w", w, "-I", &format!("{base}/index.html"),
-        "--next", "-o", "/dev/null", "-w", w, &format!("{base}/empty"),
-        "--next", "-o", "/dev/null", "-w", w, &format!("{base}/nope"),
-        "--next", "-o", "/dev/null", "-w", w, "--data-binary",
-        &format!("@{}", upload.display()), &format!("{base}/upload"),
-        "--next", "-o", "/dev/null", "-w", w, &format!("{base}/big.bin"),
-        "--next", "-o", "/dev/null", "-w", w, &format!("{base}/index.html"),
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        &format!("{base}/index.html"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        "-I",
+        &format!("{base}/index.html"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        &format!("{base}/empty"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        &format!("{base}/nope"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        "--data-binary",
+        &format!("@{}", upload.display()),
+        &format!("{base}/upload"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        &format!("{base}/big.bin"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        &format!("{base}/index.html"),
     ])
     .unwrap();
     let ports = local_ports(&out);
     assert_eq!(ports.len(), 7, "{out}");
-    assert!(ports.iter().all(|p| *p == ports[0]), "one connection: {out}");
+    assert!(
+        ports.iter().all(|p| *p == ports[0]),
+        "one connection: {out}"
+    );
 
     let ex = agent.exchanges_for_port(port, 14);
     let rows = [
@@ -147,9 +197,21 @@ fn pipelined_requests_are_paired_in_order() {
     assert_eq!(text.matches("HTTP/1.1 ").count(), 3, "{text}");
 
     let ex = agent.exchanges_for_port(port, 6);
-    let rows = [("GET", "/index.html", 200), ("GET", "/nope", 404), ("GET", "/empty", 204)];
-    assert_eq!(summaries(&by_role(&ex, "server")), expect("server", &rows), "{ex:#?}");
-    assert_eq!(summaries(&by_role(&ex, "client")), expect("client", &rows), "{ex:#?}");
+    let rows = [
+        ("GET", "/index.html", 200),
+        ("GET", "/nope", 404),
+        ("GET", "/empty", 204),
+    ];
+    assert_eq!(
+        summaries(&by_role(&ex, "server")),
+        expect("server", &rows),
+        "{ex:#?}"
+    );
+    assert_eq!(
+        summaries(&by_role(&ex, "client")),
+        expect("client", &rows),
+        "{ex:#?}"
+    );
     assert!(ex.iter().all(|e| client_addr(e) == Some(local)));
 }
 
@@ -187,8 +249,16 @@ fn connection_opened_before_the_agent_started_is_followed() {
 
     let ex = agent.exchanges_for_port(port, 4);
     let rows = [("GET", "/nope", 404), ("GET", "/empty", 204)];
-    assert_eq!(summaries(&by_role(&ex, "server")), expect("server", &rows), "{ex:#?}");
-    assert_eq!(summaries(&by_role(&ex, "client")), expect("client", &rows), "{ex:#?}");
+    assert_eq!(
+        summaries(&by_role(&ex, "server")),
+        expect("server", &rows),
+        "{ex:#?}"
+    );
+    assert_eq!(
+        summaries(&by_role(&ex, "client")),
+        expect("client", &rows),
+        "{ex:#?}"
+    );
     let expected: SocketAddr = format!("127.0.0.1:{local_port}").parse().unwrap();
     for e in &ex {
         assert_eq!(client_addr(e), Some(expected), "{e}");
@@ -196,7 +266,9 @@ fn connection_opened_before_the_agent_started_is_followed() {
     }
     let server = by_role(&ex, "server");
     assert!(server.iter().all(|e| e["comm"] == "nginx"), "{server:#?}");
-    assert!(by_role(&ex, "client").iter().all(|e| e["comm"] == "python3"));
+    assert!(by_role(&ex, "client")
+        .iter()
+        .all(|e| e["comm"] == "python3"));
 }
 
 #[test]
@@ -218,8 +290,16 @@ fn ipv6_client_and_server() {
     let lp = local_ports(&out)[0];
     let ex = agent.exchanges_for_port(port, 2);
     let rows = [("GET", "/items/7", 200)];
-    assert_eq!(summaries(&by_role(&ex, "server")), expect("server", &rows), "{ex:#?}");
-    assert_eq!(summaries(&by_role(&ex, "client")), expect("client", &rows), "{ex:#?}");
+    assert_eq!(
+        summaries(&by_role(&ex, "server")),
+        expect("server", &rows),
+        "{ex:#?}"
+    );
+    assert_eq!(
+        summaries(&by_role(&ex, "client")),
+        expect("client", &rows),
+        "{ex:#?}"
+    );
     let client: SocketAddr = format!("[::1]:{lp}").parse().unwrap();
     for e in &ex {
         assert_eq!(client_addr(e), Some(client), "{e}");
@@ -242,18 +322,51 @@ fn expect_continue_chunked_bodies_and_chunked_responses() {
     let data = format!("@{}", body.display());
     let w = "%{local_port} %{http_code}\\n";
     let out = curl(&[
-        "-o", "/dev/null", "-w", w, "-H", "Expect: 100-continue", "--data-binary", &data,
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &data,
         &format!("{base}/upload"),
-        "--next", "-o", "/dev/null", "-w", w, "-H", "Transfer-Encoding: chunked",
-        "--data-binary", &data, &format!("{base}/upload"),
-        "--next", "-o", "/dev/null", "-w", w, &format!("{base}/chunked"),
-        "--next", "-o", "/dev/null", "-w", w, &format!("{base}/status/304"),
-        "--next", "-o", "/dev/null", "-w", w, &format!("{base}/hello"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &data,
+        &format!("{base}/upload"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        &format!("{base}/chunked"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        &format!("{base}/status/304"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        &format!("{base}/hello"),
     ])
     .unwrap();
     let ports = local_ports(&out);
     assert_eq!(ports.len(), 5, "{out}");
-    assert!(ports.iter().all(|p| *p == ports[0]), "one connection: {out}");
+    assert!(
+        ports.iter().all(|p| *p == ports[0]),
+        "one connection: {out}"
+    );
     let ex = agent.exchanges_for_port(port, 10);
     let rows = [
         ("POST", "/upload", 201),
@@ -347,7 +460,12 @@ fn garbage_and_non_http_traffic_do_not_disturb_the_agent() {
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink);
     }
-    curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/index.html")]).unwrap();
+    curl(&[
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{port}/index.html"),
+    ])
+    .unwrap();
     let ex = agent.exchanges_for_port(port, 2);
     let ok: Vec<_> = ex
         .iter()

@@ -142,7 +142,12 @@ fn metric_sum(metrics: &str, name: &str) -> u64 {
 
 fn with_agent<T>(bin: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, AgentRun)> {
     let mut child: Child = Command::new(bin)
-        .args(["--listen", &format!("127.0.0.1:{AGENT_PORT}"), "--log-level", "warn"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{AGENT_PORT}"),
+            "--log-level",
+            "warn",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .context("starting the agent")?;

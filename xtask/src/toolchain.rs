@@ -23,9 +23,7 @@ pub struct Env {
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed: {}",
@@ -127,7 +125,9 @@ fn find_libllvm(lib: &Path) -> Result<PathBuf> {
 }
 
 fn cache_root() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
     home.join(".cache/observer-tools")
 }
 
@@ -151,10 +151,16 @@ fn ensure_bpf_linker(verbose: &str) -> Result<PathBuf> {
     let libllvm = find_libllvm(&sysroot()?.join("lib"))?;
     let prefix = root.join("llvm");
     std::fs::create_dir_all(prefix.join("lib"))?;
-    let link = prefix.join("lib/libLLVM.so");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&libllvm, &link)
-        .with_context(|| format!("linking {}", link.display()))?;
+    // `libLLVM.so` for the build; the SONAME for the binary's rpath at run time.
+    let soname = libllvm.file_name().context("libLLVM has a file name")?;
+    for link in [
+        prefix.join("lib/libLLVM.so"),
+        prefix.join("lib").join(soname),
+    ] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
     eprintln!(
         "xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)",
         libllvm.display()
@@ -162,6 +168,7 @@ fn ensure_bpf_linker(verbose: &str) -> Result<PathBuf> {
     let status = Command::new("cargo")
         .args([
             "install",
+            "--force",
             "bpf-linker",
             "--version",
             BPF_LINKER_VERSION,

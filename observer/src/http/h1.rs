@@ -1,19 +1,840 @@
-//! HTTP/1.0 and HTTP/1.1 (placeholder: being written).
+//! HTTP/1.0 and HTTP/1.1: request and response heads from the two byte streams of one
+//! connection.
+//!
+//! # Design
+//!
+//! Each direction (client → server requests, server → client responses) has its own
+//! [`Direction`]: a small state machine ([`State`]) plus a buffer that holds only the part
+//! of a head (or chunk-size line, or trailer section) that spans segments. When a head
+//! is whole inside one segment it is parsed in place, without copying. Heads are parsed
+//! with `httparse`; chunk-size lines with `httparse::parse_chunk_size`. Bodies are never
+//! stored: the state machine only counts their bytes down.
+//!
+//! Requests wait in a FIFO (`pending`) until a response head arrives; the exchange is
+//! emitted as soon as that head is complete, so a long or streaming body does not delay it.
+//!
+//! # Lost bytes
+//!
+//! A segment whose `len` exceeds its captured `data` ends with a gap. In a body the gap
+//! simply counts down the body (Content-Length left, or the current chunk's data left). A
+//! gap where a head, chunk-size line, chunk CRLF or trailer was expected means sync is lost:
+//! `Truncated` is reported and the direction goes [`State::Desync`]. `Malformed` (bytes
+//! httparse rejects, an unusable Content-Length) and `HeadTooLarge` (a head still
+//! incomplete past `max_head_bytes`, or more than `max_headers` headers) do the same. A
+//! desynchronised direction looks at the *start* of each later segment and resumes there
+//! if it begins a message: a method token and a space (client) or `HTTP/1.` (server).
+//!
+//! To keep request/response pairing right after a loss:
+//! * a request head that was lost (Truncated or HeadTooLarge: we saw or skipped the start
+//!   of a request) leaves a placeholder in the FIFO, so the response to it is consumed
+//!   silently instead of being paired with the next request;
+//! * a response head that was lost in the same way removes the oldest pending request
+//!   (that request was answered; we just could not read the answer).
+//!
+//! Malformed bytes leave no placeholder: we cannot tell they were a request.
+//!
+//! # Other choices
+//!
+//! * `pending` holds at most `max_pending` requests: when full, the oldest is dropped and
+//!   reported `Unanswered`.
+//! * `request_body_bytes` is the declared Content-Length, or for a chunked request the sum
+//!   of the chunk sizes seen up to the moment the response head completes.
+//! * `response_body_bytes` is `Some(n)` for Content-Length `n`, `Some(0)` for responses
+//!   that have no body by definition (to HEAD, 204, 304), `None` for chunked bodies,
+//!   bodies delimited by close, and 101 / CONNECT tunnels.
+//! * 1xx responses other than 101 are skipped. 101, or a 2xx to CONNECT, emits the exchange,
+//!   reports `Upgraded`, and from then on the whole connection is ignored (pending
+//!   requests are dropped without an `Unanswered`).
+//! * After a CONNECT request the client side ignores its bytes until the CONNECT is
+//!   answered (they would be tunnel bytes); if it is refused, the client side resumes at
+//!   the next segment that starts a request.
+//! * `finish` reports one `Unanswered` per pending request (placeholders excluded) and one
+//!   `Truncated` per direction left holding a partial head; then the parser is reset.
+
+use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::BytesMut;
+
 use super::{
-    Detection, HeaderAllowlist, ParserLimits, ParserOutput, Protocol, Segment, Side, StreamParser,
+    Detection, Header, HeaderAllowlist, ParseIssue, ParsedExchange, ParserLimits, ParserOutput,
+    Protocol, Segment, Side, StreamParser,
 };
 
-pub fn detect(_first: &[u8]) -> Detection {
-    Detection::Unknown
+/// Request methods recognised by [`detect`] and when resynchronising: RFC 9110, PATCH,
+/// WebDAV (RFC 4918, 3253, 3744, 4791, 5323) and QUERY.
+const METHODS: &[&[u8]] = &[
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"PATCH",
+    b"OPTIONS",
+    b"CONNECT",
+    b"TRACE",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"MKCOL",
+    b"COPY",
+    b"MOVE",
+    b"LOCK",
+    b"UNLOCK",
+    b"REPORT",
+    b"SEARCH",
+    b"MKCALENDAR",
+    b"ACL",
+    b"MERGE",
+    b"CHECKOUT",
+    b"CHECKIN",
+    b"UNCHECKOUT",
+    b"MKACTIVITY",
+    b"MKWORKSPACE",
+    b"VERSION-CONTROL",
+    b"BASELINE-CONTROL",
+    b"LABEL",
+    b"UPDATE",
+    b"ORDERPATCH",
+    b"BIND",
+    b"UNBIND",
+    b"REBIND",
+    b"QUERY",
+];
+
+/// Start of the HTTP/2 connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// What a response starts with.
+const RESPONSE_START: &[u8] = b"HTTP/1.";
+
+/// Headers parsed with a stack array when the limit allows.
+const STACK_HEADERS: usize = 64;
+
+/// A buffer that grew beyond this is released when emptied, so an idle connection does not
+/// keep a large allocation.
+const KEEP_CAPACITY: usize = 8 * 1024;
+
+/// Look at the first bytes a client sent on a connection.
+pub fn detect(first: &[u8]) -> Detection {
+    if first.is_empty() {
+        return Detection::NeedMore;
+    }
+    if first.starts_with(H2_PREFACE) {
+        return Detection::Http2;
+    }
+    let mut need_more = H2_PREFACE.starts_with(first);
+    for method in METHODS {
+        if first.len() > method.len() {
+            if first.starts_with(method) && first[method.len()] == b' ' {
+                return Detection::Http1;
+            }
+        } else if method.starts_with(first) {
+            // `first` is the method itself or a prefix of it: the space is still to come.
+            need_more = true;
+        }
+    }
+    if need_more {
+        Detection::NeedMore
+    } else {
+        Detection::Unknown
+    }
 }
 
-pub struct Http1Parser;
+/// Whether a segment begins a new message on this side (used to resynchronise).
+fn starts_message(side: Side, data: &[u8]) -> bool {
+    match side {
+        Side::Client => detect(data) == Detection::Http1,
+        Side::Server => data.starts_with(RESPONSE_START),
+    }
+}
+
+/// Where a direction is in its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Expecting a message head.
+    Head,
+    /// In a body delimited by Content-Length: bytes left (> 0).
+    Length(u64),
+    /// Expecting a chunk-size line.
+    ChunkSize,
+    /// In a chunk's data: bytes left (> 0).
+    ChunkData(u64),
+    /// Expecting the CRLF after a chunk's data.
+    ChunkEnd { seen_cr: bool },
+    /// Expecting the trailer section after the last chunk (ends with an empty line).
+    Trailers,
+    /// In a response body delimited by the connection closing.
+    UntilClose,
+    /// Client side after a CONNECT, until it is answered: bytes ignored.
+    Held,
+    /// Lost sync: bytes ignored until a segment starts with a new message.
+    Desync,
+}
+
+/// One direction of the connection.
+struct Direction {
+    state: State,
+    /// The part of a head / chunk line / trailer section that spans segments.
+    buf: BytesMut,
+    /// Time of the segment holding the first byte of the head being parsed.
+    head_start_ns: u64,
+}
+
+/// Result of [`Direction::accumulate`].
+enum Step<T> {
+    /// Complete: the value and how many bytes of the *given* data it used.
+    Done(T, usize),
+    /// Incomplete: all the given data was buffered.
+    Partial,
+    /// Sync lost; the buffer is empty again.
+    Failed(ParseIssue),
+}
+
+/// What a parse function returns: `None` while incomplete, else (bytes used, value).
+type ParseResult<T> = Result<Option<(usize, T)>, ParseIssue>;
+
+impl Direction {
+    fn new() -> Self {
+        Self {
+            state: State::Head,
+            buf: BytesMut::new(),
+            head_start_ns: 0,
+        }
+    }
+
+    fn reset_buf(&mut self) {
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = BytesMut::new();
+        } else {
+            self.buf.clear();
+        }
+    }
+
+    /// Parse a head-like unit that may span segments, never buffering more than `max`
+    /// bytes. Parses `data` in place when nothing is buffered.
+    fn accumulate<T>(
+        &mut self,
+        data: &[u8],
+        max: usize,
+        mut parse: impl FnMut(&[u8]) -> ParseResult<T>,
+    ) -> Step<T> {
+        if self.buf.is_empty() {
+            // At most `max` bytes are looked at, so a head is accepted the same way whether
+            // or not it arrives in one segment.
+            let window = &data[..data.len().min(max)];
+            return match parse(window) {
+                Ok(Some((used, value))) => Step::Done(value, used),
+                Ok(None) if data.len() > max => Step::Failed(ParseIssue::HeadTooLarge),
+                Ok(None) => {
+                    self.buf.extend_from_slice(data);
+                    Step::Partial
+                }
+                Err(issue) => Step::Failed(issue),
+            };
+        }
+        let old = self.buf.len();
+        let take = data.len().min(max.saturating_sub(old));
+        let new = &data[..take];
+        self.buf.extend_from_slice(new);
+        // Everything parsed here ends with a line feed: without a new one, the unit cannot
+        // have completed (this keeps tiny segments from re-parsing the buffer each time).
+        if new.contains(&b'\n') {
+            match parse(&self.buf) {
+                Ok(Some((used, value))) => {
+                    self.reset_buf();
+                    // The buffered prefix was incomplete, so the unit ends in `new`.
+                    return Step::Done(value, used.saturating_sub(old));
+                }
+                Ok(None) => {}
+                Err(issue) => {
+                    self.reset_buf();
+                    return Step::Failed(issue);
+                }
+            }
+        }
+        if take < data.len() {
+            self.reset_buf();
+            Step::Failed(ParseIssue::HeadTooLarge)
+        } else {
+            Step::Partial
+        }
+    }
+}
+
+/// How a message's body is delimited, from its headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// Neither Transfer-Encoding nor Content-Length.
+    Unspecified,
+    Length(u64),
+    Chunked,
+    /// Transfer-Encoding whose final coding is not chunked.
+    NotChunked,
+    /// Content-Length unparsable or conflicting.
+    Invalid,
+}
+
+fn framing(headers: &[httparse::Header<'_>]) -> Framing {
+    let mut chunked = None;
+    let mut length = None;
+    let mut invalid = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last header's last coding is the final one.
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            for part in h.value.split(|&b| b == b',') {
+                match parse_u64(part.trim_ascii()) {
+                    Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                    _ => invalid = true,
+                }
+            }
+        }
+    }
+    match (chunked, length) {
+        (Some(true), _) => Framing::Chunked,
+        (Some(false), _) => Framing::NotChunked,
+        (None, _) if invalid => Framing::Invalid,
+        (None, Some(n)) => Framing::Length(n),
+        (None, None) => Framing::Unspecified,
+    }
+}
+
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// Run `f` with `n` empty header slots (on the stack when few enough).
+fn with_headers<'b, R>(n: usize, f: impl FnOnce(&mut [httparse::Header<'b>]) -> R) -> R {
+    if n <= STACK_HEADERS {
+        let mut headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        f(&mut headers[..n])
+    } else {
+        let mut headers = vec![httparse::EMPTY_HEADER; n];
+        f(&mut headers)
+    }
+}
+
+fn issue_for(error: httparse::Error) -> ParseIssue {
+    match error {
+        httparse::Error::TooManyHeaders => ParseIssue::HeadTooLarge,
+        _ => ParseIssue::Malformed,
+    }
+}
+
+/// A complete request head, with what we keep of it.
+struct RequestHead {
+    method: String,
+    target: String,
+    minor_version: u8,
+    headers: Vec<Header>,
+    framing: Framing,
+}
+
+fn parse_request(
+    buf: &[u8],
+    config: &httparse::ParserConfig,
+    max_headers: usize,
+    allowlist: &HeaderAllowlist,
+) -> ParseResult<RequestHead> {
+    with_headers(max_headers, |slots| {
+        let mut req = httparse::Request::new(slots);
+        match config.parse_request(&mut req, buf) {
+            Ok(httparse::Status::Complete(used)) => {
+                let headers = req
+                    .headers
+                    .iter()
+                    .filter(|h| allowlist.allows(h.name))
+                    .map(|h| Header {
+                        name: h.name.to_ascii_lowercase(),
+                        value: String::from_utf8_lossy(h.value).into_owned(),
+                    })
+                    .collect();
+                Ok(Some((
+                    used,
+                    RequestHead {
+                        method: req.method.unwrap_or_default().to_owned(),
+                        target: req.path.unwrap_or_default().to_owned(),
+                        minor_version: req.version.unwrap_or_default(),
+                        headers,
+                        framing: framing(req.headers),
+                    },
+                )))
+            }
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(issue_for(e)),
+        }
+    })
+}
+
+/// A complete response head, with what we need of it.
+struct ResponseHead {
+    status: u16,
+    framing: Framing,
+}
+
+fn parse_response(
+    buf: &[u8],
+    config: &httparse::ParserConfig,
+    max_headers: usize,
+) -> ParseResult<ResponseHead> {
+    with_headers(max_headers, |slots| {
+        let mut res = httparse::Response::new(slots);
+        match config.parse_response(&mut res, buf) {
+            Ok(httparse::Status::Complete(used)) => Ok(Some((
+                used,
+                ResponseHead {
+                    status: res.code.unwrap_or_default(),
+                    framing: framing(res.headers),
+                },
+            ))),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(issue_for(e)),
+        }
+    })
+}
+
+fn parse_chunk_line(buf: &[u8]) -> ParseResult<u64> {
+    match httparse::parse_chunk_size(buf) {
+        Ok(httparse::Status::Complete((used, size))) => Ok(Some((used, size))),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(ParseIssue::Malformed),
+    }
+}
+
+fn parse_trailers(buf: &[u8], max_headers: usize) -> ParseResult<()> {
+    with_headers(max_headers, |slots| {
+        match httparse::parse_headers(buf, slots) {
+            Ok(httparse::Status::Complete((used, _))) => Ok(Some((used, ()))),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(issue_for(e)),
+        }
+    })
+}
+
+/// A request waiting for its response.
+struct RequestInfo {
+    method: String,
+    target: String,
+    minor_version: u8,
+    headers: Vec<Header>,
+    start_ns: u64,
+    end_ns: u64,
+    body_bytes: u64,
+}
+
+struct Pending {
+    seq: u64,
+    /// `None`: a request whose head was lost; its response is consumed silently.
+    request: Option<RequestInfo>,
+}
+
+/// HTTP/1.x parser for one connection.
+pub struct Http1Parser {
+    limits: ParserLimits,
+    allowlist: Arc<HeaderAllowlist>,
+    request_config: httparse::ParserConfig,
+    response_config: httparse::ParserConfig,
+    client: Direction,
+    server: Direction,
+    pending: VecDeque<Pending>,
+    next_seq: u64,
+    /// The pending request whose chunked body the client side is in.
+    client_body_seq: Option<u64>,
+    /// The connection left HTTP/1 (101 or CONNECT tunnel): everything is ignored.
+    upgraded: bool,
+}
 
 impl Http1Parser {
-    pub fn new(_limits: ParserLimits, _allowlist: Arc<HeaderAllowlist>) -> Self {
-        Self
+    pub fn new(limits: ParserLimits, allowlist: Arc<HeaderAllowlist>) -> Self {
+        let mut request_config = httparse::ParserConfig::default();
+        request_config.allow_multiple_spaces_in_request_line_delimiters(true);
+        // Be as lenient as browsers with what servers send.
+        let mut response_config = httparse::ParserConfig::default();
+        response_config
+            .allow_multiple_spaces_in_response_status_delimiters(true)
+            .allow_spaces_after_header_name_in_responses(true)
+            .allow_obsolete_multiline_headers_in_responses(true)
+            .ignore_invalid_headers_in_responses(true);
+        Self {
+            limits,
+            allowlist,
+            request_config,
+            response_config,
+            client: Direction::new(),
+            server: Direction::new(),
+            pending: VecDeque::new(),
+            next_seq: 0,
+            client_body_seq: None,
+            upgraded: false,
+        }
+    }
+
+    fn dir(&self, side: Side) -> &Direction {
+        match side {
+            Side::Client => &self.client,
+            Side::Server => &self.server,
+        }
+    }
+
+    fn dir_mut(&mut self, side: Side) -> &mut Direction {
+        match side {
+            Side::Client => &mut self.client,
+            Side::Server => &mut self.server,
+        }
+    }
+
+    /// Bytes buffered for one direction (never more than `max_head_bytes`).
+    #[cfg(test)]
+    fn buffered(&self, side: Side) -> usize {
+        self.dir(side).buf.len()
+    }
+
+    /// Lose sync on one side; `head_lost` when the bytes lost held (the start of) a head.
+    fn lose_sync(
+        &mut self,
+        side: Side,
+        issue: ParseIssue,
+        head_lost: bool,
+        out: &mut ParserOutput,
+    ) {
+        out.issues.push(issue);
+        let dir = self.dir_mut(side);
+        dir.state = State::Desync;
+        dir.reset_buf();
+        match side {
+            Side::Client => {
+                self.client_body_seq = None;
+                if head_lost {
+                    self.push_pending(None, out);
+                }
+            }
+            Side::Server => {
+                if head_lost {
+                    self.take_front();
+                }
+            }
+        }
+    }
+
+    /// The body (or trailers) of the current message on `side` is over.
+    fn message_done(&mut self, side: Side) {
+        self.dir_mut(side).state = State::Head;
+        if side == Side::Client {
+            self.client_body_seq = None;
+        }
+    }
+
+    fn push_pending(&mut self, request: Option<RequestInfo>, out: &mut ParserOutput) -> u64 {
+        if self.pending.len() >= self.limits.max_pending.max(1) {
+            if let Some(dropped) = self.take_front() {
+                if dropped.request.is_some() {
+                    out.issues.push(ParseIssue::Unanswered);
+                }
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.push_back(Pending { seq, request });
+        seq
+    }
+
+    fn take_front(&mut self) -> Option<Pending> {
+        let front = self.pending.pop_front()?;
+        let was_connect = front
+            .request
+            .as_ref()
+            .is_some_and(|r| r.method == "CONNECT");
+        if was_connect && self.client.state == State::Held {
+            // Answered (or its answer lost): stop holding; resume at the next request.
+            self.client.state = State::Desync;
+        }
+        Some(front)
+    }
+
+    fn enter_upgraded(&mut self) {
+        self.upgraded = true;
+        self.pending.clear();
+        self.client_body_seq = None;
+        for side in [Side::Client, Side::Server] {
+            let dir = self.dir_mut(side);
+            dir.state = State::Desync;
+            dir.reset_buf();
+        }
+    }
+
+    /// Handle `data` (non-empty) in state `Head`; returns the bytes used.
+    fn head(&mut self, side: Side, ts_ns: u64, data: &[u8], out: &mut ParserOutput) -> usize {
+        let max = self.limits.max_head_bytes;
+        let max_headers = self.limits.max_headers;
+        let dir = self.dir_mut(side);
+        if dir.buf.is_empty() {
+            // Stray line ends between messages are not part of the next head.
+            let blank = data
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            if blank > 0 {
+                return blank;
+            }
+            dir.head_start_ns = ts_ns;
+        }
+        match side {
+            Side::Client => {
+                let config = &self.request_config;
+                let allowlist = &self.allowlist;
+                let step = self.client.accumulate(data, max, |b| {
+                    parse_request(b, config, max_headers, allowlist)
+                });
+                match step {
+                    Step::Done(head, used) => {
+                        self.on_request(head, ts_ns, out);
+                        used
+                    }
+                    Step::Partial => data.len(),
+                    Step::Failed(issue) => {
+                        self.lose_sync(side, issue, issue != ParseIssue::Malformed, out);
+                        data.len()
+                    }
+                }
+            }
+            Side::Server => {
+                let config = &self.response_config;
+                let step = self
+                    .server
+                    .accumulate(data, max, |b| parse_response(b, config, max_headers));
+                match step {
+                    Step::Done(head, used) => {
+                        self.on_response(head, ts_ns, out);
+                        used
+                    }
+                    Step::Partial => data.len(),
+                    Step::Failed(issue) => {
+                        self.lose_sync(side, issue, issue != ParseIssue::Malformed, out);
+                        data.len()
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, head: RequestHead, ts_ns: u64, out: &mut ParserOutput) {
+        let is_connect = head.method == "CONNECT";
+        let body_bytes = match head.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        let info = RequestInfo {
+            method: head.method,
+            target: head.target,
+            minor_version: head.minor_version,
+            headers: head.headers,
+            start_ns: self.client.head_start_ns,
+            end_ns: ts_ns,
+            body_bytes,
+        };
+        let seq = self.push_pending(Some(info), out);
+        self.client.state = if is_connect {
+            State::Held
+        } else {
+            match head.framing {
+                Framing::Unspecified | Framing::Length(0) => State::Head,
+                Framing::Length(n) => State::Length(n),
+                Framing::Chunked => {
+                    self.client_body_seq = Some(seq);
+                    State::ChunkSize
+                }
+                Framing::NotChunked | Framing::Invalid => {
+                    // A request body we cannot delimit: the request stays pending.
+                    self.lose_sync(Side::Client, ParseIssue::Malformed, false, out);
+                    return;
+                }
+            }
+        };
+    }
+
+    fn on_response(&mut self, head: ResponseHead, ts_ns: u64, out: &mut ParserOutput) {
+        let status = head.status;
+        if (100..200).contains(&status) && status != 101 {
+            // Informational (100 Continue, 103 Early Hints): the final response follows.
+            return;
+        }
+        let request = match self.take_front() {
+            Some(pending) => pending.request,
+            None => {
+                out.issues.push(ParseIssue::UnpairedResponse);
+                None
+            }
+        };
+        let method = request.as_ref().map(|r| r.method.as_str());
+        let upgrade = status == 101 || (method == Some("CONNECT") && (200..300).contains(&status));
+        let no_body = method == Some("HEAD") || status == 204 || status == 304;
+        let (body_bytes, next) = if upgrade {
+            (None, State::Desync)
+        } else if no_body {
+            (Some(0), State::Head)
+        } else {
+            match head.framing {
+                Framing::Length(0) => (Some(0), State::Head),
+                Framing::Length(n) => (Some(n), State::Length(n)),
+                Framing::Chunked => (None, State::ChunkSize),
+                Framing::Unspecified | Framing::NotChunked => (None, State::UntilClose),
+                Framing::Invalid => (None, State::Desync),
+            }
+        };
+        if let Some(r) = request {
+            out.exchanges.push(ParsedExchange {
+                protocol: Protocol::Http1,
+                method: r.method,
+                target: r.target,
+                minor_version: r.minor_version,
+                status,
+                request_headers: r.headers,
+                request_start_ns: r.start_ns,
+                request_end_ns: r.end_ns,
+                response_ns: ts_ns,
+                request_body_bytes: r.body_bytes,
+                response_body_bytes: body_bytes,
+            });
+        }
+        if upgrade {
+            out.issues.push(ParseIssue::Upgraded);
+            self.enter_upgraded();
+        } else if next == State::Desync {
+            self.lose_sync(Side::Server, ParseIssue::Malformed, false, out);
+        } else {
+            self.server.state = next;
+        }
+    }
+
+    /// Handle `data` (non-empty) in a body or chunk state; returns the bytes used.
+    fn body(&mut self, side: Side, data: &[u8], out: &mut ParserOutput) -> usize {
+        let max = self.limits.max_head_bytes;
+        let max_headers = self.limits.max_headers;
+        let dir = self.dir_mut(side);
+        match dir.state {
+            State::Length(left) => {
+                let used = left.min(data.len() as u64);
+                if used == left {
+                    self.message_done(side);
+                } else {
+                    dir.state = State::Length(left - used);
+                }
+                // `used <= data.len()`, so it fits a usize.
+                used as usize
+            }
+            State::ChunkData(left) => {
+                let used = left.min(data.len() as u64);
+                dir.state = if used == left {
+                    State::ChunkEnd { seen_cr: false }
+                } else {
+                    State::ChunkData(left - used)
+                };
+                used as usize
+            }
+            State::ChunkSize => match dir.accumulate(data, max, parse_chunk_line) {
+                Step::Done(size, used) => {
+                    dir.state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
+                    if side == Side::Client {
+                        self.count_request_chunk(size);
+                    }
+                    used
+                }
+                Step::Partial => data.len(),
+                Step::Failed(_) => {
+                    self.lose_sync(side, ParseIssue::Malformed, false, out);
+                    data.len()
+                }
+            },
+            State::ChunkEnd { seen_cr } => match data[0] {
+                b'\r' if !seen_cr => {
+                    dir.state = State::ChunkEnd { seen_cr: true };
+                    1
+                }
+                b'\n' => {
+                    dir.state = State::ChunkSize;
+                    1
+                }
+                _ => {
+                    self.lose_sync(side, ParseIssue::Malformed, false, out);
+                    data.len()
+                }
+            },
+            State::Trailers => {
+                match dir.accumulate(data, max, |b| parse_trailers(b, max_headers)) {
+                    Step::Done((), used) => {
+                        self.message_done(side);
+                        used
+                    }
+                    Step::Partial => data.len(),
+                    Step::Failed(issue) => {
+                        self.lose_sync(side, issue, false, out);
+                        data.len()
+                    }
+                }
+            }
+            State::Head | State::UntilClose | State::Held | State::Desync => data.len(),
+        }
+    }
+
+    fn count_request_chunk(&mut self, size: u64) {
+        let Some(seq) = self.client_body_seq else {
+            return;
+        };
+        if let Some(p) = self.pending.iter_mut().rev().find(|p| p.seq == seq) {
+            if let Some(r) = p.request.as_mut() {
+                r.body_bytes = r.body_bytes.saturating_add(size);
+            }
+        }
+    }
+
+    /// `gap` bytes after the captured data of a segment were not seen.
+    fn skip_gap(&mut self, side: Side, mut gap: u64, out: &mut ParserOutput) {
+        while gap > 0 {
+            let dir = self.dir_mut(side);
+            match dir.state {
+                State::Length(left) => {
+                    if gap < left {
+                        dir.state = State::Length(left - gap);
+                        return;
+                    }
+                    gap -= left;
+                    self.message_done(side);
+                }
+                State::ChunkData(left) => {
+                    if gap < left {
+                        dir.state = State::ChunkData(left - gap);
+                        return;
+                    }
+                    gap -= left;
+                    dir.state = State::ChunkEnd { seen_cr: false };
+                }
+                State::UntilClose | State::Held | State::Desync => return,
+                State::Head => {
+                    // Where a head was expected there is a head (or its rest): lost.
+                    self.lose_sync(side, ParseIssue::Truncated, true, out);
+                    return;
+                }
+                State::ChunkSize | State::ChunkEnd { .. } | State::Trailers => {
+                    self.lose_sync(side, ParseIssue::Truncated, false, out);
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -21,6 +842,1222 @@ impl StreamParser for Http1Parser {
     fn protocol(&self) -> Protocol {
         Protocol::Http1
     }
-    fn feed(&mut self, _side: Side, _segment: Segment<'_>, _out: &mut ParserOutput) {}
-    fn finish(&mut self, _ts_ns: u64, _out: &mut ParserOutput) {}
+
+    fn feed(&mut self, side: Side, segment: Segment<'_>, out: &mut ParserOutput) {
+        if self.upgraded {
+            return;
+        }
+        let data = segment.data;
+        let gap = segment.len.saturating_sub(data.len() as u64);
+        let dir = self.dir_mut(side);
+        if dir.state == State::Desync {
+            if !starts_message(side, data) {
+                return;
+            }
+            dir.state = State::Head;
+            dir.reset_buf();
+        }
+        let mut pos = 0;
+        while pos < data.len() && !self.upgraded {
+            let rest = &data[pos..];
+            let used = match self.dir(side).state {
+                State::Head => self.head(side, segment.ts_ns, rest, out),
+                State::UntilClose | State::Held | State::Desync => rest.len(),
+                _ => self.body(side, rest, out),
+            };
+            if used == 0 {
+                // Cannot happen (every step consumes or fails); never spin on it.
+                debug_assert!(false, "h1 parser made no progress");
+                self.lose_sync(side, ParseIssue::Malformed, false, out);
+                break;
+            }
+            pos += used;
+        }
+        if gap > 0 && !self.upgraded {
+            self.skip_gap(side, gap, out);
+        }
+    }
+
+    fn finish(&mut self, _ts_ns: u64, out: &mut ParserOutput) {
+        if !self.upgraded {
+            for side in [Side::Client, Side::Server] {
+                let dir = self.dir(side);
+                if dir.state == State::Head && !dir.buf.is_empty() {
+                    out.issues.push(ParseIssue::Truncated);
+                }
+            }
+            for p in self.pending.drain(..) {
+                if p.request.is_some() {
+                    out.issues.push(ParseIssue::Unanswered);
+                }
+            }
+        }
+        // A body delimited by close ends here; nothing else is waited for.
+        self.pending.clear();
+        self.client = Direction::new();
+        self.server = Direction::new();
+        self.client_body_seq = None;
+        self.upgraded = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parser() -> Http1Parser {
+        Http1Parser::new(
+            ParserLimits::default(),
+            Arc::new(HeaderAllowlist::default()),
+        )
+    }
+
+    /// Feed one fully captured segment.
+    fn feed(p: &mut Http1Parser, side: Side, ts_ns: u64, data: &[u8]) -> ParserOutput {
+        feed_gap(p, side, ts_ns, data, data.len() as u64)
+    }
+
+    /// Feed one segment of `len` bytes of which only `data` was captured.
+    fn feed_gap(
+        p: &mut Http1Parser,
+        side: Side,
+        ts_ns: u64,
+        data: &[u8],
+        len: u64,
+    ) -> ParserOutput {
+        let mut out = ParserOutput::default();
+        p.feed(side, Segment { ts_ns, data, len }, &mut out);
+        out
+    }
+
+    fn finish(p: &mut Http1Parser, ts_ns: u64) -> ParserOutput {
+        let mut out = ParserOutput::default();
+        p.finish(ts_ns, &mut out);
+        out
+    }
+
+    fn hdr(name: &str, value: &str) -> Header {
+        Header {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        }
+    }
+
+    fn exchange(method: &str, target: &str, status: u16) -> ParsedExchange {
+        ParsedExchange {
+            protocol: Protocol::Http1,
+            method: method.to_owned(),
+            target: target.to_owned(),
+            minor_version: 1,
+            status,
+            request_headers: Vec::new(),
+            request_start_ns: 0,
+            request_end_ns: 0,
+            response_ns: 0,
+            request_body_bytes: 0,
+            response_body_bytes: Some(0),
+        }
+    }
+
+    /// Sequence of (method, target, status) of a list of exchanges.
+    fn summary(exchanges: &[ParsedExchange]) -> Vec<(String, String, u16)> {
+        exchanges
+            .iter()
+            .map(|e| (e.method.clone(), e.target.clone(), e.status))
+            .collect()
+    }
+
+    fn s(method: &str, target: &str, status: u16) -> (String, String, u16) {
+        (method.to_owned(), target.to_owned(), status)
+    }
+
+    const OK_EMPTY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn detect_cases() {
+        assert_eq!(detect(b""), Detection::NeedMore);
+        assert_eq!(detect(b"G"), Detection::NeedMore);
+        assert_eq!(detect(b"GE"), Detection::NeedMore);
+        assert_eq!(detect(b"GET"), Detection::NeedMore);
+        assert_eq!(detect(b"GET "), Detection::Http1);
+        assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Detection::Http1);
+        assert_eq!(detect(b"HEAD / HTTP/1.1\r\n"), Detection::Http1);
+        assert_eq!(detect(b"POST /x HTTP/1.0\r\n"), Detection::Http1);
+        assert_eq!(detect(b"PUT /x"), Detection::Http1);
+        assert_eq!(detect(b"DELETE /x"), Detection::Http1);
+        assert_eq!(detect(b"PATCH /x"), Detection::Http1);
+        assert_eq!(detect(b"OPTIONS *"), Detection::Http1);
+        assert_eq!(detect(b"CONNECT example.com:443"), Detection::Http1);
+        assert_eq!(detect(b"TRACE /"), Detection::Http1);
+        assert_eq!(detect(b"PROPFIND /dav"), Detection::Http1);
+        assert_eq!(detect(b"MKCOL /dav"), Detection::Http1);
+        assert_eq!(detect(b"OPTI"), Detection::NeedMore);
+        assert_eq!(detect(b"P"), Detection::NeedMore);
+        // Method tokens are case-sensitive; no space after the method is not HTTP/1.
+        assert_eq!(detect(b"get / HTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"GETX / HTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"GET/ HTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"FOO / HTTP/1.1"), Detection::Unknown);
+        // HTTP/2 preface, and its prefixes.
+        assert_eq!(
+            detect(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Detection::Http2
+        );
+        assert_eq!(detect(b"PRI * HTTP/2.0"), Detection::Http2);
+        assert_eq!(detect(b"PRI"), Detection::NeedMore);
+        assert_eq!(detect(b"PRI * HTTP/2"), Detection::NeedMore);
+        assert_eq!(detect(b"PRI * HTTP/1.1"), Detection::Unknown);
+        // TLS ClientHello, binary, garbage.
+        assert_eq!(
+            detect(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]),
+            Detection::Unknown
+        );
+        assert_eq!(detect(&[0x16]), Detection::Unknown);
+        assert_eq!(detect(&[0x00, 0xff, 0x10]), Detection::Unknown);
+        assert_eq!(detect(b"SSH-2.0-OpenSSH_9.6\r\n"), Detection::Unknown);
+        assert_eq!(detect(b"\r\nGET / HTTP/1.1"), Detection::Unknown);
+    }
+
+    #[test]
+    fn simple_get() {
+        let mut p = parser();
+        assert_eq!(p.protocol(), Protocol::Http1);
+        let out = feed(
+            &mut p,
+            Side::Client,
+            100,
+            b"GET /api/v1/users?id=7 HTTP/1.1\r\nHost: api.example\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\r\n",
+        );
+        assert!(out.exchanges.is_empty());
+        assert!(out.issues.is_empty());
+        let out = feed(
+            &mut p,
+            Side::Server,
+            250,
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            out.exchanges,
+            vec![ParsedExchange {
+                request_headers: vec![hdr("host", "api.example"), hdr("user-agent", "curl/8")],
+                request_start_ns: 100,
+                request_end_ns: 100,
+                response_ns: 250,
+                response_body_bytes: Some(2),
+                ..exchange("GET", "/api/v1/users?id=7", 200)
+            }]
+        );
+        let out = finish(&mut p, 300);
+        assert!(out.exchanges.is_empty());
+        assert!(out.issues.is_empty());
+    }
+
+    #[test]
+    fn keep_alive_three_exchanges() {
+        let mut p = parser();
+        for i in 0..3u64 {
+            let req = format!("GET /item/{i} HTTP/1.1\r\nHost: h\r\n\r\n");
+            let out = feed(&mut p, Side::Client, 10 * i, req.as_bytes());
+            assert!(out.exchanges.is_empty() && out.issues.is_empty());
+            let res = format!("HTTP/1.1 20{i} X\r\nContent-Length: 5\r\n\r\nhello");
+            let out = feed(&mut p, Side::Server, 10 * i + 5, res.as_bytes());
+            assert!(out.issues.is_empty());
+            assert_eq!(
+                out.exchanges,
+                vec![ParsedExchange {
+                    request_headers: vec![hdr("host", "h")],
+                    request_start_ns: 10 * i,
+                    request_end_ns: 10 * i,
+                    response_ns: 10 * i + 5,
+                    response_body_bytes: Some(5),
+                    ..exchange("GET", &format!("/item/{i}"), 200 + i as u16)
+                }]
+            );
+        }
+        assert!(finish(&mut p, 100).issues.is_empty());
+    }
+
+    #[test]
+    fn pipelined_requests_pair_in_order() {
+        let mut p = parser();
+        let reqs = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcDELETE /c HTTP/1.1\r\nHost: h\r\n\r\n";
+        let out = feed(&mut p, Side::Client, 1, reqs);
+        assert!(out.exchanges.is_empty() && out.issues.is_empty());
+        let resps = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nnop";
+        let out = feed(&mut p, Side::Server, 2, resps);
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            summary(&out.exchanges),
+            vec![
+                s("GET", "/a", 200),
+                s("POST", "/b", 201),
+                s("DELETE", "/c", 404)
+            ]
+        );
+        assert_eq!(
+            out.exchanges
+                .iter()
+                .map(|e| (e.request_body_bytes, e.response_body_bytes))
+                .collect::<Vec<_>>(),
+            vec![(0, Some(1)), (3, Some(0)), (0, Some(3))]
+        );
+        assert!(out
+            .exchanges
+            .iter()
+            .all(|e| e.request_start_ns == 1 && e.request_end_ns == 1 && e.response_ns == 2));
+        assert!(finish(&mut p, 3).issues.is_empty());
+    }
+
+    #[test]
+    fn split_byte_by_byte() {
+        let mut p = parser();
+        let req = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nbody";
+        for (i, b) in req.iter().enumerate() {
+            let out = feed(
+                &mut p,
+                Side::Client,
+                1000 + i as u64,
+                std::slice::from_ref(b),
+            );
+            assert!(out.exchanges.is_empty() && out.issues.is_empty());
+        }
+        let res = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let head_end = res.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut exchanges = Vec::new();
+        for (i, b) in res.iter().enumerate() {
+            let out = feed(
+                &mut p,
+                Side::Server,
+                5000 + i as u64,
+                std::slice::from_ref(b),
+            );
+            assert!(out.issues.is_empty());
+            if !out.exchanges.is_empty() {
+                // Emitted exactly when the response head completes.
+                assert_eq!(i + 1, head_end);
+            }
+            exchanges.extend(out.exchanges);
+        }
+        let head_len = req.len() - 4;
+        assert_eq!(
+            exchanges,
+            vec![ParsedExchange {
+                request_headers: vec![hdr("host", "h"), hdr("content-type", "text/plain")],
+                request_start_ns: 1000,
+                request_end_ns: 1000 + head_len as u64 - 1,
+                response_ns: 5000 + head_end as u64 - 1,
+                request_body_bytes: 4,
+                response_body_bytes: None,
+                ..exchange("POST", "/upload", 200)
+            }]
+        );
+        // Both directions are back at a message boundary.
+        assert_eq!(p.buffered(Side::Client), 0);
+        assert_eq!(p.buffered(Side::Server), 0);
+        let out = feed(&mut p, Side::Client, 9000, b"GET /next HTTP/1.1\r\n\r\n");
+        assert!(out.issues.is_empty());
+        let out = feed(&mut p, Side::Server, 9001, OK_EMPTY);
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/next", 200)]);
+    }
+
+    #[test]
+    fn content_length_request_body_in_segments() {
+        let mut p = parser();
+        let out = feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"PUT /doc HTTP/1.1\r\nContent-Length: 26\r\n\r\nabcdef",
+        );
+        assert!(out.issues.is_empty());
+        for (i, part) in [&b"ghijklmnop"[..], b"qrstu", b"vwxyz"].iter().enumerate() {
+            let out = feed(&mut p, Side::Client, 2 + i as u64, part);
+            assert!(out.issues.is_empty() && out.exchanges.is_empty());
+        }
+        // The body is over: the next bytes are a new request.
+        let out = feed(&mut p, Side::Client, 10, b"GET /after HTTP/1.1\r\n\r\n");
+        assert!(out.issues.is_empty());
+        let out = feed(
+            &mut p,
+            Side::Server,
+            11,
+            b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            out.exchanges,
+            vec![
+                ParsedExchange {
+                    request_start_ns: 1,
+                    request_end_ns: 1,
+                    response_ns: 11,
+                    request_body_bytes: 26,
+                    ..exchange("PUT", "/doc", 204)
+                },
+                ParsedExchange {
+                    request_start_ns: 10,
+                    request_end_ns: 10,
+                    response_ns: 11,
+                    ..exchange("GET", "/after", 200)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn chunked_request_and_response_with_trailers() {
+        let mut p = parser();
+        // Chunk sizes, extensions, CRLFs and trailers split at awkward places.
+        let client: &[&[u8]] = &[
+            b"POST /stream HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1",
+            b"0\r\n0123456789",
+            b"ABCDEF\r",
+            b"\n5;name=val",
+            b"ue\r\nhello\r\n",
+            b"0\r\nX-Checksum: ab",
+            b"cd\r\n",
+            b"\r\nGET /second HTTP/1.1\r\n\r\n",
+        ];
+        for (i, part) in client.iter().enumerate() {
+            let out = feed(&mut p, Side::Client, i as u64, part);
+            assert!(out.issues.is_empty(), "client part {i}: {:?}", out.issues);
+            assert!(out.exchanges.is_empty());
+        }
+        let server: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"a\r\n0123",
+            b"456789\r\n1",
+            b"2\r\n",
+            b"0123456789abcdefgh\r\n0\r",
+            b"\nTrailer-One: 1\r\nTrailer-Two: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        ];
+        let mut exchanges = Vec::new();
+        for (i, part) in server.iter().enumerate() {
+            let out = feed(&mut p, Side::Server, 100 + i as u64, part);
+            assert!(out.issues.is_empty(), "server part {i}: {:?}", out.issues);
+            exchanges.extend(out.exchanges);
+        }
+        assert_eq!(
+            exchanges,
+            vec![
+                ParsedExchange {
+                    request_headers: vec![hdr("host", "h")],
+                    request_start_ns: 0,
+                    request_end_ns: 0,
+                    response_ns: 100,
+                    request_body_bytes: 16 + 5,
+                    response_body_bytes: None,
+                    ..exchange("POST", "/stream", 200)
+                },
+                ParsedExchange {
+                    request_start_ns: 7,
+                    request_end_ns: 7,
+                    response_ns: 106,
+                    response_body_bytes: Some(2),
+                    ..exchange("GET", "/second", 200)
+                },
+            ]
+        );
+        assert!(finish(&mut p, 200).issues.is_empty());
+    }
+
+    #[test]
+    fn chunked_data_in_gap() {
+        let mut p = parser();
+        feed(&mut p, Side::Client, 1, b"GET /big HTTP/1.1\r\n\r\n");
+        let out = feed(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/big", 200)]);
+        // A 64 KiB chunk of which only its size line and 10 bytes were captured.
+        let out = feed_gap(&mut p, Side::Server, 3, b"10000\r\n0123456789", 7 + 0x10000);
+        assert!(out.issues.is_empty());
+        let out = feed(&mut p, Side::Server, 4, b"\r\n0\r\n\r\n");
+        assert!(out.issues.is_empty());
+        feed(&mut p, Side::Client, 5, b"GET /small HTTP/1.1\r\n\r\n");
+        let out = feed(&mut p, Side::Server, 6, OK_EMPTY);
+        assert!(out.issues.is_empty());
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/small", 200)]);
+    }
+
+    #[test]
+    fn body_mostly_in_gap() {
+        let mut p = parser();
+        const MIB: u64 = 1 << 20;
+        let head = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1048576\r\n\r\n";
+        let mut data = head.to_vec();
+        data.extend_from_slice(&[b'x'; 100]);
+        let out = feed_gap(&mut p, Side::Client, 10, &data, head.len() as u64 + MIB);
+        assert!(out.issues.is_empty() && out.exchanges.is_empty());
+        let out = feed(
+            &mut p,
+            Side::Client,
+            20,
+            b"GET /status HTTP/1.1\r\nHost: h\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        // The response to the upload, its 1 MiB body mostly uncaptured, then the next one.
+        let res_head = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n";
+        let mut res = res_head.to_vec();
+        res.extend_from_slice(&[b'y'; 100]);
+        let out = feed_gap(&mut p, Side::Server, 30, &res, res_head.len() as u64 + MIB);
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            out.exchanges,
+            vec![ParsedExchange {
+                request_headers: vec![hdr("host", "h")],
+                request_start_ns: 10,
+                request_end_ns: 10,
+                response_ns: 30,
+                request_body_bytes: MIB,
+                response_body_bytes: Some(MIB),
+                ..exchange("POST", "/upload", 200)
+            }]
+        );
+        let out = feed(
+            &mut p,
+            Side::Server,
+            40,
+            b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            out.exchanges,
+            vec![ParsedExchange {
+                request_headers: vec![hdr("host", "h")],
+                request_start_ns: 20,
+                request_end_ns: 20,
+                response_ns: 40,
+                response_body_bytes: Some(4),
+                ..exchange("GET", "/status", 503)
+            }]
+        );
+        // Several segments, each mostly a gap, through one body.
+        feed(&mut p, Side::Client, 50, b"GET /x HTTP/1.1\r\n\r\n");
+        feed(
+            &mut p,
+            Side::Server,
+            51,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n",
+        );
+        for i in 0..3 {
+            let out = feed_gap(&mut p, Side::Server, 52 + i, b"zz", 1000);
+            assert!(out.issues.is_empty());
+        }
+        feed(&mut p, Side::Client, 60, b"GET /y HTTP/1.1\r\n\r\n");
+        let out = feed(&mut p, Side::Server, 61, OK_EMPTY);
+        assert!(out.issues.is_empty());
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/y", 200)]);
+    }
+
+    #[test]
+    fn head_response_has_no_body() {
+        let mut p = parser();
+        feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"HEAD /file HTTP/1.1\r\nHost: h\r\n\r\nGET /file HTTP/1.1\r\nHost: h\r\n\r\n",
+        );
+        let out = feed(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(summary(&out.exchanges), vec![s("HEAD", "/file", 200)]);
+        assert_eq!(out.exchanges[0].response_body_bytes, Some(0));
+        // The next bytes are the next response, not a body.
+        let out = feed(
+            &mut p,
+            Side::Server,
+            3,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/file", 200)]);
+        assert_eq!(out.exchanges[0].response_body_bytes, Some(5));
+        assert!(finish(&mut p, 4).issues.is_empty());
+    }
+
+    #[test]
+    fn no_body_statuses_204_304() {
+        let mut p = parser();
+        feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"DELETE /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nIf-None-Match: \"x\"\r\n\r\nGET /c HTTP/1.1\r\n\r\n",
+        );
+        // 304 may carry the Content-Length of the representation; neither has a body.
+        let out = feed(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 999\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            summary(&out.exchanges),
+            vec![
+                s("DELETE", "/a", 204),
+                s("GET", "/b", 304),
+                s("GET", "/c", 200)
+            ]
+        );
+        assert_eq!(
+            out.exchanges
+                .iter()
+                .map(|e| e.response_body_bytes)
+                .collect::<Vec<_>>(),
+            vec![Some(0), Some(0), Some(2)]
+        );
+    }
+
+    #[test]
+    fn expect_100_continue() {
+        let mut p = parser();
+        let out = feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"POST /submit HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        let out = feed(&mut p, Side::Server, 2, b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(out.issues.is_empty() && out.exchanges.is_empty());
+        let out = feed(&mut p, Side::Client, 3, b"0123456789");
+        assert!(out.issues.is_empty());
+        let out = feed(
+            &mut p,
+            Side::Server,
+            4,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            out.exchanges,
+            vec![ParsedExchange {
+                request_headers: vec![hdr("host", "h")],
+                request_start_ns: 1,
+                request_end_ns: 1,
+                response_ns: 4,
+                request_body_bytes: 10,
+                ..exchange("POST", "/submit", 201)
+            }]
+        );
+        // 100 and the final response in one segment; 103 Early Hints also skipped.
+        feed(
+            &mut p,
+            Side::Client,
+            5,
+            b"PUT /x HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+        );
+        let out = feed(&mut p, Side::Server, 6, b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(out.exchanges.is_empty());
+        feed(&mut p, Side::Client, 7, b"ok");
+        let out = feed(
+            &mut p,
+            Side::Server,
+            8,
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(summary(&out.exchanges), vec![s("PUT", "/x", 200)]);
+        assert!(finish(&mut p, 9).issues.is_empty());
+    }
+
+    #[test]
+    fn upgrade_101_stops_parsing() {
+        let mut p = parser();
+        feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+        let out = feed(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello",
+        );
+        assert_eq!(out.issues, vec![ParseIssue::Upgraded]);
+        assert_eq!(
+            out.exchanges,
+            vec![ParsedExchange {
+                request_headers: vec![hdr("host", "h")],
+                request_start_ns: 1,
+                request_end_ns: 1,
+                response_ns: 2,
+                response_body_bytes: None,
+                ..exchange("GET", "/ws", 101)
+            }]
+        );
+        // WebSocket frames, even ones that look like HTTP, are ignored.
+        let out = feed(&mut p, Side::Client, 3, b"\x81\x85abcdefghi");
+        assert!(out.issues.is_empty() && out.exchanges.is_empty());
+        let out = feed(&mut p, Side::Client, 4, b"GET /fake HTTP/1.1\r\n\r\n");
+        assert!(out.issues.is_empty() && out.exchanges.is_empty());
+        let out = feed(&mut p, Side::Server, 5, OK_EMPTY);
+        assert!(out.issues.is_empty() && out.exchanges.is_empty());
+        let out = finish(&mut p, 6);
+        assert!(out.issues.is_empty() && out.exchanges.is_empty());
+    }
+
+    #[test]
+    fn connect_tunnel() {
+        let mut p = parser();
+        feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"CONNECT api.example:443 HTTP/1.1\r\nHost: api.example:443\r\n\r\n",
+        );
+        let out = feed(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 200 Connection Established\r\n\r\n",
+        );
+        assert_eq!(out.issues, vec![ParseIssue::Upgraded]);
+        assert_eq!(
+            summary(&out.exchanges),
+            vec![s("CONNECT", "api.example:443", 200)]
+        );
+        let out = feed(&mut p, Side::Client, 3, &[0x16, 0x03, 0x01, 0x00, 0x05]);
+        assert!(out.issues.is_empty());
+        assert!(finish(&mut p, 4).issues.is_empty());
+
+        // Refused: the connection stays HTTP/1.
+        let mut p = parser();
+        feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"CONNECT blocked:443 HTTP/1.1\r\n\r\n",
+        );
+        let out = feed(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno!",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            summary(&out.exchanges),
+            vec![s("CONNECT", "blocked:443", 403)]
+        );
+        feed(&mut p, Side::Client, 3, b"GET / HTTP/1.1\r\n\r\n");
+        let out = feed(&mut p, Side::Server, 4, OK_EMPTY);
+        assert!(out.issues.is_empty());
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/", 200)]);
+    }
+
+    #[test]
+    fn http10_response_until_close() {
+        let mut p = parser();
+        let out = feed(&mut p, Side::Client, 1, b"GET /old HTTP/1.0\r\n\r\n");
+        assert!(out.issues.is_empty());
+        let out = feed(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n<html>",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            out.exchanges,
+            vec![ParsedExchange {
+                minor_version: 0,
+                request_start_ns: 1,
+                request_end_ns: 1,
+                response_ns: 2,
+                response_body_bytes: None,
+                ..exchange("GET", "/old", 200)
+            }]
+        );
+        // The body runs to the close: bytes that look like a response are body, and gaps too.
+        let out = feed(
+            &mut p,
+            Side::Server,
+            3,
+            b"HTTP/1.1 500 Not a response\r\n\r\n",
+        );
+        assert!(out.issues.is_empty() && out.exchanges.is_empty());
+        let out = feed_gap(&mut p, Side::Server, 4, b"more", 100_000);
+        assert!(out.issues.is_empty() && out.exchanges.is_empty());
+        let out = finish(&mut p, 5);
+        assert!(out.issues.is_empty() && out.exchanges.is_empty());
+
+        // HTTP/1.1 with Connection: close and no length behaves the same.
+        let mut p = parser();
+        feed(&mut p, Side::Client, 1, b"GET /x HTTP/1.1\r\n\r\n");
+        let out = feed(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc",
+        );
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/x", 200)]);
+        assert_eq!(out.exchanges[0].response_body_bytes, None);
+        assert!(finish(&mut p, 3).issues.is_empty());
+    }
+
+    #[test]
+    fn header_allowlist_filtering() {
+        let allowlist = Arc::new(HeaderAllowlist::new(["Host", "X-API-Key", "authorization"]));
+        let mut p = Http1Parser::new(ParserLimits::default(), allowlist);
+        feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"GET / HTTP/1.1\r\nHOST: Example.COM\r\nAccept: */*\r\nx-api-key: k1\r\nCookie: secret=1\r\nAuthorization: Bearer \xfftok\r\nX-Api-Key: k2\r\n\r\n",
+        );
+        let out = feed(&mut p, Side::Server, 2, OK_EMPTY);
+        assert_eq!(out.exchanges.len(), 1);
+        assert_eq!(
+            out.exchanges[0].request_headers,
+            vec![
+                hdr("host", "Example.COM"),
+                hdr("x-api-key", "k1"),
+                hdr("authorization", "Bearer \u{fffd}tok"),
+                hdr("x-api-key", "k2"),
+            ]
+        );
+        // Debug output never shows values.
+        let debug = format!("{:?}", out.exchanges[0].request_headers);
+        assert!(!debug.contains("k1") && !debug.contains("tok"));
+    }
+
+    #[test]
+    fn malformed_then_resync() {
+        let mut p = parser();
+        let out = feed(&mut p, Side::Client, 1, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(out.issues.is_empty());
+        // Not HTTP where a request was expected.
+        let out = feed(&mut p, Side::Client, 2, b"\x00\x01garbage\xff\r\n\r\n");
+        assert_eq!(out.issues, vec![ParseIssue::Malformed]);
+        // Ignored until a segment starts with a request, even if one starts mid-segment.
+        let out = feed(
+            &mut p,
+            Side::Client,
+            3,
+            b"more junk GET /no HTTP/1.1\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        let out = feed(
+            &mut p,
+            Side::Client,
+            4,
+            b"POST /ok HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+        );
+        assert!(out.issues.is_empty());
+        let out = feed(
+            &mut p,
+            Side::Server,
+            5,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            summary(&out.exchanges),
+            vec![s("GET", "/", 200), s("POST", "/ok", 201)]
+        );
+        assert_eq!(out.exchanges[1].request_start_ns, 4);
+
+        // Same on the server side: bad status line, then a resync at "HTTP/1.".
+        feed(
+            &mut p,
+            Side::Client,
+            6,
+            b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n",
+        );
+        let out = feed(&mut p, Side::Server, 7, b"HTTP/1.1 2x0 Bad\r\n\r\n");
+        assert_eq!(out.issues, vec![ParseIssue::Malformed]);
+        let out = feed(&mut p, Side::Server, 8, b"junk");
+        assert!(out.issues.is_empty());
+        let out = feed(&mut p, Side::Server, 9, OK_EMPTY);
+        assert!(out.issues.is_empty());
+        // Pairing resumes with the oldest pending request.
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/1", 200)]);
+        assert_eq!(finish(&mut p, 10).issues, vec![ParseIssue::Unanswered]);
+    }
+
+    #[test]
+    fn invalid_content_length_is_malformed() {
+        let mut p = parser();
+        let out = feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        );
+        assert_eq!(out.issues, vec![ParseIssue::Malformed]);
+        // The request itself was read and still gets its response.
+        let out = feed(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(summary(&out.exchanges), vec![s("POST", "/a", 400)]);
+        assert_eq!(out.exchanges[0].request_body_bytes, 0);
+        // Repeated identical values are fine.
+        let out = feed(
+            &mut p,
+            Side::Client,
+            3,
+            b"POST /b HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nhiGET /c HTTP/1.1\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        let out = feed(&mut p, Side::Server, 4, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n");
+        assert_eq!(
+            summary(&out.exchanges),
+            vec![s("POST", "/b", 200), s("GET", "/c", 200)]
+        );
+        assert_eq!(out.issues, vec![ParseIssue::Malformed]);
+    }
+
+    #[test]
+    fn truncated_head_then_resync() {
+        let mut p = parser();
+        // The head continues past what was captured.
+        let out = feed_gap(
+            &mut p,
+            Side::Client,
+            1,
+            b"GET /lost HTTP/1.1\r\nHost: h\r\nCookie: aaaa",
+            4096,
+        );
+        assert_eq!(out.issues, vec![ParseIssue::Truncated]);
+        // The tail of the lost request's data, then a new request at a segment start.
+        let out = feed(&mut p, Side::Client, 2, b"aaaa\r\n\r\n");
+        assert!(out.issues.is_empty());
+        let out = feed(
+            &mut p,
+            Side::Client,
+            3,
+            b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        // The lost request's response is consumed without an exchange; the next pairs right.
+        let out = feed(
+            &mut p,
+            Side::Server,
+            4,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlostHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            out.exchanges,
+            vec![ParsedExchange {
+                request_headers: vec![hdr("host", "h")],
+                request_start_ns: 3,
+                request_end_ns: 3,
+                response_ns: 4,
+                response_body_bytes: Some(4),
+                ..exchange("GET", "/next", 200)
+            }]
+        );
+        assert!(finish(&mut p, 5).issues.is_empty());
+
+        // A gap where the next head should start (after a complete message).
+        let mut p = parser();
+        let out = feed_gap(&mut p, Side::Client, 1, b"GET /a HTTP/1.1\r\n\r\n", 100);
+        assert_eq!(out.issues, vec![ParseIssue::Truncated]);
+        feed(&mut p, Side::Client, 2, b"GET /c HTTP/1.1\r\n\r\n");
+        let out = feed(&mut p, Side::Server, 3, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 202 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 203 OK\r\nContent-Length: 0\r\n\r\n");
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            summary(&out.exchanges),
+            vec![s("GET", "/a", 200), s("GET", "/c", 203)]
+        );
+
+        // Response head truncated: its request is dropped, the next response pairs right.
+        let mut p = parser();
+        feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n",
+        );
+        let out = feed_gap(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: x",
+            8000,
+        );
+        assert_eq!(out.issues, vec![ParseIssue::Truncated]);
+        assert!(out.exchanges.is_empty());
+        let out = feed(
+            &mut p,
+            Side::Server,
+            3,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/2", 404)]);
+
+        // A gap over a chunk-size line.
+        let mut p = parser();
+        feed(&mut p, Side::Client, 1, b"GET /c HTTP/1.1\r\n\r\n");
+        let out = feed_gap(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            5000,
+        );
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/c", 200)]);
+        assert_eq!(out.issues, vec![ParseIssue::Truncated]);
+        feed(&mut p, Side::Client, 3, b"GET /d HTTP/1.1\r\n\r\n");
+        let out = feed(&mut p, Side::Server, 4, OK_EMPTY);
+        assert!(out.issues.is_empty());
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/d", 200)]);
+    }
+
+    #[test]
+    fn head_too_large() {
+        let limits = ParserLimits {
+            max_head_bytes: 256,
+            max_headers: 8,
+            max_pending: 64,
+        };
+        let mut p = Http1Parser::new(limits, Arc::new(HeaderAllowlist::default()));
+        let big = format!("GET /big HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "a".repeat(400));
+        // In one segment.
+        let out = feed(&mut p, Side::Client, 1, big.as_bytes());
+        assert_eq!(out.issues, vec![ParseIssue::HeadTooLarge]);
+        assert_eq!(p.buffered(Side::Client), 0);
+        // Across segments: the limit trips once the buffer is full.
+        feed(&mut p, Side::Client, 2, b"GET /big2 HTTP/1.1\r\n");
+        let mut issues = Vec::new();
+        for _ in 0..10 {
+            let out = feed(&mut p, Side::Client, 3, &[b'x'; 50]);
+            issues.extend(out.issues);
+            assert!(p.buffered(Side::Client) <= 256);
+        }
+        assert_eq!(issues, vec![ParseIssue::HeadTooLarge]);
+        // Too many headers counts as too large.
+        let many: String = (0..9).map(|i| format!("H{i}: v\r\n")).collect();
+        let out = feed(
+            &mut p,
+            Side::Client,
+            4,
+            format!("GET /many HTTP/1.1\r\n{many}\r\n").as_bytes(),
+        );
+        assert_eq!(out.issues, vec![ParseIssue::HeadTooLarge]);
+        // A head within the limit still works; the three lost requests' responses are
+        // consumed silently and this one pairs.
+        feed(
+            &mut p,
+            Side::Client,
+            5,
+            b"GET /fits HTTP/1.1\r\nHost: h\r\n\r\n",
+        );
+        for _ in 0..3 {
+            let out = feed(
+                &mut p,
+                Side::Server,
+                6,
+                b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\n",
+            );
+            assert!(out.exchanges.is_empty() && out.issues.is_empty());
+        }
+        let out = feed(&mut p, Side::Server, 7, OK_EMPTY);
+        assert!(out.issues.is_empty());
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/fits", 200)]);
+
+        // Response side.
+        feed(&mut p, Side::Client, 8, b"GET /r HTTP/1.1\r\n\r\n");
+        let big = format!("HTTP/1.1 200 OK\r\nX-Pad: {}\r\n\r\n", "b".repeat(400));
+        let out = feed(&mut p, Side::Server, 9, big.as_bytes());
+        assert_eq!(out.issues, vec![ParseIssue::HeadTooLarge]);
+        assert!(out.exchanges.is_empty());
+        assert!(finish(&mut p, 10).issues.is_empty());
+    }
+
+    #[test]
+    fn unpaired_response() {
+        let mut p = parser();
+        let out = feed(
+            &mut p,
+            Side::Server,
+            1,
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 7\r\n\r\nHTTP/1.",
+        );
+        assert_eq!(out.issues, vec![ParseIssue::UnpairedResponse]);
+        assert!(out.exchanges.is_empty());
+        // Its body was skipped: the next request/response pair normally.
+        feed(&mut p, Side::Client, 2, b"GET / HTTP/1.1\r\n\r\n");
+        let out = feed(&mut p, Side::Server, 3, OK_EMPTY);
+        assert!(out.issues.is_empty());
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/", 200)]);
+        // A chunked unpaired response is skipped as well.
+        let out = feed(
+            &mut p,
+            Side::Server,
+            4,
+            b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nHTT\r\n0\r\n\r\n",
+        );
+        assert_eq!(out.issues, vec![ParseIssue::UnpairedResponse]);
+        feed(&mut p, Side::Client, 5, b"GET /z HTTP/1.1\r\n\r\n");
+        let out = feed(&mut p, Side::Server, 6, OK_EMPTY);
+        assert!(out.issues.is_empty());
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/z", 200)]);
+    }
+
+    #[test]
+    fn unanswered_at_finish() {
+        let mut p = parser();
+        feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n",
+        );
+        let out = feed(&mut p, Side::Server, 2, OK_EMPTY);
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/1", 200)]);
+        let out = finish(&mut p, 3);
+        assert!(out.exchanges.is_empty());
+        assert_eq!(
+            out.issues,
+            vec![ParseIssue::Unanswered, ParseIssue::Unanswered]
+        );
+        // A partial head at close is reported as truncated.
+        let mut p = parser();
+        feed(&mut p, Side::Client, 1, b"GET /half HTTP/1.1\r\nHo");
+        assert_eq!(finish(&mut p, 2).issues, vec![ParseIssue::Truncated]);
+    }
+
+    #[test]
+    fn pending_overflow_drops_oldest() {
+        let limits = ParserLimits {
+            max_pending: 2,
+            ..ParserLimits::default()
+        };
+        let mut p = Http1Parser::new(limits, Arc::new(HeaderAllowlist::default()));
+        let out = feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n",
+        );
+        assert_eq!(out.issues, vec![ParseIssue::Unanswered]);
+        let out = feed(&mut p, Side::Server, 2, OK_EMPTY);
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/2", 200)]);
+    }
+
+    /// xorshift64* PRNG: deterministic, dependency-free.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn fuzz_random_segments_never_panic() {
+        // Pieces that steer the parser into every state; mixed with random bytes.
+        const PIECES: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"POST /p HTTP/1.1\r\nContent-Length: 10\r\n\r\n",
+            b"PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HEAD /h HTTP/1.0\r\n\r\n",
+            b"CONNECT x:1 HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"5\r\nhello\r\n",
+            b"0\r\n\r\n",
+            b"ffffffffffffff\r\n",
+            b"\r\n",
+            b"Content-Length: 99999999999999999999999\r\n",
+        ];
+        for seed in 1..=4u64 {
+            let limits = ParserLimits {
+                max_head_bytes: 512,
+                max_headers: 16,
+                max_pending: 8,
+            };
+            let mut p = Http1Parser::new(limits, Arc::new(HeaderAllowlist::default()));
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed);
+            let mut data = Vec::new();
+            let mut total = ParserOutput::default();
+            for i in 0..2_000u64 {
+                data.clear();
+                let side = if rng.below(2) == 0 {
+                    Side::Client
+                } else {
+                    Side::Server
+                };
+                match rng.below(3) {
+                    0 => {
+                        let n = rng.below(700) as usize;
+                        data.extend((0..n).map(|_| rng.next() as u8));
+                    }
+                    1 => {
+                        for _ in 0..=rng.below(4) {
+                            data.extend_from_slice(PIECES[rng.below(PIECES.len() as u64) as usize]);
+                        }
+                    }
+                    _ => {
+                        // A piece cut at a random point, with a random tail.
+                        let piece = PIECES[rng.below(PIECES.len() as u64) as usize];
+                        data.extend_from_slice(
+                            &piece[..rng.below(piece.len() as u64 + 1) as usize],
+                        );
+                        let n = rng.below(20) as usize;
+                        data.extend((0..n).map(|_| rng.next() as u8));
+                    }
+                }
+                let len = match rng.below(4) {
+                    0 => data.len() as u64 + rng.below(100_000),
+                    _ => data.len() as u64,
+                };
+                let mut out = ParserOutput::default();
+                p.feed(
+                    side,
+                    Segment {
+                        ts_ns: i,
+                        data: &data,
+                        len,
+                    },
+                    &mut out,
+                );
+                assert!(p.buffered(Side::Client) <= 512);
+                assert!(p.buffered(Side::Server) <= 512);
+                assert!(p.pending.len() <= 8);
+                total.exchanges.extend(out.exchanges);
+                total.issues.extend(out.issues);
+                if rng.below(500) == 0 {
+                    p.finish(i, &mut total);
+                }
+            }
+            let mut out = ParserOutput::default();
+            p.finish(2_000, &mut out);
+            assert!(p.pending.is_empty());
+            // The structured pieces must have produced some results.
+            assert!(!total.issues.is_empty());
+        }
+    }
 }

@@ -85,11 +85,9 @@ fn time_claim(v: Option<&Value>) -> Option<i64> {
 
 fn list_claim(v: Option<&Value>, split_spaces: bool) -> Vec<String> {
     match v {
-        Some(Value::String(s)) if split_spaces => s
-            .split_whitespace()
-            .take(MAX_LIST)
-            .map(short)
-            .collect(),
+        Some(Value::String(s)) if split_spaces => {
+            s.split_whitespace().take(MAX_LIST).map(short).collect()
+        }
         Some(Value::String(s)) => vec![short(s)],
         Some(Value::Array(items)) => items
             .iter()

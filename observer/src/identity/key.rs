@@ -6,8 +6,7 @@
 //! [`FingerprintKey::rotate`] new fingerprints cannot be linked to old ones.
 
 use std::{
-    fmt,
-    fs,
+    fmt, fs,
     io::{self, Write as _},
     path::{Path, PathBuf},
     sync::Arc,
