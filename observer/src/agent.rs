@@ -2,8 +2,8 @@
 //! SIGINT/SIGTERM (dropping the capture detaches every probe).
 
 use std::{
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -16,6 +16,8 @@ use crate::{
     conn::{Clock, ConnOutput, ConnTable},
     export::{jsonl::JsonLines, metrics::RequestMetrics, server},
     http::{HeaderAllowlist, ParserLimits},
+    identity::FingerprintKey,
+    session::{metrics::SessionMetrics, SessionTable, SessionTableConfig},
 };
 
 /// Connections silent for this long are forgotten (their close was not seen).
@@ -29,6 +31,7 @@ struct Pipeline {
     capture_metrics: CaptureMetrics,
     request_metrics: RequestMetrics,
     jsonl: Option<JsonLines>,
+    sessions: Arc<Mutex<SessionTable>>,
     out: ConnOutput,
 }
 
@@ -71,10 +74,17 @@ impl Pipeline {
         for issue in self.out.issues.drain(..) {
             self.request_metrics.issue(issue);
         }
+        if self.out.exchanges.is_empty() {
+            return;
+        }
+        let now = SystemTime::now();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        // Exchanges (with their raw credentials) are dropped here, once fingerprinted.
         for ex in self.out.exchanges.drain(..) {
             self.request_metrics.observe(&ex);
+            sessions.observe(&ex, now);
             if let Some(j) = &mut self.jsonl {
-                j.write(&ex);
+                j.write(&ex.record());
             }
         }
     }
@@ -94,7 +104,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = Registry::new();
     let capture_metrics = CaptureMetrics::register(&registry)?;
     let request_metrics = RequestMetrics::register(&registry)?;
-    let state = Arc::new(server::AppState::new(registry));
+    let session_metrics = SessionMetrics::new(&registry, config.sessions.metrics_top_k)?;
+    let key = FingerprintKey::from_config(&config.identity).context("fingerprint key")?;
+    let table = SessionTable::new(
+        SessionTableConfig {
+            identity: config.identity.clone(),
+            sessions: config.sessions.clone(),
+            scoring: config.scoring.clone(),
+        },
+        key,
+    );
+    let credential_headers = table.header_names();
+    let sessions = Arc::new(Mutex::new(table));
+    let state = Arc::new(server::AppState::new(registry, Arc::clone(&sessions)));
+    let alerts = match &config.output.alerts_jsonl {
+        Some(target) => Some(JsonLines::open(target)?),
+        None => None,
+    };
 
     let mut capture = Capture::start(&config.capture)?;
     for p in &capture.probes {
@@ -112,7 +138,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         HeaderAllowlist::DEFAULT
             .iter()
             .map(|s| s.to_string())
-            .chain(config.capture.extra_headers.iter().cloned()),
+            .chain(config.capture.extra_headers.iter().cloned())
+            .chain(credential_headers),
     );
     let mut conns = ConnTable::new(
         ParserLimits::default(),
@@ -138,8 +165,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         capture_metrics,
         request_metrics,
         jsonl,
+        sessions: Arc::clone(&sessions),
         out: ConnOutput::default(),
     };
+    let scoring_task = tokio::spawn(scoring_loop(
+        Arc::clone(&sessions),
+        session_metrics,
+        Duration::from_secs(config.scoring.interval_secs),
+        alerts,
+    ));
 
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
     // AsyncFd (which owns the ring buffer) is dropped.
@@ -195,6 +229,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     state.ready.store(false, Ordering::Relaxed);
     server_task.abort();
+    scoring_task.abort();
     drop(ring);
     drop(capture);
     tracing::info!(
@@ -202,6 +237,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pipeline.capture_metrics.total_dropped()
     );
     Ok(())
+}
+
+/// Score every session on a period; report state changes as alerts.
+async fn scoring_loop(
+    sessions: Arc<Mutex<SessionTable>>,
+    mut metrics: SessionMetrics,
+    period: Duration,
+    mut alerts: Option<JsonLines>,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = SystemTime::now();
+        let changes = {
+            let mut table = sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let changes = table.score(now);
+            let expired = table.expire(now);
+            if expired > 0 {
+                tracing::debug!("{expired} idle sessions expired");
+            }
+            metrics.update(&table);
+            changes
+        };
+        for change in &changes {
+            tracing::info!(
+                session = %change.session_id,
+                from = ?change.from,
+                to = ?change.to,
+                score = change.score,
+                "session state changed"
+            );
+            if let Some(a) = &mut alerts {
+                a.write(change);
+            }
+        }
+    }
 }
 
 pub fn monotonic_ns() -> u64 {

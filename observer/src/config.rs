@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use observer_common::{DEFAULT_CAPTURE, MAX_CAPTURE};
 
+use crate::{identity::IdentityConfig, score::ScoreConfig, session::SessionConfig};
+
 /// Every setting, with its default.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -15,6 +17,9 @@ pub struct Config {
     pub listen: SocketAddr,
     pub capture: CaptureConfig,
     pub output: OutputConfig,
+    pub identity: IdentityConfig,
+    pub sessions: SessionConfig,
+    pub scoring: ScoreConfig,
 }
 
 impl Default for Config {
@@ -23,6 +28,9 @@ impl Default for Config {
             listen: "127.0.0.1:9464".parse().expect("valid literal"),
             capture: CaptureConfig::default(),
             output: OutputConfig::default(),
+            identity: IdentityConfig::default(),
+            sessions: SessionConfig::default(),
+            scoring: ScoreConfig::default(),
         }
     }
 }
@@ -58,6 +66,8 @@ impl Default for CaptureConfig {
 pub struct OutputConfig {
     /// Write every exchange as a JSON line to this file (`-` for stdout). Off by default.
     pub exchanges_jsonl: Option<String>,
+    /// Write a JSON line to this file (`-` for stdout) each time a session changes state.
+    pub alerts_jsonl: Option<String>,
 }
 
 /// A configuration problem, naming the key.
@@ -133,6 +143,12 @@ impl Config {
                 why: format!("{bad:?} is not a header name"),
             });
         }
+        self.sessions
+            .validate()
+            .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
+        self.scoring
+            .validate()
+            .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
         Ok(())
     }
 }

@@ -1,19 +1,11 @@
 //! observer: an eBPF API traffic observer. `main` only wires the CLI to the modules.
 
-mod agent;
-mod capture;
-mod config;
-mod conn;
-mod exchange;
-mod export;
-mod http;
-
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use config::Config;
+use observer::{agent, cli, config::Config};
 
 #[derive(Parser, Debug)]
 #[command(name = "observer", version, about = "eBPF API traffic observer")]
@@ -28,6 +20,35 @@ struct Cli {
 enum Command {
     /// Run the agent (the default).
     Run(RunArgs),
+    /// Print the session table of a running agent, riskiest first.
+    Sessions {
+        /// The agent's HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        agent: String,
+        /// Only sessions in this state (healthy, suspicious, unhealthy).
+        #[arg(long)]
+        state: Option<String>,
+        /// inbound (APIs this host serves) or outbound (APIs it calls).
+        #[arg(long)]
+        direction: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print the JSON the agent returned instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Freeze a credential fingerprint: any later use of it makes its session unhealthy.
+    Freeze {
+        fingerprint: String,
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        agent: String,
+    },
+    /// Unfreeze a credential fingerprint.
+    Unfreeze {
+        fingerprint: String,
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        agent: String,
+    },
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -84,6 +105,31 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
+        Some(Command::Sessions {
+            agent,
+            state,
+            direction,
+            limit,
+            json,
+        }) => {
+            let mut query = Vec::new();
+            if let Some(s) = state {
+                query.push(format!("state={s}"));
+            }
+            if let Some(d) = direction {
+                query.push(format!("direction={d}"));
+            }
+            if let Some(l) = limit {
+                query.push(format!("limit={l}"));
+            }
+            cli::sessions::list(&agent, &query.join("&"), json)
+        }
+        Some(Command::Freeze { fingerprint, agent }) => {
+            cli::sessions::freeze(&agent, &fingerprint, true)
+        }
+        Some(Command::Unfreeze { fingerprint, agent }) => {
+            cli::sessions::freeze(&agent, &fingerprint, false)
+        }
     }
 }
 

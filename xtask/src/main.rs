@@ -34,6 +34,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// `cargo fmt --check` and `cargo clippy --all-targets -D warnings` on the workspace.
+    Lint,
     /// Benchmarks, measured side by side in one run.
     Bench {
         #[command(subcommand)]
@@ -91,6 +93,24 @@ fn main() -> Result<()> {
                 &env,
                 &e2e,
                 &[("OBSERVER_BIN", bin.to_str().unwrap_or_default())],
+            )?;
+        }
+        Cmd::Lint => {
+            let env = toolchain::ensure()?;
+            cargo(&env, &["fmt", "--all", "--check"], &[])?;
+            cargo(
+                &env,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    "observer-ebpf",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+                &[],
             )?;
         }
         Cmd::Bench { which } => {

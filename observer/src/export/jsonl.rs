@@ -1,10 +1,8 @@
-//! The JSON-lines stream of exchanges (debugging and tests).
+//! JSON-lines streams: exchanges (debugging and tests) and session state changes (alerts).
 
 use std::io::Write;
 
 use anyhow::Context as _;
-
-use crate::exchange::Exchange;
 
 pub struct JsonLines {
     out: Box<dyn Write + Send>,
@@ -21,7 +19,7 @@ impl JsonLines {
                     .create(true)
                     .append(true)
                     .open(target)
-                    .with_context(|| format!("opening {target} for the exchange stream"))?,
+                    .with_context(|| format!("opening {target} for a JSON-lines stream"))?,
             )
         };
         Ok(Self {
@@ -29,13 +27,12 @@ impl JsonLines {
         })
     }
 
-    pub fn write(&mut self, ex: &Exchange) {
-        let record = ex.record();
-        if let Err(e) = serde_json::to_writer(&mut self.out, &record)
+    pub fn write<T: serde::Serialize>(&mut self, record: &T) {
+        if let Err(e) = serde_json::to_writer(&mut self.out, record)
             .map_err(std::io::Error::from)
             .and_then(|()| self.out.write_all(b"\n"))
         {
-            tracing::warn!("writing the exchange stream failed: {e}");
+            tracing::warn!("writing a JSON-lines stream failed: {e}");
         }
     }
 }

@@ -1,8 +1,13 @@
 //! Request metrics: counts and latency of exchanges.
 
+use std::collections::HashSet;
+
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-use crate::{exchange::Exchange, http::ParseIssue};
+use crate::{exchange::Exchange, http::ParseIssue, session::dims::template_path};
+
+/// Most distinct route templates given their own label value; later ones are `other`.
+const MAX_ROUTES: usize = 500;
 
 /// Methods that get their own label value; anything else is `OTHER` (bounded cardinality).
 const METHODS: &[&str] = &[
@@ -21,6 +26,7 @@ pub struct RequestMetrics {
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
     pub parse_issues: IntCounterVec,
+    routes: HashSet<String>,
 }
 
 impl RequestMetrics {
@@ -28,9 +34,9 @@ impl RequestMetrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "api_observer_http_requests_total",
-                "HTTP exchanges seen, by method, status class, role of the traced process and TLS.",
+                "HTTP exchanges seen, by method, route template, status class, role of the traced process and TLS.",
             ),
-            &["method", "status_class", "role", "tls"],
+            &["method", "route", "status_class", "role", "tls"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
@@ -57,15 +63,37 @@ impl RequestMetrics {
             requests,
             duration,
             parse_issues,
+            routes: HashSet::new(),
         })
     }
 
-    pub fn observe(&self, ex: &Exchange) {
+    /// Route label: the templated path (`/users/{id}`), bounded in number.
+    fn route(&mut self, path: &str) -> String {
+        let mut ids = Vec::new();
+        let route = template_path(path, &mut ids);
+        if self.routes.contains(&route) {
+            return route;
+        }
+        if self.routes.len() >= MAX_ROUTES {
+            return "other".into();
+        }
+        self.routes.insert(route.clone());
+        route
+    }
+
+    pub fn observe(&mut self, ex: &Exchange) {
         let method = method_label(&ex.method);
         let class = ex.status_class();
         let role = ex.role.as_str();
+        let route = self.route(&ex.path);
         self.requests
-            .with_label_values(&[method, class, role, if ex.tls { "true" } else { "false" }])
+            .with_label_values(&[
+                method,
+                &route,
+                class,
+                role,
+                if ex.tls { "true" } else { "false" },
+            ])
             .inc();
         self.duration
             .with_label_values(&[method, class, role])
@@ -80,6 +108,17 @@ impl RequestMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_are_templated_and_bounded() {
+        let mut m = RequestMetrics::register(&Registry::new()).unwrap();
+        assert_eq!(m.route("/users/123/orders"), "/users/{id}/orders");
+        for i in 0..MAX_ROUTES + 10 {
+            m.route(&format!("/r{i}/x"));
+        }
+        assert_eq!(m.route("/brand/new"), "other");
+        assert_eq!(m.route("/users/9/orders"), "/users/{id}/orders");
+    }
 
     #[test]
     fn unknown_methods_share_one_label() {

@@ -6,30 +6,42 @@ use std::sync::{
 };
 
 use axum::{
-    extract::State,
+    extract::{Path, Query, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, put},
     Json, Router,
 };
 use prometheus::{Encoder as _, Registry, TextEncoder};
+use serde_json::json;
 
-use crate::capture::ProbeStatus;
+use crate::{
+    capture::ProbeStatus,
+    session::{ListQuery, SessionTable},
+};
 
 /// What the handlers share with the pipeline.
 pub struct AppState {
     pub registry: Registry,
     pub ready: AtomicBool,
     pub probes: Mutex<Vec<ProbeStatus>>,
+    pub sessions: Arc<Mutex<SessionTable>>,
 }
 
 impl AppState {
-    pub fn new(registry: Registry) -> Self {
+    pub fn new(registry: Registry, sessions: Arc<Mutex<SessionTable>>) -> Self {
         Self {
             registry,
             ready: AtomicBool::new(false),
             probes: Mutex::new(Vec::new()),
+            sessions,
         }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, SessionTable> {
+        // A panic while holding the lock cannot leave the table half-updated in a way
+        // that matters to readers; keep serving.
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -37,7 +49,55 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/api/sessions", get(list_sessions))
+        .route("/api/sessions/{id}", get(get_session))
+        .route("/api/frozen", get(list_frozen))
+        .route("/api/frozen/{fingerprint}", put(freeze).delete(unfreeze))
         .with_state(state)
+}
+
+fn error(code: StatusCode, message: impl std::fmt::Display) -> Response {
+    (code, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+/// `GET /api/sessions?state=unhealthy&direction=inbound&limit=20`: riskiest first.
+async fn list_sessions(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    Json(state.sessions().list(&query)).into_response()
+}
+
+/// `GET /api/sessions/{id}`: one session with its reasons and dimensions.
+async fn get_session(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match state.sessions().get(&id) {
+        Some(detail) => Json(detail).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no session {id}")),
+    }
+}
+
+async fn list_frozen(State(state): State<Arc<AppState>>) -> Response {
+    Json(state.sessions().frozen()).into_response()
+}
+
+/// `PUT /api/frozen/{fingerprint}`: any later use of it is an unhealthy signal.
+async fn freeze(State(state): State<Arc<AppState>>, Path(fp): Path<String>) -> Response {
+    match state.sessions().freeze(&fp) {
+        Ok(changed) => {
+            Json(json!({ "fingerprint": fp, "frozen": true, "changed": changed })).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// `DELETE /api/frozen/{fingerprint}`.
+async fn unfreeze(State(state): State<Arc<AppState>>, Path(fp): Path<String>) -> Response {
+    match state.sessions().unfreeze(&fp) {
+        Ok(changed) => {
+            Json(json!({ "fingerprint": fp, "frozen": false, "changed": changed })).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

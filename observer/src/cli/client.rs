@@ -1,0 +1,92 @@
+//! A minimal HTTP/1.1 client for the agent's own endpoint (plain HTTP on a local or
+//! cluster address), enough for the CLI without another dependency.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpStream, ToSocketAddrs as _},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+
+/// `http://host:port` → `host:port`.
+pub fn authority(agent: &str) -> anyhow::Result<&str> {
+    let rest = agent
+        .strip_prefix("http://")
+        .with_context(|| format!("agent address {agent:?} must start with http://"))?;
+    Ok(rest.trim_end_matches('/'))
+}
+
+/// Send a request; return (status, body).
+pub fn request(agent: &str, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let host = authority(agent)?;
+    let addr = host
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("no address for {host}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connecting to the agent at {agent} (is it running?)"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head_len) = response.parse(raw)? else {
+        bail!("incomplete response from the agent");
+    };
+    let status = response.code.context("no status")?;
+    let chunked = response.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && String::from_utf8_lossy(h.value).contains("chunked")
+    });
+    let mut body = raw[head_len..].to_vec();
+    if chunked {
+        body = dechunk(&body)?;
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let httparse::Status::Complete((used, size)) =
+            httparse::parse_chunk_size(data).map_err(|_| anyhow::anyhow!("bad chunk size"))?
+        else {
+            bail!("truncated chunked body");
+        };
+        if size == 0 {
+            return Ok(out);
+        }
+        let end = used + size as usize;
+        out.extend_from_slice(data.get(used..end).context("truncated chunk")?);
+        data = data.get(end + 2..).context("truncated chunk")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_chunked() {
+        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]";
+        assert_eq!(parse_response(plain).unwrap(), (200, "[]".into()));
+        let chunked = b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked).unwrap(), (404, "abcde".into()));
+        assert!(parse_response(b"HTTP/1.1 200").is_err());
+        assert_eq!(
+            authority("http://127.0.0.1:9464/").unwrap(),
+            "127.0.0.1:9464"
+        );
+        assert!(authority("127.0.0.1:9464").is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! `observer sessions` (the session table of a running agent) and `observer freeze` /
+//! `observer unfreeze`.
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+
+use super::client::request;
+
+/// Fetch and print the session table.
+pub fn list(agent: &str, query: &str, json: bool) -> anyhow::Result<()> {
+    let path = if query.is_empty() {
+        "/api/sessions".to_string()
+    } else {
+        format!("/api/sessions?{query}")
+    };
+    let (status, body) = request(agent, "GET", &path)?;
+    if status != 200 {
+        bail!("the agent answered {status}: {body}");
+    }
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let sessions: Vec<Value> = serde_json::from_str(&body).context("decoding the session list")?;
+    print!("{}", render_table(&sessions));
+    Ok(())
+}
+
+/// Freeze (or unfreeze) a fingerprint.
+pub fn freeze(agent: &str, fingerprint: &str, frozen: bool) -> anyhow::Result<()> {
+    let method = if frozen { "PUT" } else { "DELETE" };
+    let (status, body) = request(agent, method, &format!("/api/frozen/{fingerprint}"))?;
+    if status != 200 {
+        bail!("the agent answered {status}: {body}");
+    }
+    println!("{body}");
+    Ok(())
+}
+
+/// The table printed by `observer sessions`.
+pub fn render_table(sessions: &[Value]) -> String {
+    let header = [
+        "SESSION", "DIR", "KIND", "STATE", "SCORE", "REQS", "RATE/S", "NETS", "AGENTS", "REASONS",
+    ];
+    let rows: Vec<[String; 10]> = sessions
+        .iter()
+        .map(|s| {
+            let text = |k: &str| s[k].as_str().unwrap_or("-").to_string();
+            let num = |k: &str| {
+                s[k].as_u64()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            let reasons: Vec<&str> = s["reasons"]
+                .as_array()
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let mut state = text("state");
+            if s["frozen"].as_bool() == Some(true) {
+                state.push_str(" (frozen)");
+            }
+            [
+                text("id"),
+                text("direction"),
+                text("kind"),
+                state,
+                num("score"),
+                num("requests"),
+                s["rate"]
+                    .as_f64()
+                    .map(|r| format!("{r:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                num("networks"),
+                num("agents"),
+                if reasons.is_empty() {
+                    "-".into()
+                } else {
+                    reasons.join(",")
+                },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[&str], out: &mut String| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                l.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&header, &mut out);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&cells, &mut out);
+    }
+    if rows.is_empty() {
+        out.push_str("(no sessions)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_snapshot() {
+        let sessions: Vec<Value> = serde_json::from_str(
+            r#"[
+              {"id":"tok_5f2c9a1e0b7d","direction":"inbound","kind":"bearer","state":"unhealthy",
+               "score":15,"requests":120,"rate":2.5,"networks":3,"agents":1,"frozen":false,
+               "reasons":["multi_network","expired_jwt_accepted"]},
+              {"id":"anon_0011aabbccdd","direction":"inbound","kind":"anonymous","state":"healthy",
+               "score":100,"requests":4,"rate":0.1,"networks":1,"agents":1,"frozen":true,"reasons":[]}
+            ]"#,
+        )
+        .unwrap();
+        let expected = "\
+SESSION            DIR      KIND       STATE             SCORE  REQS  RATE/S  NETS  AGENTS  REASONS
+tok_5f2c9a1e0b7d   inbound  bearer     unhealthy         15     120   2.50    3     1       multi_network,expired_jwt_accepted
+anon_0011aabbccdd  inbound  anonymous  healthy (frozen)  100    4     0.10    1     1       -
+";
+        assert_eq!(render_table(&sessions), expected);
+        assert_eq!(render_table(&[]).lines().last(), Some("(no sessions)"));
+    }
+}

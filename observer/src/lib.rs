@@ -1,0 +1,18 @@
+//! observer: an eBPF API traffic observer.
+//!
+//! Modules follow the data flow: [`capture`] (kernel records) → [`conn`] (connections) →
+//! [`http`] (parsers) → [`exchange`] → [`identity`] → [`session`] → [`score`] →
+//! [`export`]. [`agent`] wires them for `observer run`; [`cli`] holds the other
+//! subcommands.
+
+pub mod agent;
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod exchange;
+pub mod export;
+pub mod http;
+pub mod identity;
+pub mod score;
+pub mod session;
