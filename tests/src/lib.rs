@@ -380,3 +380,129 @@ pub fn curl(args: &[&str]) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// A network namespace joined to the host by a veth pair, so that a client inside it
+/// really comes from its own address (`10.<a>.<b>.2`, the host side being `.1`).
+pub struct Netns {
+    pub name: String,
+    host_if: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl Netns {
+    /// `index` picks the subnet `10.200.<index>.0/24`.
+    pub fn create(index: u8) -> Result<Self> {
+        let tag = std::process::id() % 10_000;
+        let name = format!("obs{tag}n{index}");
+        let host_if = format!("obh{tag}n{index}");
+        let ns_if = format!("obc{tag}n{index}");
+        let host_ip = format!("10.200.{index}.1");
+        let ns_ip = format!("10.200.{index}.2");
+        let _ = ip(&["netns", "del", &name]);
+        let _ = ip(&["link", "del", &host_if]);
+        ip(&["netns", "add", &name])?;
+        let me = Self {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_ip: host_ip.clone(),
+            ns_ip: ns_ip.clone(),
+        };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ])?;
+        ip(&["link", "set", &ns_if, "netns", &name])?;
+        ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &host_if])?;
+        ip(&["link", "set", &host_if, "up"])?;
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/24"),
+            "dev",
+            &ns_if,
+        ])?;
+        ip(&["-n", &name, "link", "set", &ns_if, "up"])?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(me)
+    }
+
+    /// Run curl inside the namespace; returns its stdout.
+    pub fn curl(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+            ])
+            .args(args)
+            .output()
+            .context("running curl in a namespace")?;
+        if !out.status.success() {
+            bail!(
+                "curl in {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// GET a JSON document from the agent.
+pub fn agent_json(agent: &Agent, path: &str) -> Result<Value> {
+    let (code, body) = http_get(agent.addr, path)?;
+    if code != 200 {
+        bail!("{path}: {code} {body}");
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// Send a request with a method other than GET to the agent; returns (status, body).
+pub fn agent_request(agent: &Agent, method: &str, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&agent.addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: agent\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
