@@ -32,6 +32,8 @@ struct Pipeline {
     request_metrics: RequestMetrics,
     jsonl: Option<JsonLines>,
     sessions: Arc<Mutex<SessionTable>>,
+    privacy: crate::config::PrivacyConfig,
+    ignored: prometheus::IntCounter,
     out: ConnOutput,
 }
 
@@ -81,6 +83,10 @@ impl Pipeline {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         // Exchanges (with their raw credentials) are dropped here, once fingerprinted.
         for ex in self.out.exchanges.drain(..) {
+            if self.privacy.ignores(&ex) {
+                self.ignored.inc();
+                continue;
+            }
             self.request_metrics.observe(&ex);
             sessions.observe(&ex, now);
             if let Some(j) = &mut self.jsonl {
@@ -105,6 +111,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let capture_metrics = CaptureMetrics::register(&registry)?;
     let request_metrics = RequestMetrics::register(&registry)?;
     let session_metrics = SessionMetrics::new(&registry, config.sessions.metrics_top_k)?;
+    let ignored = prometheus::IntCounter::new(
+        "api_observer_privacy_ignored_total",
+        "Exchanges dropped unseen by the privacy off switch (processes, hosts, routes).",
+    )?;
+    registry.register(Box::new(ignored.clone()))?;
     let key = FingerprintKey::from_config(&config.identity).context("fingerprint key")?;
     let table = SessionTable::new(
         SessionTableConfig {
@@ -147,6 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.capture.max_connections,
         clock,
     );
+    conns.ignore_processes(config.privacy.ignore_processes.clone());
     // Sockets opened before start: after attaching, so none falls between the two.
     let existing = procfs::existing_connections(std::process::id());
     let seeded = capture.seed(&existing)?;
@@ -166,6 +178,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         request_metrics,
         jsonl,
         sessions: Arc::clone(&sessions),
+        privacy: config.privacy.clone(),
+        ignored,
         out: ConnOutput::default(),
     };
     let scoring_task = tokio::spawn(scoring_loop(
@@ -187,6 +201,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("observer running; HTTP endpoint on {}", config.listen);
 
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigusr1 = tokio::signal::unix::signal(SignalKind::user_defined1())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -222,6 +237,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = sigusr1.recv() => {
+                let purged = sessions.lock().unwrap_or_else(|e| e.into_inner()).purge();
+                tracing::info!("SIGUSR1: purged {purged} sessions");
+            }
         }
         if server_task.is_finished() {
             anyhow::bail!("the HTTP endpoint stopped");

@@ -20,6 +20,7 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub sessions: SessionConfig,
     pub scoring: ScoreConfig,
+    pub privacy: PrivacyConfig,
 }
 
 impl Default for Config {
@@ -31,6 +32,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             sessions: SessionConfig::default(),
             scoring: ScoreConfig::default(),
+            privacy: PrivacyConfig::default(),
         }
     }
 }
@@ -68,6 +70,48 @@ pub struct OutputConfig {
     pub exchanges_jsonl: Option<String>,
     /// Write a JSON line to this file (`-` for stdout) each time a session changes state.
     pub alerts_jsonl: Option<String>,
+}
+
+/// `[privacy]`: traffic that is never observed (a per-tenant off switch). Matching
+/// exchanges are dropped before anything is counted, stored or printed.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Process names (`comm`, as in `/proc/<pid>/comm`) whose connections are ignored
+    /// before any parsing.
+    pub ignore_processes: Vec<String>,
+    /// `Host` header values (any case, with or without port) that are ignored.
+    pub ignore_hosts: Vec<String>,
+    /// Path prefixes (`/internal/`, `/health`) that are ignored.
+    pub ignore_routes: Vec<String>,
+}
+
+impl PrivacyConfig {
+    /// Whether an exchange falls under the off switch (process, host or route).
+    pub fn ignores(&self, ex: &crate::exchange::Exchange) -> bool {
+        if self.ignore_processes.iter().any(|p| **p == *ex.comm) {
+            return true;
+        }
+        if let Some(host) = ex.header("host") {
+            let name = host.rsplit_once(':').map_or(host, |(h, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    host
+                }
+            });
+            if self
+                .ignore_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name) || h.eq_ignore_ascii_case(host))
+            {
+                return true;
+            }
+        }
+        self.ignore_routes
+            .iter()
+            .any(|r| ex.path.starts_with(r.as_str()))
+    }
 }
 
 /// A configuration problem, naming the key.
@@ -143,6 +187,17 @@ impl Config {
                 why: format!("{bad:?} is not a header name"),
             });
         }
+        if let Some(bad) = self
+            .privacy
+            .ignore_routes
+            .iter()
+            .find(|r| !r.starts_with('/'))
+        {
+            return Err(ConfigError::Invalid {
+                key: "privacy.ignore_routes",
+                why: format!("{bad:?} does not start with /"),
+            });
+        }
         self.sessions
             .validate()
             .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
@@ -162,6 +217,45 @@ mod tests {
         let text = include_str!("../../deploy/observer.toml");
         let parsed = Config::from_toml(text).expect("example config parses");
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn off_switch_matches_process_host_and_route() {
+        use crate::{exchange::*, http::*};
+        let ex = |comm: &str, host: &str, path: &str| Exchange {
+            protocol: Protocol::Http1,
+            role: Role::Server,
+            tls: false,
+            client: UNKNOWN_ADDR,
+            server: UNKNOWN_ADDR,
+            pid: 1,
+            comm: comm.into(),
+            method: "GET".into(),
+            path: path.into(),
+            query: None,
+            status: 200,
+            request_headers: vec![Header {
+                name: "host".into(),
+                value: host.into(),
+            }],
+            started_at: std::time::SystemTime::UNIX_EPOCH,
+            latency: std::time::Duration::ZERO,
+            request_body_bytes: 0,
+            response_body_bytes: None,
+        };
+        let p = PrivacyConfig {
+            ignore_processes: vec!["payroll".into()],
+            ignore_hosts: vec!["hr.example.com".into()],
+            ignore_routes: vec!["/internal/".into()],
+        };
+        assert!(p.ignores(&ex("payroll", "a", "/x")));
+        assert!(p.ignores(&ex("nginx", "HR.example.com:8443", "/x")));
+        assert!(p.ignores(&ex("nginx", "hr.example.com", "/x")));
+        assert!(p.ignores(&ex("nginx", "a", "/internal/metrics")));
+        assert!(!p.ignores(&ex("nginx", "api.example.com", "/internal")));
+        assert!(!PrivacyConfig::default().ignores(&ex("nginx", "a", "/")));
+        let err = Config::from_toml("[privacy]\nignore_routes = [\"internal\"]\n").unwrap_err();
+        assert!(err.to_string().contains("privacy.ignore_routes"), "{err}");
     }
 
     #[test]

@@ -141,6 +141,8 @@ pub struct ConnTable {
     pub clock: Clock,
     pub stats: ConnStats,
     scratch: ParserOutput,
+    /// Processes never observed (privacy off switch): their connections are not parsed.
+    ignore_processes: Vec<String>,
 }
 
 impl ConnTable {
@@ -158,7 +160,13 @@ impl ConnTable {
             clock,
             stats: ConnStats::default(),
             scratch: ParserOutput::default(),
+            ignore_processes: Vec::new(),
         }
+    }
+
+    /// Never parse connections of these processes (by `comm`).
+    pub fn ignore_processes(&mut self, names: Vec<String>) {
+        self.ignore_processes = names;
     }
 
     pub fn len(&self) -> usize {
@@ -241,7 +249,10 @@ impl ConnTable {
         self.insert(key, conn, out);
     }
 
-    fn insert(&mut self, key: ConnKey, conn: Connection, out: &mut ConnOutput) {
+    fn insert(&mut self, key: ConnKey, mut conn: Connection, out: &mut ConnOutput) {
+        if self.ignore_processes.iter().any(|p| **p == *conn.comm) {
+            conn.stage = Stage::Ignored;
+        }
         if self.conns.len() >= self.max_connections && !self.conns.contains_key(&key) {
             self.evict_oldest(out);
         }
@@ -729,6 +740,20 @@ mod tests {
             &mut out,
         );
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn ignored_processes_are_not_parsed() {
+        let mut t = table(16);
+        t.ignore_processes(vec!["srv".into()]);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(12, Some(Role::Server), None, None)),
+            &mut out,
+        );
+        data(&mut t, 12, 1, Direction::Ingress, REQ, &mut out);
+        data(&mut t, 12, 2, Direction::Egress, RESP, &mut out);
+        assert!(out.exchanges.is_empty());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use axum::{
     extract::{Path, Query, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, put},
+    routing::{get, post, put},
     Json, Router,
 };
 use prometheus::{Encoder as _, Registry, TextEncoder};
@@ -53,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/sessions/{id}", get(get_session))
         .route("/api/frozen", get(list_frozen))
         .route("/api/frozen/{fingerprint}", put(freeze).delete(unfreeze))
+        .route("/api/purge", post(purge))
         .with_state(state)
 }
 
@@ -88,6 +89,13 @@ async fn freeze(State(state): State<Arc<AppState>>, Path(fp): Path<String>) -> R
         }
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
+}
+
+/// `POST /api/purge`: forget every session now (the same as SIGUSR1).
+async fn purge(State(state): State<Arc<AppState>>) -> Response {
+    let purged = state.sessions().purge();
+    tracing::info!("purge requested over the API: {purged} sessions forgotten");
+    Json(json!({ "purged": purged })).into_response()
 }
 
 /// `DELETE /api/frozen/{fingerprint}`.
