@@ -33,6 +33,7 @@ struct Pipeline {
     jsonl: Option<JsonLines>,
     sessions: Arc<Mutex<SessionTable>>,
     privacy: crate::config::PrivacyConfig,
+    addresses: crate::exchange::AddressPolicy,
     ignored: prometheus::IntCounter,
     out: ConnOutput,
 }
@@ -90,7 +91,7 @@ impl Pipeline {
             self.request_metrics.observe(&ex);
             sessions.observe(&ex, now);
             if let Some(j) = &mut self.jsonl {
-                j.write(&ex.record());
+                j.write(&ex.record(&self.addresses));
             }
         }
     }
@@ -179,6 +180,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         jsonl,
         sessions: Arc::clone(&sessions),
         privacy: config.privacy.clone(),
+        addresses: crate::exchange::AddressPolicy {
+            mode: config.sessions.client_ip,
+            ipv4_prefix: config.sessions.ipv4_prefix,
+            ipv6_prefix: config.sessions.ipv6_prefix,
+        },
         ignored,
         out: ConnOutput::default(),
     };
@@ -200,6 +206,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!("observer running; HTTP endpoint on {}", config.listen);
 
+    // Signal streams made once: a signal that arrives while a batch is being handled is
+    // kept for the next turn of the loop, not lost.
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigusr1 = tokio::signal::unix::signal(SignalKind::user_defined1())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -235,7 +244,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 pipeline.capture_metrics.connections.set(pipeline.conns.len() as i64);
                 pipeline.flush();
             }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigusr1.recv() => {
                 let purged = sessions.lock().unwrap_or_else(|e| e.into_inner()).purge();

@@ -10,7 +10,35 @@ use std::{
 
 use serde::Serialize;
 
-use crate::http::{Header, Protocol};
+use crate::{
+    http::{Header, Protocol},
+    session::dims::{network_of, ClientIpMode},
+};
+
+/// How client addresses appear in what the agent prints: in full (with port), as their
+/// truncated network, or not at all (the `[sessions] client_ip` setting).
+#[derive(Clone, Copy, Debug)]
+pub struct AddressPolicy {
+    pub mode: ClientIpMode,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+}
+
+impl AddressPolicy {
+    /// The default: IPv4 /24, IPv6 /48.
+    pub const TRUNCATE: Self = Self {
+        mode: ClientIpMode::Truncate,
+        ipv4_prefix: 24,
+        ipv6_prefix: 48,
+    };
+
+    pub fn client(&self, addr: SocketAddr) -> String {
+        match self.mode {
+            ClientIpMode::Full => addr.to_string(),
+            mode => network_of(addr.ip(), mode, self.ipv4_prefix, self.ipv6_prefix).to_string(),
+        }
+    }
+}
 
 /// Which end of the connection the traced process is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -80,8 +108,9 @@ impl Exchange {
         status_class(self.status)
     }
 
-    /// The printable record of this exchange: no header values, no query values.
-    pub fn record(&self) -> ExchangeRecord<'_> {
+    /// The printable record of this exchange: no header values, no query values, the
+    /// client address as `policy` allows.
+    pub fn record(&self, policy: &AddressPolicy) -> ExchangeRecord<'_> {
         ExchangeRecord {
             ts: self
                 .started_at
@@ -105,7 +134,7 @@ impl Exchange {
                 .unwrap_or_default(),
             status: self.status,
             latency_ms: self.latency.as_secs_f64() * 1000.0,
-            client: self.client,
+            client: policy.client(self.client),
             server: self.server,
             pid: self.pid,
             comm: &self.comm,
@@ -117,7 +146,7 @@ impl Exchange {
 
 impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.record().fmt(f)
+        self.record(&AddressPolicy::TRUNCATE).fmt(f)
     }
 }
 
@@ -147,7 +176,8 @@ pub struct ExchangeRecord<'a> {
     pub query_keys: Vec<&'a str>,
     pub status: u16,
     pub latency_ms: f64,
-    pub client: SocketAddr,
+    /// `ip:port`, a network (`10.1.2.0/24`) or `redacted`, per the address policy.
+    pub client: String,
     pub server: SocketAddr,
     pub pid: u32,
     pub comm: &'a str,
@@ -218,8 +248,29 @@ mod tests {
             request_body_bytes: 0,
             response_body_bytes: None,
         };
-        let printed = format!("{ex:?} {}", serde_json::to_string(&ex.record()).unwrap());
+        let printed = format!(
+            "{ex:?} {}",
+            serde_json::to_string(&ex.record(&AddressPolicy::TRUNCATE)).unwrap()
+        );
         assert!(!printed.contains("SECRET"), "{printed}");
         assert!(printed.contains("api_key"));
+    }
+
+    #[test]
+    fn client_address_follows_the_policy() {
+        let addr: SocketAddr = "192.0.2.77:5000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8:1:2:3::9]:443".parse().unwrap();
+        let full = AddressPolicy {
+            mode: ClientIpMode::Full,
+            ..AddressPolicy::TRUNCATE
+        };
+        let drop = AddressPolicy {
+            mode: ClientIpMode::Drop,
+            ..AddressPolicy::TRUNCATE
+        };
+        assert_eq!(full.client(addr), "192.0.2.77:5000");
+        assert_eq!(AddressPolicy::TRUNCATE.client(addr), "192.0.2.0/24");
+        assert_eq!(AddressPolicy::TRUNCATE.client(v6), "2001:db8:1::/48");
+        assert_eq!(drop.client(addr), "redacted");
     }
 }

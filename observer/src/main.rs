@@ -65,6 +65,9 @@ struct RunArgs {
     /// Write every exchange as a JSON line to this file (`-` for stdout).
     #[arg(long)]
     exchanges_jsonl: Option<String>,
+    /// Client addresses in sessions and outputs: full, truncate (default) or drop.
+    #[arg(long, value_parser = ["full", "truncate", "drop"])]
+    client_ip: Option<String>,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info", env = "OBSERVER_LOG")]
     log_level: String,
@@ -81,6 +84,10 @@ impl RunArgs {
         }
         if let Some(n) = self.capture_bytes {
             config.capture.capture_bytes = n;
+        }
+        if let Some(mode) = &self.client_ip {
+            config.sessions.client_ip =
+                serde_json::from_value(serde_json::json!(mode)).context("--client-ip")?;
         }
         if let Some(target) = &self.exchanges_jsonl {
             config.output.exchanges_jsonl = Some(target.clone());

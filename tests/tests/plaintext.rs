@@ -11,6 +11,10 @@ use std::{
 use e2e::*;
 use serde_json::Value;
 
+/// These tests assert exact client addresses and ports: ask for them in full (the
+/// default truncates client addresses to their network).
+const FULL_ADDRESSES: &[&str] = &["--client-ip", "full"];
+
 fn by_role<'a>(ex: &'a [Value], role: &str) -> Vec<&'a Value> {
     ex.iter().filter(|e| e["role"] == role).collect()
 }
@@ -37,7 +41,7 @@ fn curl_keepalive_against_python_server() {
     if !prerequisites() {
         return;
     }
-    let agent = Agent::start(&[]).unwrap();
+    let agent = Agent::start(FULL_ADDRESSES).unwrap();
     let port = free_port();
     let _server = python_api_server("127.0.0.1", port).unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -92,7 +96,7 @@ fn nginx_methods_bodies_and_bodyless_responses_on_one_connection() {
     if !prerequisites() {
         return;
     }
-    let agent = Agent::start(&[]).unwrap();
+    let agent = Agent::start(FULL_ADDRESSES).unwrap();
     let port = free_port();
     let nginx = Nginx::start(port, "").unwrap();
     let upload = nginx.dir.join("upload.bin");
@@ -178,7 +182,7 @@ fn pipelined_requests_are_paired_in_order() {
     if !prerequisites() {
         return;
     }
-    let agent = Agent::start(&[]).unwrap();
+    let agent = Agent::start(FULL_ADDRESSES).unwrap();
     let port = free_port();
     let _nginx = Nginx::start(port, "").unwrap();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -243,7 +247,7 @@ fn connection_opened_before_the_agent_started_is_followed() {
     let mut lines = BufReader::new(client.child.stdout.take().unwrap()).lines();
     let local_port: u16 = lines.next().unwrap().unwrap().trim().parse().unwrap();
 
-    let agent = Agent::start(&[]).unwrap();
+    let agent = Agent::start(FULL_ADDRESSES).unwrap();
     writeln!(client.child.stdin.as_mut().unwrap(), "go").unwrap();
     assert_eq!(lines.next().unwrap().unwrap().trim(), "404 204");
 
@@ -276,7 +280,7 @@ fn ipv6_client_and_server() {
     if !prerequisites() {
         return;
     }
-    let agent = Agent::start(&[]).unwrap();
+    let agent = Agent::start(FULL_ADDRESSES).unwrap();
     let port = free_port();
     let _server = python_api_server("::1", port).unwrap();
     let out = curl(&[
@@ -312,7 +316,7 @@ fn expect_continue_chunked_bodies_and_chunked_responses() {
     if !prerequisites() {
         return;
     }
-    let agent = Agent::start(&[]).unwrap();
+    let agent = Agent::start(FULL_ADDRESSES).unwrap();
     let port = free_port();
     let _server = python_api_server("127.0.0.1", port).unwrap();
     let dir = scratch_dir("bodies");
@@ -386,7 +390,7 @@ fn exchange_reaches_metrics_and_stream_within_a_second_and_stop_detaches() {
     if !prerequisites() {
         return;
     }
-    let mut agent = Agent::start(&[]).unwrap();
+    let mut agent = Agent::start(FULL_ADDRESSES).unwrap();
     let port = free_port();
     let _server = python_api_server("127.0.0.1", port).unwrap();
     curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/hello")]).unwrap();
@@ -434,7 +438,7 @@ fn garbage_and_non_http_traffic_do_not_disturb_the_agent() {
     if !prerequisites() {
         return;
     }
-    let agent = Agent::start(&[]).unwrap();
+    let agent = Agent::start(FULL_ADDRESSES).unwrap();
     let port = free_port();
     let _nginx = Nginx::start(port, "").unwrap();
     // Binary garbage, a TLS-looking record, and an oversized header: each on its own
