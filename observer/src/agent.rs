@@ -160,6 +160,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         clock,
     );
     conns.ignore_processes(config.privacy.ignore_processes.clone());
+    conns.resolve_workloads(crate::workload::WorkloadResolver::new(
+        config.kubernetes.clone(),
+    ));
     // Sockets opened before start: after attaching, so none falls between the two.
     let existing = procfs::existing_connections(std::process::id());
     let seeded = capture.seed(&existing)?;

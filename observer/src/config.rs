@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use observer_common::{DEFAULT_CAPTURE, MAX_CAPTURE};
 
-use crate::{identity::IdentityConfig, score::ScoreConfig, session::SessionConfig};
+use crate::{
+    identity::IdentityConfig, score::ScoreConfig, session::SessionConfig,
+    workload::KubernetesConfig,
+};
 
 /// Every setting, with its default.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -21,6 +24,7 @@ pub struct Config {
     pub sessions: SessionConfig,
     pub scoring: ScoreConfig,
     pub privacy: PrivacyConfig,
+    pub kubernetes: KubernetesConfig,
 }
 
 impl Default for Config {
@@ -33,6 +37,7 @@ impl Default for Config {
             sessions: SessionConfig::default(),
             scoring: ScoreConfig::default(),
             privacy: PrivacyConfig::default(),
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -198,6 +203,9 @@ impl Config {
                 why: format!("{bad:?} does not start with /"),
             });
         }
+        self.kubernetes
+            .validate()
+            .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
         self.sessions
             .validate()
             .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
@@ -242,6 +250,7 @@ mod tests {
             latency: std::time::Duration::ZERO,
             request_body_bytes: 0,
             response_body_bytes: None,
+            workload: Default::default(),
         };
         let p = PrivacyConfig {
             ignore_processes: vec!["payroll".into()],

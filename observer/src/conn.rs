@@ -21,6 +21,7 @@ use crate::{
         self, Detection, HeaderAllowlist, ParseIssue, ParsedExchange, ParserLimits, ParserOutput,
         Segment, Side, StreamParser,
     },
+    workload::{Workload, WorkloadResolver},
 };
 
 /// Most client bytes held while the protocol is not known yet.
@@ -93,6 +94,7 @@ struct Connection {
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
     comm: Arc<str>,
+    workload: Arc<Workload>,
     tls: bool,
     stage: Stage,
     last_ns: u64,
@@ -105,6 +107,7 @@ impl Connection {
             local: None,
             remote: None,
             comm,
+            workload: Arc::default(),
             tls: false,
             stage: Stage::Detecting {
                 pending: Vec::new(),
@@ -143,6 +146,8 @@ pub struct ConnTable {
     scratch: ParserOutput,
     /// Processes never observed (privacy off switch): their connections are not parsed.
     ignore_processes: Vec<String>,
+    /// Container/pod lookup (none in unit tests).
+    workloads: Option<WorkloadResolver>,
 }
 
 impl ConnTable {
@@ -161,7 +166,13 @@ impl ConnTable {
             stats: ConnStats::default(),
             scratch: ParserOutput::default(),
             ignore_processes: Vec::new(),
+            workloads: None,
         }
+    }
+
+    /// Attribute connections to their container and pod.
+    pub fn resolve_workloads(&mut self, resolver: WorkloadResolver) {
+        self.workloads = Some(resolver);
     }
 
     /// Never parse connections of these processes (by `comm`).
@@ -252,6 +263,9 @@ impl ConnTable {
     fn insert(&mut self, key: ConnKey, mut conn: Connection, out: &mut ConnOutput) {
         if self.ignore_processes.iter().any(|p| **p == *conn.comm) {
             conn.stage = Stage::Ignored;
+        }
+        if let Some(resolver) = &mut self.workloads {
+            conn.workload = resolver.resolve(key.pid);
         }
         if self.conns.len() >= self.max_connections && !self.conns.contains_key(&key) {
             self.evict_oldest(out);
@@ -496,6 +510,7 @@ impl ConnTable {
             latency: Duration::from_nanos(p.response_ns.saturating_sub(p.request_end_ns)),
             request_body_bytes: p.request_body_bytes,
             response_body_bytes: p.response_body_bytes,
+            workload: Arc::clone(&conn.workload),
         }
     }
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::{
     http::{Header, Protocol},
     session::dims::{network_of, ClientIpMode},
+    workload::Workload,
 };
 
 /// How client addresses appear in what the agent prints: in full (with port), as their
@@ -92,6 +93,8 @@ pub struct Exchange {
     pub latency: Duration,
     pub request_body_bytes: u64,
     pub response_body_bytes: Option<u64>,
+    /// Container and pod of the traced process (empty outside containers).
+    pub workload: Arc<Workload>,
 }
 
 impl Exchange {
@@ -140,6 +143,7 @@ impl Exchange {
             comm: &self.comm,
             request_body_bytes: self.request_body_bytes,
             response_body_bytes: self.response_body_bytes,
+            workload: &self.workload,
         }
     }
 }
@@ -183,6 +187,8 @@ pub struct ExchangeRecord<'a> {
     pub comm: &'a str,
     pub request_body_bytes: u64,
     pub response_body_bytes: Option<u64>,
+    #[serde(flatten)]
+    pub workload: &'a Workload,
 }
 
 /// Split a request target into path and query; absolute-form targets lose their scheme
@@ -247,6 +253,7 @@ mod tests {
             latency: Duration::ZERO,
             request_body_bytes: 0,
             response_body_bytes: None,
+            workload: Default::default(),
         };
         let printed = format!(
             "{ex:?} {}",

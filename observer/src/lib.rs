@@ -16,3 +16,4 @@ pub mod http;
 pub mod identity;
 pub mod score;
 pub mod session;
+pub mod workload;

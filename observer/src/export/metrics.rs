@@ -34,9 +34,9 @@ impl RequestMetrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "api_observer_http_requests_total",
-                "HTTP exchanges seen, by method, route template, status class, role of the traced process and TLS.",
+                "HTTP exchanges seen, by method, route template, status class, role of the traced process, TLS, and (in Kubernetes) namespace and pod of the traced process.",
             ),
-            &["method", "route", "status_class", "role", "tls"],
+            &["method", "route", "status_class", "role", "tls", "namespace", "pod"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
@@ -93,6 +93,8 @@ impl RequestMetrics {
                 class,
                 role,
                 if ex.tls { "true" } else { "false" },
+                ex.workload.namespace.as_deref().unwrap_or(""),
+                ex.workload.pod.as_deref().unwrap_or(""),
             ])
             .inc();
         self.duration

@@ -47,6 +47,7 @@ impl ExchangeBuilder {
             latency: Duration::from_millis(5),
             request_body_bytes: 0,
             response_body_bytes: Some(100),
+            workload: Default::default(),
         })
     }
 
