@@ -89,11 +89,15 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// A minimal HTTP/1.0 GET from the test process (used for the agent's own endpoint).
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+/// A minimal HTTP/1.0 request from the test process (used for the agent's own endpoint
+/// and for Prometheus); returns (status, body).
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n")?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: agent\r\nContent-Length: 0\r\n\r\n"
+    )?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     let status = text
@@ -106,6 +110,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// `GET` with [`http_request`].
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_request(addr, "GET", path)
 }
 
 /// Poll `f` until it returns `Some` or `timeout` passes.
@@ -487,22 +496,5 @@ pub fn agent_json(agent: &Agent, path: &str) -> Result<Value> {
 
 /// Send a request with a method other than GET to the agent; returns (status, body).
 pub fn agent_request(agent: &Agent, method: &str, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&agent.addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: agent\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no status line")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    http_request(agent.addr, method, path)
 }
