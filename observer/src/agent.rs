@@ -128,7 +128,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let credential_headers = table.header_names();
     let sessions = Arc::new(Mutex::new(table));
-    let state = Arc::new(server::AppState::new(registry, Arc::clone(&sessions)));
+    let mut app_state = server::AppState::new(registry, Arc::clone(&sessions));
+    app_state.capture_privacy = capture_privacy(&config, &credential_headers);
+    let state = Arc::new(app_state);
     let alerts = match &config.output.alerts_jsonl {
         Some(target) => Some(JsonLines::open(target)?),
         None => None,
@@ -151,7 +153,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .iter()
             .map(|s| s.to_string())
             .chain(config.capture.extra_headers.iter().cloned())
-            .chain(credential_headers),
+            .chain(credential_headers.iter().cloned()),
     );
     let mut conns = ConnTable::new(
         ParserLimits::default(),
@@ -270,6 +272,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The capture side of `/privacy`: what is read from the wire and what is never
+/// observed.
+fn capture_privacy(config: &Config, credential_headers: &[String]) -> serde_json::Value {
+    let mut headers: Vec<String> = HeaderAllowlist::DEFAULT
+        .iter()
+        .map(|s| s.to_string())
+        .chain(config.capture.extra_headers.iter().cloned())
+        .chain(credential_headers.iter().cloned())
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    headers.sort();
+    headers.dedup();
+    serde_json::json!({
+        "bytes_per_call": config.capture.capture_bytes,
+        "bodies": "skipped unparsed, never stored",
+        "header_allowlist": headers,
+        "off_switch": config.privacy,
+        "outputs": {
+            "exchanges_jsonl": config.output.exchanges_jsonl.is_some(),
+            "alerts_jsonl": config.output.alerts_jsonl.is_some(),
+        },
+    })
+}
+
 /// Score every session on a period; report state changes as alerts.
 async fn scoring_loop(
     sessions: Arc<Mutex<SessionTable>>,
@@ -284,6 +310,16 @@ async fn scoring_loop(
         let now = SystemTime::now();
         let changes = {
             let mut table = sessions.lock().unwrap_or_else(|e| e.into_inner());
+            match table.maybe_rotate(now) {
+                Ok(Some(r)) => tracing::info!(
+                    generation = r.key_generation,
+                    sessions_dropped = r.sessions_dropped,
+                    frozen_dropped = r.frozen_dropped,
+                    "fingerprint key rotated; earlier fingerprints can no longer be linked"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("fingerprint key rotation failed: {e}"),
+            }
             let changes = table.score(now);
             let expired = table.expire(now);
             if expired > 0 {

@@ -37,6 +37,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print what the agent collects, its precision, retention and current counts.
+    Privacy {
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        agent: String,
+    },
     /// Freeze a credential fingerprint: any later use of it makes its session unhealthy.
     Freeze {
         fingerprint: String,
@@ -131,6 +136,7 @@ fn main() -> anyhow::Result<()> {
             }
             cli::sessions::list(&agent, &query.join("&"), json)
         }
+        Some(Command::Privacy { agent }) => cli::sessions::privacy(&agent),
         Some(Command::Freeze { fingerprint, agent }) => {
             cli::sessions::freeze(&agent, &fingerprint, true)
         }

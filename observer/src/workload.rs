@@ -124,8 +124,7 @@ pub fn pod_identity(pods_dir: &Path, uid: &str) -> (Option<String>, Option<Strin
         .and_then(|hosts| {
             hosts
                 .lines()
-                .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
-                .last()
+                .rfind(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
                 .and_then(|l| l.split_whitespace().nth(1).map(String::from))
         });
     let namespace = std::fs::read_dir(dir.join("volumes/kubernetes.io~projected"))

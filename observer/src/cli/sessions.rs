@@ -26,6 +26,17 @@ pub fn list(agent: &str, query: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Print the agent's privacy report (pretty JSON).
+pub fn privacy(agent: &str) -> anyhow::Result<()> {
+    let (status, body) = request(agent, "GET", "/privacy")?;
+    if status != 200 {
+        bail!("the agent answered {status}: {body}");
+    }
+    let value: Value = serde_json::from_str(&body).context("decoding the privacy report")?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
 /// Freeze (or unfreeze) a fingerprint.
 pub fn freeze(agent: &str, fingerprint: &str, frozen: bool) -> anyhow::Result<()> {
     let method = if frozen { "PUT" } else { "DELETE" };

@@ -26,6 +26,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     pub probes: Mutex<Vec<ProbeStatus>>,
     pub sessions: Arc<Mutex<SessionTable>>,
+    /// The agent's own part of `/privacy` (capture settings, off switch, outputs).
+    pub capture_privacy: serde_json::Value,
 }
 
 impl AppState {
@@ -35,6 +37,7 @@ impl AppState {
             ready: AtomicBool::new(false),
             probes: Mutex::new(Vec::new()),
             sessions,
+            capture_privacy: serde_json::Value::Null,
         }
     }
 
@@ -54,6 +57,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/frozen", get(list_frozen))
         .route("/api/frozen/{fingerprint}", put(freeze).delete(unfreeze))
         .route("/api/purge", post(purge))
+        .route("/privacy", get(privacy))
         .with_state(state)
 }
 
@@ -89,6 +93,19 @@ async fn freeze(State(state): State<Arc<AppState>>, Path(fp): Path<String>) -> R
         }
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
+}
+
+/// `GET /privacy`: what is collected, at which precision, for how long, and how much
+/// is held right now.
+async fn privacy(State(state): State<Arc<AppState>>) -> Response {
+    let report = state
+        .sessions()
+        .privacy_report(std::time::SystemTime::now());
+    let mut value = serde_json::to_value(report).unwrap_or_default();
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("capture".into(), state.capture_privacy.clone());
+    }
+    Json(value).into_response()
 }
 
 /// `POST /api/purge`: forget every session now (the same as SIGUSR1).

@@ -45,6 +45,9 @@ pub struct IdentityConfig {
     pub key_file: Option<PathBuf>,
     /// The fingerprint key itself (64 hex digits). Never printed.
     pub key: Option<KeySecret>,
+    /// Replace the fingerprint key this often, seconds (0: never). After a rotation new
+    /// fingerprints cannot be linked to old ones.
+    pub rotate_every_secs: u64,
 }
 
 impl Default for IdentityConfig {
@@ -63,6 +66,7 @@ impl Default for IdentityConfig {
             ]),
             key_file: None,
             key: None,
+            rotate_every_secs: 86_400,
         }
     }
 }

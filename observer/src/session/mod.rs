@@ -15,6 +15,7 @@
 
 pub mod dims;
 pub mod metrics;
+pub mod privacy;
 pub(crate) mod state;
 #[cfg(test)]
 mod tests;
@@ -85,6 +86,8 @@ pub const OUTBOUND_PREFIX: &str = "out:";
 pub struct SessionConfig {
     /// A session unused this long is dropped, seconds.
     pub idle_ttl_secs: u64,
+    /// A session older than this is dropped however active it is, seconds.
+    pub max_age_secs: u64,
     /// Most sessions kept; beyond it the least recently used are dropped.
     pub max_sessions: usize,
     /// Most client networks kept per session (least recently seen dropped).
@@ -111,6 +114,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             idle_ttl_secs: 1800,
+            max_age_secs: 86_400,
             max_sessions: 20_000,
             max_networks: 16,
             max_agents: 8,
@@ -130,6 +134,7 @@ impl SessionConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let positive = [
             ("sessions.idle_ttl_secs", self.idle_ttl_secs as usize),
+            ("sessions.max_age_secs", self.max_age_secs as usize),
             ("sessions.max_sessions", self.max_sessions),
             ("sessions.max_networks", self.max_networks),
             ("sessions.max_agents", self.max_agents),
@@ -177,6 +182,10 @@ pub struct TableCounters {
     pub sessions_created: u64,
     /// Sessions dropped after `idle_ttl_secs`.
     pub evicted_idle: u64,
+    /// Sessions dropped after `max_age_secs`.
+    pub expired_max_age: u64,
+    /// Fingerprint key rotations.
+    pub rotations: u64,
     /// Sessions dropped to stay within `max_sessions`.
     pub evicted_capacity: u64,
     /// Sessions dropped by `purge` or key rotation.
@@ -340,6 +349,8 @@ pub struct SessionDetail {
     /// UTC hours (0..=23) with activity.
     pub active_hours: Vec<u8>,
     pub processes: Vec<String>,
+    /// Container, pod and namespace of those processes (when in containers).
+    pub workloads: Vec<crate::workload::Workload>,
     pub tls_requests: u64,
     pub plaintext_requests: u64,
     pub jwt: Option<JwtView>,
@@ -361,6 +372,12 @@ pub struct SessionTable {
     counters: TableCounters,
     /// Latest time seen by any call (views are relative to it).
     now: SystemTime,
+    /// When the current fingerprint key came into use (set by the first rotation check).
+    key_since: Option<SystemTime>,
+    /// When the key last rotated.
+    last_rotation: Option<SystemTime>,
+    rotate_every: Duration,
+    key_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SessionTable {
@@ -382,6 +399,10 @@ impl SessionTable {
             window: config.scoring.window(),
         };
         Self {
+            rotate_every: Duration::from_secs(config.identity.rotate_every_secs),
+            key_file: config.identity.key_file.clone(),
+            key_since: None,
+            last_rotation: None,
             extractor: Extractor::new(&config.identity),
             sessions_cfg: config.sessions,
             scoring: config.scoring,
@@ -545,6 +566,12 @@ impl SessionTable {
         s.latency_max = s.latency_max.max(ex.latency);
         let hour = (unix_secs(t) as u64 / 3600) % 24;
         s.active_hours |= 1 << hour;
+        if !ex.workload.is_empty()
+            && s.workloads.len() < MAX_PROCESSES
+            && !s.workloads.iter().any(|w| **w == *ex.workload)
+        {
+            s.workloads.push(Arc::clone(&ex.workload));
+        }
         if !s.processes.contains(&ex.comm) && s.processes.len() < MAX_PROCESSES {
             s.processes.push(Arc::clone(&ex.comm));
         }
@@ -617,15 +644,21 @@ impl SessionTable {
         }
     }
 
-    /// Drop sessions idle for `idle_ttl_secs`; returns how many.
+    /// Drop sessions idle for `idle_ttl_secs` and sessions older than `max_age_secs`;
+    /// returns how many.
     pub fn expire(&mut self, now: SystemTime) -> usize {
         self.tick(now);
         let ttl = Duration::from_secs(self.sessions_cfg.idle_ttl_secs);
+        let max_age = Duration::from_secs(self.sessions_cfg.max_age_secs);
         let before = self.sessions.len();
         self.sessions.retain(|_, s| since(now, s.last_seen) < ttl);
-        let n = before - self.sessions.len();
-        self.counters.evicted_idle += n as u64;
-        n
+        let idle = before - self.sessions.len();
+        self.sessions
+            .retain(|_, s| since(now, s.first_seen) < max_age);
+        let old = before - idle - self.sessions.len();
+        self.counters.evicted_idle += idle as u64;
+        self.counters.expired_max_age += old as u64;
+        idle + old
     }
 
     /// One scoring pass: re-assess every session that can have changed and return the
@@ -818,6 +851,7 @@ impl SessionTable {
                 .filter(|h| s.active_hours & (1 << h) != 0)
                 .collect(),
             processes: s.processes.iter().map(|p| p.to_string()).collect(),
+            workloads: s.workloads.iter().map(|w| (**w).clone()).collect(),
             tls_requests: s.tls_requests,
             plaintext_requests: s.plaintext_requests,
             jwt,
@@ -879,6 +913,8 @@ impl SessionTable {
     pub fn purge(&mut self) -> usize {
         let n = self.sessions.len();
         self.sessions.clear();
+        // Id hashes from before cannot be matched against later ones.
+        self.id_hasher = RandomState::new();
         self.counters.purged += n as u64;
         n
     }

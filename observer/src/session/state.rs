@@ -323,6 +323,8 @@ pub(crate) struct Session {
     pub active_hours: u32,
     /// Local processes (comm) that served or made the requests, at most 4.
     pub processes: Vec<Arc<str>>,
+    /// Containers/pods of those processes, at most 4.
+    pub workloads: Vec<Arc<crate::workload::Workload>>,
     pub tls_requests: u64,
     pub plaintext_requests: u64,
     pub jwt: Option<Box<JwtClaims>>,
@@ -382,6 +384,7 @@ impl Session {
             latency_max: Duration::ZERO,
             active_hours: 0,
             processes: Vec::new(),
+            workloads: Vec::new(),
             tls_requests: 0,
             plaintext_requests: 0,
             jwt: None,

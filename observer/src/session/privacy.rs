@@ -1,0 +1,354 @@
+//! What the table keeps, said openly ([`PrivacyReport`]), and the fingerprint key's
+//! scheduled rotation.
+
+use std::{collections::HashSet, time::SystemTime};
+
+use serde::Serialize;
+
+use super::{
+    dims::ClientIpMode,
+    state::{since, unix_secs},
+    Direction, SessionTable,
+};
+use crate::identity::KeyError;
+
+/// What one scheduled rotation did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RotationReport {
+    /// Unix seconds.
+    pub at: f64,
+    pub key_generation: u64,
+    /// Sessions dropped: their fingerprints were made with the old key and cannot be
+    /// linked to the new ones.
+    pub sessions_dropped: usize,
+    /// Frozen fingerprints dropped for the same reason.
+    pub frozen_dropped: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientAddressPolicy {
+    pub mode: ClientIpMode,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Retention {
+    pub idle_ttl_secs: u64,
+    pub max_age_secs: u64,
+    pub storage: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Rotation {
+    /// 0: never.
+    pub every_secs: u64,
+    /// Unix seconds of the last rotation, if any since start.
+    pub last_rotated: Option<f64>,
+    pub key_generation: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldCounts {
+    pub sessions: usize,
+    pub inbound: usize,
+    pub outbound: usize,
+    /// Distinct client networks held across sessions (as kept: truncated or redacted).
+    pub distinct_networks: usize,
+    /// Distinct user-agent families held across sessions.
+    pub distinct_agents: usize,
+    pub frozen: usize,
+}
+
+/// The table's own part of `/privacy`.
+#[derive(Clone, Debug, Serialize)]
+pub struct PrivacyReport {
+    pub collected: Vec<String>,
+    pub never_collected: Vec<&'static str>,
+    pub client_address: ClientAddressPolicy,
+    pub retention: Retention,
+    pub rotation: Rotation,
+    pub counts: HeldCounts,
+    pub generated_at: f64,
+}
+
+impl SessionTable {
+    /// Rotate the fingerprint key when `identity.rotate_every_secs` has passed since the
+    /// current key came into use (the first call starts the clock).
+    ///
+    /// Sessions straddling a rotation are dropped, with the frozen fingerprints: what
+    /// was learned under the old key cannot be linked to the new fingerprints, by design.
+    pub fn maybe_rotate(&mut self, now: SystemTime) -> Result<Option<RotationReport>, KeyError> {
+        if self.rotate_every.is_zero() {
+            return Ok(None);
+        }
+        let Some(since_key) = self.key_since else {
+            self.key_since = Some(now);
+            return Ok(None);
+        };
+        if since(now, since_key) < self.rotate_every {
+            return Ok(None);
+        }
+        let sessions_dropped = self.sessions.len();
+        let frozen_dropped = self.rotate_key()?;
+        self.key_since = Some(now);
+        self.last_rotation = Some(now);
+        self.counters.rotations += 1;
+        Ok(Some(RotationReport {
+            at: unix_secs(now),
+            key_generation: self.key.generation(),
+            sessions_dropped,
+            frozen_dropped,
+        }))
+    }
+
+    /// What is kept, at which precision, for how long, and how much of it right now.
+    pub fn privacy_report(&self, now: SystemTime) -> PrivacyReport {
+        let c = &self.sessions_cfg;
+        let network = match c.client_ip {
+            ClientIpMode::Truncate => format!(
+                "client network (IPv4 /{}, IPv6 /{}), never the full address",
+                c.ipv4_prefix, c.ipv6_prefix
+            ),
+            ClientIpMode::Full => "client address in full (client_ip = \"full\")".into(),
+            ClientIpMode::Drop => "no client address (client_ip = \"drop\")".into(),
+        };
+        let collected = vec![
+            "credential fingerprints (HMAC-SHA-256 with a per-host key, truncated to 48 bits)"
+                .to_string(),
+            network,
+            "user-agent family and major version".into(),
+            "route templates (method and path with ids replaced by {id})".into(),
+            "request counts and rates, status classes, byte and latency totals, active UTC hours"
+                .into(),
+            "local process name serving or making the requests".into(),
+            "JWT claims alg, typ, exp, iat, nbf, iss, aud, scope; sub and jti only as fingerprints"
+                .into(),
+        ];
+        let mut networks = HashSet::new();
+        let mut agents = HashSet::new();
+        let (mut inbound, mut outbound) = (0, 0);
+        for s in self.sessions.values() {
+            networks.extend(s.networks.map.keys().copied());
+            agents.extend(s.agents.map.keys().cloned());
+            match s.direction {
+                Direction::Inbound => inbound += 1,
+                Direction::Outbound => outbound += 1,
+            }
+        }
+        PrivacyReport {
+            collected,
+            never_collected: vec![
+                "raw credentials (tokens, API keys, passwords)",
+                "cookie values",
+                "query string values",
+                "request and response bodies",
+                "headers outside the allowlist",
+                "JWT subject and id in clear",
+            ],
+            client_address: ClientAddressPolicy {
+                mode: c.client_ip,
+                ipv4_prefix: c.ipv4_prefix,
+                ipv6_prefix: c.ipv6_prefix,
+            },
+            retention: Retention {
+                idle_ttl_secs: c.idle_ttl_secs,
+                max_age_secs: c.max_age_secs,
+                storage: match &self.key_file {
+                    Some(path) => format!(
+                        "sessions in memory only; the fingerprint key in {}",
+                        path.display()
+                    ),
+                    None => "memory only".into(),
+                },
+            },
+            rotation: Rotation {
+                every_secs: self.rotate_every.as_secs(),
+                last_rotated: self.last_rotation.map(unix_secs),
+                key_generation: self.key.generation(),
+            },
+            counts: HeldCounts {
+                sessions: self.sessions.len(),
+                inbound,
+                outbound,
+                distinct_networks: networks.len(),
+                distinct_agents: agents.len(),
+                frozen: self.frozen.len(),
+            },
+            generated_at: unix_secs(now),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        exchange::Exchange,
+        identity::{FingerprintKey, IdentityConfig},
+        session::{
+            testutil::{at, ExchangeBuilder},
+            SessionConfig, SessionTableConfig,
+        },
+    };
+
+    fn table(sessions: SessionConfig, rotate_every_secs: u64) -> SessionTable {
+        SessionTable::new(
+            SessionTableConfig {
+                identity: IdentityConfig {
+                    rotate_every_secs,
+                    ..Default::default()
+                },
+                sessions,
+                ..Default::default()
+            },
+            FingerprintKey::from_bytes([7; 32]),
+        )
+    }
+
+    fn with_token(token: &str, ip: &str, secs: f64) -> Exchange {
+        ExchangeBuilder::new()
+            .client(&format!("{ip}:40000"))
+            .at(secs)
+            .bearer(token)
+            .build()
+    }
+
+    #[test]
+    fn max_age_expires_busy_sessions_idle_ttl_expires_quiet_ones() {
+        let mut t = table(
+            SessionConfig {
+                idle_ttl_secs: 100,
+                max_age_secs: 1000,
+                ..Default::default()
+            },
+            0,
+        );
+        // "busy" is used every 50 s from t=0; "quiet" once at t=0.
+        t.observe(&with_token("busy-token-aaaaaaaa", "10.0.0.1", 0.0), at(0.0));
+        t.observe(&with_token("quiet-token-bbbbbbb", "10.0.0.2", 0.0), at(0.0));
+        let mut s = 0.0;
+        while s < 950.0 {
+            s += 50.0;
+            t.observe(&with_token("busy-token-aaaaaaaa", "10.0.0.1", s), at(s));
+            t.expire(at(s));
+        }
+        assert_eq!(t.len(), 1, "the quiet session went idle");
+        assert_eq!(t.counters().evicted_idle, 1);
+        t.observe(
+            &with_token("busy-token-aaaaaaaa", "10.0.0.1", 1000.0),
+            at(1000.0),
+        );
+        assert_eq!(t.expire(at(1000.0)), 1, "the busy one reached max age");
+        assert_eq!(t.counters().expired_max_age, 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn rotation_follows_the_schedule_and_unlinks_fingerprints() {
+        let mut t = table(SessionConfig::default(), 3600);
+        assert_eq!(t.maybe_rotate(at(0.0)).unwrap(), None, "starts the clock");
+        t.observe(
+            &with_token("same-token-cccccccc", "10.0.0.1", 10.0),
+            at(10.0),
+        );
+        let before = t.list(&Default::default())[0].id.clone();
+        t.freeze(&before).unwrap();
+        assert_eq!(
+            t.maybe_rotate(at(3599.0)).unwrap(),
+            None,
+            "not before the period"
+        );
+        let report = t.maybe_rotate(at(3600.0)).unwrap().expect("rotated");
+        assert_eq!(report.sessions_dropped, 1);
+        assert_eq!(report.frozen_dropped, 1);
+        assert_eq!(report.key_generation, t.key_generation());
+        assert!(t.is_empty() && t.frozen().is_empty());
+        t.observe(
+            &with_token("same-token-cccccccc", "10.0.0.1", 3700.0),
+            at(3700.0),
+        );
+        let after = t.list(&Default::default())[0].id.clone();
+        assert_ne!(before, after, "the same credential, a new fingerprint");
+        let r = t.privacy_report(at(3700.0));
+        assert_eq!(r.rotation.last_rotated, Some(unix_secs(at(3600.0))));
+        assert_eq!(t.counters().rotations, 1);
+        assert_eq!(t.maybe_rotate(at(7199.0)).unwrap(), None);
+        assert!(t.maybe_rotate(at(7200.0)).unwrap().is_some());
+    }
+
+    #[test]
+    fn zero_period_never_rotates() {
+        let mut t = table(SessionConfig::default(), 0);
+        for s in [0.0, 1e6, 1e9] {
+            assert_eq!(t.maybe_rotate(at(s)).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn report_counts_and_precision() {
+        let mut t = table(SessionConfig::default(), 86_400);
+        t.observe(
+            &with_token("report-token-dddddd1", "192.0.2.10", 1.0),
+            at(1.0),
+        );
+        t.observe(
+            &with_token("report-token-dddddd1", "192.0.2.99", 2.0),
+            at(2.0),
+        );
+        t.observe(
+            &with_token("report-token-dddddd2", "198.51.100.7", 3.0),
+            at(3.0),
+        );
+        let r = t.privacy_report(at(4.0));
+        assert_eq!(r.counts.sessions, 2);
+        assert_eq!(r.counts.inbound, 2);
+        assert_eq!(
+            r.counts.distinct_networks, 2,
+            "192.0.2.0/24 and 198.51.100.0/24"
+        );
+        assert_eq!(r.client_address.ipv4_prefix, 24);
+        assert!(r.collected[1].contains("/24"), "{:?}", r.collected);
+        assert_eq!(r.retention.storage, "memory only");
+        let json = serde_json::to_string(&r).unwrap();
+        for planted in ["report-token", "192.0.2.10", "192.0.2.99", "198.51.100.7"] {
+            assert!(!json.contains(planted), "{planted} in {json}");
+        }
+        assert!(json.contains("\"mode\":\"truncate\""));
+    }
+
+    #[test]
+    fn report_reflects_full_and_drop_modes() {
+        for (mode, phrase) in [
+            (ClientIpMode::Full, "in full"),
+            (ClientIpMode::Drop, "no client"),
+        ] {
+            let t = table(
+                SessionConfig {
+                    client_ip: mode,
+                    ..Default::default()
+                },
+                0,
+            );
+            let r = t.privacy_report(at(0.0));
+            assert!(r.collected[1].contains(phrase), "{:?}", r.collected);
+            assert_eq!(r.rotation.every_secs, 0);
+        }
+    }
+
+    #[test]
+    fn purge_empties_the_table() {
+        let mut t = table(SessionConfig::default(), 0);
+        t.observe(&with_token("purge-token-eeeeeee", "10.0.0.1", 1.0), at(1.0));
+        assert_eq!(t.purge(), 1);
+        assert!(t.is_empty());
+        assert_eq!(t.privacy_report(at(2.0)).counts.distinct_networks, 0);
+    }
+
+    #[test]
+    fn clock_helpers_agree() {
+        assert_eq!(since(at(5.0), at(2.0)), Duration::from_secs(3));
+    }
+}
