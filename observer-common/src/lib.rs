@@ -195,6 +195,9 @@ pub struct CaptureConfig {
     pub capture_bytes: u32,
     /// The agent's own pid: its sockets are never traced.
     pub agent_pid: u32,
+    /// Wake the agent only when the ring buffer holds more than this many bytes; below
+    /// it the agent drains on its own short timer (fewer context switches under load).
+    pub wakeup_bytes: u64,
     /// Offsets for the address hook.
     pub tuple: TcpTupleOffsets,
 }

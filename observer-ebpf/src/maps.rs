@@ -77,6 +77,23 @@ pub fn count_drop(reason: u32) {
     }
 }
 
+/// Ring-buffer flags for a record: no wakeup unless the agent has fallen behind.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    let threshold = match config() {
+        Some(c) => c.wakeup_bytes,
+        None => 0,
+    };
+    if EVENTS.query(BPF_RB_AVAIL_DATA) > threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 #[inline(always)]
 pub fn config() -> Option<&'static CaptureConfig> {
     CONFIG.get(0)

@@ -22,6 +22,8 @@ use crate::{
 
 /// Connections silent for this long are forgotten (their close was not seen).
 const IDLE_CONNECTION: Duration = Duration::from_secs(15 * 60);
+/// How often the ring buffer is drained without a wakeup from the kernel.
+const DRAIN_PERIOD: Duration = Duration::from_millis(10);
 /// Most ring-buffer records handled before giving other work a turn.
 const BATCH: usize = 4096;
 
@@ -217,6 +219,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigusr1 = tokio::signal::unix::signal(SignalKind::user_defined1())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The kernel wakes the agent only when the ring fills up; otherwise it is drained here.
+    let mut drain = tokio::time::interval(DRAIN_PERIOD);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -232,6 +237,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 if n < BATCH {
                     guard.clear_ready();
+                }
+            }
+            _ = drain.tick() => {
+                let rb = ring.get_mut();
+                let mut n = 0;
+                while let Some(item) = rb.next() {
+                    pipeline.record(&item);
+                    n += 1;
+                    if n >= BATCH {
+                        break;
+                    }
                 }
             }
             _ = tick.tick() => {

@@ -18,8 +18,8 @@ use observer_common::{
 
 use super::{syscall_arg, syscall_ret};
 use crate::maps::{
-    config, count_drop, current, tracked, Call, CALL_BUF, CALL_IOV, CALL_SENDFILE, EVENTS,
-    INFLIGHT, SCRATCH,
+    config, count_drop, current, tracked, wakeup_flags, Call, CALL_BUF, CALL_IOV, CALL_SENDFILE,
+    EVENTS, INFLIGHT, SCRATCH,
 };
 
 /// Most iovecs copied from one vectored call.
@@ -171,7 +171,7 @@ fn emit_data(pid: u32, tid: u32, call: &Call, len: u64) {
     }
     // SAFETY: size is bounded by the scratch buffer's length.
     let record = unsafe { core::slice::from_raw_parts(buf as *const u8, size as usize) };
-    if EVENTS.output::<[u8]>(record, 0).is_err() {
+    if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
         count_drop(drop_reason::RINGBUF_FULL);
     }
 }

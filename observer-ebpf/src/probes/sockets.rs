@@ -12,8 +12,8 @@ use observer_common::{
 
 use super::{syscall_arg, syscall_ret};
 use crate::maps::{
-    config, count_drop, current, is_agent, tracked, Call, CALL_ACCEPT, CALL_CONNECT, EVENTS,
-    INFLIGHT, SOCKETS,
+    config, count_drop, current, is_agent, tracked, wakeup_flags, Call, CALL_ACCEPT, CALL_CONNECT,
+    EVENTS, INFLIGHT, SOCKETS,
 };
 
 const EINPROGRESS: i64 = 115;
@@ -64,7 +64,7 @@ fn emit(kind: EventKind, pid: u32, tid: u32, fd: u32, fill: impl FnOnce(&mut Soc
     ev.comm = bpf_get_current_comm().unwrap_or_default();
     fill(&mut ev);
     entry.write(ev);
-    entry.submit(0);
+    entry.submit(wakeup_flags());
 }
 
 fn track(pid: u32, fd: u32, role: u32) {

@@ -145,6 +145,7 @@ impl Capture {
         let kernel_config = KernelConfig {
             capture_bytes: settings.capture_bytes,
             agent_pid: std::process::id(),
+            wakeup_bytes: u64::from(settings.ring_buffer_bytes / 8),
             tuple,
         };
         let mut config: Array<_, KernelConfig> =
