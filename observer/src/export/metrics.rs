@@ -59,6 +59,10 @@ impl RequestMetrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(parse_issues.clone()))?;
+        // Every issue exists from the start so that rate() and dashboards work at once.
+        for issue in ParseIssue::ALL {
+            parse_issues.with_label_values(&[issue.as_str()]);
+        }
         Ok(Self {
             requests,
             duration,

@@ -157,6 +157,15 @@ pub enum ParseIssue {
 }
 
 impl ParseIssue {
+    pub const ALL: [Self; 6] = [
+        Self::Malformed,
+        Self::Truncated,
+        Self::HeadTooLarge,
+        Self::UnpairedResponse,
+        Self::Unanswered,
+        Self::Upgraded,
+    ];
+
     /// Label value for metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,0 +1,195 @@
+//! The deployment files are checked with the tools users would run: promtool (config,
+//! rules and their unit tests), kubernetes-validate, a kustomization check, hadolint;
+//! and every metric the dashboard and the alert rules use must exist in the exposition
+//! of a real agent.
+
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use e2e::*;
+
+fn deploy() -> PathBuf {
+    workspace_root().join("deploy")
+}
+
+/// Whether `tool` runs; under `CI=true` its absence is a failure.
+fn have(tool: &str) -> bool {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let msg = format!("{tool} is not installed (see .ci/run)");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg} (CI=true: this is a failure, not a skip)");
+        }
+        eprintln!("SKIPPED: {msg}");
+    }
+    ok
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn prometheus_config_rules_and_rule_tests_pass_promtool() {
+    if !have("promtool") {
+        return;
+    }
+    let dir = deploy().join("prometheus");
+    run(Command::new("promtool")
+        .args(["check", "config", "prometheus.yml"])
+        .current_dir(&dir));
+    run(Command::new("promtool")
+        .args(["check", "rules", "alerts.yml"])
+        .current_dir(&dir));
+    let out = run(Command::new("promtool")
+        .args(["test", "rules", "alerts_test.yml"])
+        .current_dir(&dir));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS"));
+}
+
+#[test]
+fn kubernetes_manifests_fit_together_and_validate() {
+    if !have("python3") || !have("kubernetes-validate") {
+        return;
+    }
+    let dir = deploy().join("kubernetes");
+    let out = run(Command::new("python3")
+        .arg("check_kustomization.py")
+        .current_dir(&dir));
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    for kind in [
+        "DaemonSet",
+        "Service",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    ] {
+        assert!(
+            rendered.contains(&format!("kind: {kind}")),
+            "{kind} not rendered"
+        );
+    }
+    // The CRDs (ServiceMonitor, PrometheusRule) are unknown to the schemas; the core
+    // objects are validated strictly.
+    run(Command::new("kubernetes-validate")
+        .args(["--strict", "-k", "1.37.0"])
+        .args([
+            "namespace.yaml",
+            "serviceaccount.yaml",
+            "configmap.yaml",
+            "daemonset.yaml",
+            "service.yaml",
+        ])
+        .current_dir(&dir));
+}
+
+#[test]
+fn prometheus_rule_matches_the_alert_file() {
+    if !have("python3") {
+        return;
+    }
+    let script = "import json,sys,yaml\n\
+        a=yaml.safe_load(open(sys.argv[1]))\n\
+        b=yaml.safe_load(open(sys.argv[2]))['spec']\n\
+        print(json.dumps(a==b))";
+    let out = run(Command::new("python3").args([
+        "-c",
+        script,
+        deploy().join("prometheus/alerts.yml").to_str().unwrap(),
+        deploy()
+            .join("kubernetes/prometheusrule.yaml")
+            .to_str()
+            .unwrap(),
+    ]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "true");
+}
+
+#[test]
+fn container_file_passes_hadolint() {
+    if !have("hadolint") {
+        return;
+    }
+    run(Command::new("hadolint").arg(deploy().join("Containerfile")));
+}
+
+/// Every `api_observer_*` name in a text, histogram series reduced to their family.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("api_observer_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| f.ends_with("_seconds"))
+            .unwrap_or(name);
+        names.insert(family.to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn dashboard_and_rules_use_only_metrics_a_real_agent_exports() {
+    let dashboard =
+        std::fs::read_to_string(deploy().join("grafana/observer-dashboard.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 6));
+    let mut used = metric_names(&dashboard);
+    for f in ["prometheus/alerts.yml", "kubernetes/prometheusrule.yaml"] {
+        used.extend(metric_names(
+            &std::fs::read_to_string(deploy().join(f)).unwrap(),
+        ));
+    }
+    assert!(used.len() >= 8, "{used:?}");
+    if !prerequisites() {
+        return;
+    }
+    // A real agent, after traffic with a risky credential use (in the query string: only
+    // sessions below 100 get a health-score series) and a scoring pass.
+    let agent = Agent::start(&[]).unwrap();
+    let port = free_port();
+    let _server = python_api_server("127.0.0.1", port).unwrap();
+    curl(&[
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{port}/items/3?api_key=dashboard-check-key"),
+    ])
+    .unwrap();
+    agent.exchanges_for_port(port, 2);
+    let exported = wait_for(Duration::from_secs(15), || {
+        let m = agent.metrics();
+        m.contains("api_observer_session_health_score{")
+            .then(|| metric_names(&m))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no session series after a scoring pass:\n{}\nsessions: {:?}",
+            agent.metrics(),
+            agent_json(&agent, "/api/sessions").ok()
+        )
+    });
+    let missing: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "used but not exported: {missing:?}\nexported: {exported:?}"
+    );
+}
