@@ -21,6 +21,13 @@ impl TracefsGuard {
     /// Find tracefs, mounting it at `/sys/kernel/tracing` when it is missing.
     pub fn ensure() -> anyhow::Result<Self> {
         for root in [TRACEFS, "/sys/kernel/debug/tracing"] {
+            match std::fs::metadata(Path::new(root).join("events")) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+                    "cannot read tracefs at {root}: missing privileges (run as root, or grant \
+                     CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
+                ),
+                _ => {}
+            }
             if Path::new(root).join("events").is_dir() {
                 return Ok(Self {
                     root: root.into(),
