@@ -390,7 +390,13 @@ fn exchange_reaches_metrics_and_stream_within_a_second_and_stop_detaches() {
     if !prerequisites() {
         return;
     }
+    let before = our_programs();
     let mut agent = Agent::start(FULL_ADDRESSES).unwrap();
+    let loaded: Vec<u32> = our_programs().difference(&before).copied().collect();
+    assert!(
+        !loaded.is_empty(),
+        "the agent's programs are visible to bpftool"
+    );
     let port = free_port();
     let _server = python_api_server("127.0.0.1", port).unwrap();
     curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/hello")]).unwrap();
@@ -421,16 +427,27 @@ fn exchange_reaches_metrics_and_stream_within_a_second_and_stop_detaches() {
     assert!(metrics.contains("api_observer_capture_events_total{kind=\"data\"}"));
     assert!(metrics.contains("api_observer_capture_dropped_total{reason=\"ringbuf_full\"} 0"));
 
-    // A clean stop detaches every program.
+    // A clean stop detaches every program this agent loaded.
     let status = agent.stop().unwrap();
     assert!(status.success(), "agent exit: {status}\n{}", agent.stderr());
-    if let Ok(out) = Command::new("bpftool").args(["prog", "show"]).output() {
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            !text.contains("exit_sendfile") && !text.contains("tcp_rcv_space"),
-            "programs left attached after stop:\n{text}"
-        );
-    }
+    let left: Vec<u32> = our_programs()
+        .into_iter()
+        .filter(|id| loaded.contains(id))
+        .collect();
+    assert!(left.is_empty(), "programs left loaded after stop: {left:?}");
+}
+
+/// Ids of loaded BPF programs with the names of the agent's hooks (from bpftool).
+fn our_programs() -> std::collections::BTreeSet<u32> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (apt-get install bpftool)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("name exit_sendfile") || l.contains("name tcp_rcv_space"))
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
 }
 
 #[test]
