@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 use prometheus::Registry;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
@@ -41,27 +42,21 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// Handle up to `BATCH` records waiting in the ring buffer; returns how many.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
+        let mut n = 0;
+        while n < BATCH {
+            let Some(item) = ring.next() else { break };
+            self.record(&item);
+            n += 1;
+        }
+        n
+    }
+
     fn record(&mut self, bytes: &[u8]) {
         match decode::decode(bytes) {
             Ok(event) => {
-                let kind = match &event {
-                    decode::Event::Accept(_) => "accept",
-                    decode::Event::Connect(_) => "connect",
-                    decode::Event::Addresses(_) => "addresses",
-                    decode::Event::Close { .. } => "close",
-                    decode::Event::Data { direction, len, .. } => {
-                        let dir = match direction {
-                            decode::Direction::Ingress => "ingress",
-                            decode::Direction::Egress => "egress",
-                        };
-                        self.capture_metrics
-                            .bytes
-                            .with_label_values(&[dir])
-                            .inc_by(*len);
-                        "data"
-                    }
-                };
-                self.capture_metrics.events.with_label_values(&[kind]).inc();
+                self.capture_metrics.record(&event);
                 self.conns.on_event(event, &mut self.out);
             }
             Err(e) => {
@@ -128,10 +123,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         key,
     );
-    let credential_headers = table.header_names();
+    // Request headers the parsers keep: the built-in list, the configured extras, and
+    // every header the identity stage reads credentials from.
+    let allowlist = HeaderAllowlist::new(
+        HeaderAllowlist::DEFAULT
+            .iter()
+            .map(|s| s.to_string())
+            .chain(config.capture.extra_headers.iter().cloned())
+            .chain(table.header_names()),
+    );
     let sessions = Arc::new(Mutex::new(table));
     let mut app_state = server::AppState::new(registry, Arc::clone(&sessions));
-    app_state.capture_privacy = capture_privacy(&config, &credential_headers);
+    app_state.capture_privacy = capture_privacy(&config, &allowlist);
     let state = Arc::new(app_state);
     let alerts = match &config.output.alerts_jsonl {
         Some(target) => Some(JsonLines::open(target)?),
@@ -150,13 +153,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("attached {attached} of {} probes", capture.probes.len());
 
     let clock = Clock::now();
-    let allowlist = HeaderAllowlist::new(
-        HeaderAllowlist::DEFAULT
-            .iter()
-            .map(|s| s.to_string())
-            .chain(config.capture.extra_headers.iter().cloned())
-            .chain(credential_headers.iter().cloned()),
-    );
     let mut conns = ConnTable::new(
         ParserLimits::default(),
         allowlist,
@@ -226,29 +222,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                let mut n = 0;
-                while let Some(item) = rb.next() {
-                    pipeline.record(&item);
-                    n += 1;
-                    if n >= BATCH {
-                        break;
-                    }
-                }
-                if n < BATCH {
+                if pipeline.drain(guard.get_inner_mut()) < BATCH {
                     guard.clear_ready();
                 }
             }
             _ = drain.tick() => {
-                let rb = ring.get_mut();
-                let mut n = 0;
-                while let Some(item) = rb.next() {
-                    pipeline.record(&item);
-                    n += 1;
-                    if n >= BATCH {
-                        break;
-                    }
-                }
+                pipeline.drain(ring.get_mut());
             }
             _ = tick.tick() => {
                 match capture.kernel_drops() {
@@ -290,20 +269,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// The capture side of `/privacy`: what is read from the wire and what is never
 /// observed.
-fn capture_privacy(config: &Config, credential_headers: &[String]) -> serde_json::Value {
-    let mut headers: Vec<String> = HeaderAllowlist::DEFAULT
-        .iter()
-        .map(|s| s.to_string())
-        .chain(config.capture.extra_headers.iter().cloned())
-        .chain(credential_headers.iter().cloned())
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
-    headers.sort();
-    headers.dedup();
+fn capture_privacy(config: &Config, allowlist: &HeaderAllowlist) -> serde_json::Value {
     serde_json::json!({
         "bytes_per_call": config.capture.capture_bytes,
         "bodies": "skipped unparsed, never stored",
-        "header_allowlist": headers,
+        "header_allowlist": allowlist.names(),
         "off_switch": config.privacy,
         "outputs": {
             "exchanges_jsonl": config.output.exchanges_jsonl.is_some(),

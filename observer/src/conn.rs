@@ -138,12 +138,10 @@ pub struct ConnOutput {
 /// Every followed connection.
 pub struct ConnTable {
     conns: HashMap<ConnKey, Connection>,
-    limits: ParserLimits,
-    allowlist: Arc<HeaderAllowlist>,
+    parsers: Parsers,
     max_connections: usize,
     pub clock: Clock,
     pub stats: ConnStats,
-    scratch: ParserOutput,
     /// Processes never observed (privacy off switch): their connections are not parsed.
     ignore_processes: Vec<String>,
     /// Container/pod lookup (none in unit tests).
@@ -159,12 +157,14 @@ impl ConnTable {
     ) -> Self {
         Self {
             conns: HashMap::new(),
-            limits,
-            allowlist: Arc::new(allowlist),
+            parsers: Parsers {
+                limits,
+                allowlist: Arc::new(allowlist),
+                scratch: ParserOutput::default(),
+            },
             max_connections,
             clock,
             stats: ConnStats::default(),
-            scratch: ParserOutput::default(),
             ignore_processes: Vec::new(),
             workloads: None,
         }
@@ -234,15 +234,15 @@ impl ConnTable {
                 tls,
                 len,
                 payload,
-            } => self.data(
-                ConnKey { pid, fd },
-                ts_ns,
-                direction,
-                tls,
-                len,
-                payload,
-                out,
-            ),
+            } => {
+                let chunk = Chunk {
+                    ts_ns,
+                    direction,
+                    len,
+                    payload,
+                };
+                self.data(ConnKey { pid, fd }, tls, chunk, out)
+            }
         }
     }
 
@@ -306,35 +306,24 @@ impl ConnTable {
 
     fn finish(&mut self, key: ConnKey, mut conn: Connection, ts_ns: u64, out: &mut ConnOutput) {
         if let Stage::Parsing(parser) = &mut conn.stage {
-            let mut produced = std::mem::take(&mut self.scratch);
-            parser.finish(ts_ns, &mut produced);
-            self.emit(key, &conn, &mut produced, out);
-            self.scratch = produced;
+            let produced = &mut self.parsers.scratch;
+            parser.finish(ts_ns, produced);
+            emit(&self.clock, key, &conn, produced, out);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn data(
-        &mut self,
-        key: ConnKey,
-        ts_ns: u64,
-        direction: Direction,
-        tls: bool,
-        len: u64,
-        payload: &[u8],
-        out: &mut ConnOutput,
-    ) {
+    fn data(&mut self, key: ConnKey, tls: bool, chunk: Chunk<'_>, out: &mut ConnOutput) {
         if !self.conns.contains_key(&key) {
             // Traced by the kernel but unknown here (seeded socket we lost, or evicted).
             let comm = std::fs::read_to_string(format!("/proc/{}/comm", key.pid))
                 .map(|c| Arc::from(c.trim_end()))
                 .unwrap_or_else(|_| Arc::from(""));
-            self.insert(key, Connection::new(None, comm, true, ts_ns), out);
+            self.insert(key, Connection::new(None, comm, true, chunk.ts_ns), out);
         }
-        let Some(mut conn) = self.conns.remove(&key) else {
+        let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        conn.last_ns = ts_ns;
+        conn.last_ns = chunk.ts_ns;
         if tls && !conn.tls {
             // Plaintext from a TLS library: the syscall bytes were ciphertext; start over.
             conn.tls = true;
@@ -346,24 +335,55 @@ impl ConnTable {
         }
         if conn.tls != tls {
             // Ciphertext of a connection whose plaintext we see through its TLS library.
-            self.conns.insert(key, conn);
             return;
         }
-        self.feed(key, &mut conn, ts_ns, direction, len, payload, out);
-        self.conns.insert(key, conn);
+        self.parsers
+            .feed(&mut self.stats, &self.clock, key, conn, chunk, out);
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
+/// One read or write of a connection, as the table hands it on.
+struct Chunk<'a> {
+    ts_ns: u64,
+    direction: Direction,
+    len: u64,
+    payload: &'a [u8],
+}
+
+/// What feeding a connection needs besides the connection itself, kept apart from the
+/// table so that a connection is fed in place in the map.
+struct Parsers {
+    limits: ParserLimits,
+    allowlist: Arc<HeaderAllowlist>,
+    /// Reused output buffer of the parsers.
+    scratch: ParserOutput,
+}
+
+/// Which peer sent bytes moving in `direction` on a connection where the traced process
+/// has `role`.
+fn side_of(role: Role, direction: Direction) -> Side {
+    match (role, direction) {
+        (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress) => Side::Client,
+        _ => Side::Server,
+    }
+}
+
+impl Parsers {
     fn feed(
         &mut self,
+        stats: &mut ConnStats,
+        clock: &Clock,
         key: ConnKey,
         conn: &mut Connection,
-        ts_ns: u64,
-        direction: Direction,
-        len: u64,
-        payload: &[u8],
+        chunk: Chunk<'_>,
         out: &mut ConnOutput,
     ) {
+        let Chunk {
+            ts_ns,
+            direction,
+            len,
+            payload,
+        } = chunk;
         if let Stage::Detecting {
             pending,
             buffered,
@@ -372,33 +392,34 @@ impl ConnTable {
         {
             // Which side is the client: known from accept/connect, else the side whose
             // first bytes look like a request.
-            let side_if = |role: Role| match (role, direction) {
-                (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress) => {
-                    Side::Client
-                }
-                _ => Side::Server,
-            };
             let candidate_role = match direction {
                 Direction::Ingress => Role::Server,
                 Direction::Egress => Role::Client,
             };
-            let side = conn.role.map(side_if).unwrap_or(Side::Client);
+            let side = conn
+                .role
+                .map(|role| side_of(role, direction))
+                .unwrap_or(Side::Client);
             if side == Side::Server {
                 // A server does not speak first in HTTP/1; a response seen mid-stream is
                 // of no use without its request.
                 return;
             }
-            let mut probe: Vec<u8> = pending
-                .iter()
-                .flat_map(|(_, _, d, _)| d.iter().copied())
-                .take(DETECT_BYTES)
-                .collect();
-            probe.extend(
-                payload
+            // The first bytes of the client's stream: this segment alone in the common
+            // case, else what is pending before it.
+            let joined: Vec<u8>;
+            let probe: &[u8] = if pending.is_empty() {
+                &payload[..payload.len().min(DETECT_BYTES)]
+            } else {
+                joined = pending
                     .iter()
-                    .take(DETECT_BYTES.saturating_sub(probe.len())),
-            );
-            match http::detect(&probe) {
+                    .flat_map(|(_, _, d, _)| d.iter().copied())
+                    .chain(payload.iter().copied())
+                    .take(DETECT_BYTES)
+                    .collect();
+                &joined
+            };
+            match http::detect(probe) {
                 Detection::NeedMore
                     if *buffered + payload.len() < DETECT_BYTES && payload.len() as u64 == len =>
                 {
@@ -412,23 +433,18 @@ impl ConnTable {
                             if conn.role.is_none() {
                                 conn.role = Some(candidate_role);
                             }
-                            let mut produced = std::mem::take(&mut self.scratch);
                             for (s, ts, d, l) in pending.drain(..) {
-                                parser.feed(
-                                    s,
-                                    Segment {
-                                        ts_ns: ts,
-                                        data: &d,
-                                        len: l,
-                                    },
-                                    &mut produced,
-                                );
+                                let segment = Segment {
+                                    ts_ns: ts,
+                                    data: &d,
+                                    len: l,
+                                };
+                                parser.feed(s, segment, &mut self.scratch);
                             }
                             conn.stage = Stage::Parsing(parser);
-                            self.scratch = produced;
                         }
                         None => {
-                            self.stats.unknown_protocol += 1;
+                            stats.unknown_protocol += 1;
                             conn.stage = Stage::Ignored;
                             return;
                         }
@@ -439,7 +455,7 @@ impl ConnTable {
                     *buffered = 0;
                     *tries_left = tries_left.saturating_sub(1);
                     if *tries_left == 0 {
-                        self.stats.unknown_protocol += 1;
+                        stats.unknown_protocol += 1;
                         conn.stage = Stage::Ignored;
                     }
                     return;
@@ -449,69 +465,61 @@ impl ConnTable {
         let Stage::Parsing(parser) = &mut conn.stage else {
             return;
         };
-        let role = conn.role.unwrap_or(Role::Server);
-        let side = match (role, direction) {
-            (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress) => Side::Client,
-            _ => Side::Server,
+        let side = side_of(conn.role.unwrap_or(Role::Server), direction);
+        let segment = Segment {
+            ts_ns,
+            data: payload,
+            len,
         };
-        let mut produced = std::mem::take(&mut self.scratch);
-        parser.feed(
-            side,
-            Segment {
-                ts_ns,
-                data: payload,
-                len,
-            },
-            &mut produced,
-        );
-        if produced.issues.contains(&ParseIssue::Upgraded) {
+        parser.feed(side, segment, &mut self.scratch);
+        if self.scratch.issues.contains(&ParseIssue::Upgraded) {
             conn.stage = Stage::Ignored;
         }
-        self.emit(key, conn, &mut produced, out);
-        self.scratch = produced;
+        emit(clock, key, conn, &mut self.scratch, out);
     }
+}
 
-    fn emit(
-        &self,
-        key: ConnKey,
-        conn: &Connection,
-        produced: &mut ParserOutput,
-        out: &mut ConnOutput,
-    ) {
-        out.issues.append(&mut produced.issues);
-        for parsed in produced.exchanges.drain(..) {
-            out.exchanges.push(self.exchange(key, conn, parsed));
-        }
+/// Move what a parser produced to `out`, turning paired heads into [`Exchange`]s.
+fn emit(
+    clock: &Clock,
+    key: ConnKey,
+    conn: &Connection,
+    produced: &mut ParserOutput,
+    out: &mut ConnOutput,
+) {
+    out.issues.append(&mut produced.issues);
+    for parsed in produced.exchanges.drain(..) {
+        out.exchanges.push(exchange(clock, key, conn, parsed));
     }
+}
 
-    fn exchange(&self, key: ConnKey, conn: &Connection, p: ParsedExchange) -> Exchange {
-        let role = conn.role.unwrap_or(Role::Server);
-        let local = conn.local.unwrap_or(UNKNOWN_ADDR);
-        let remote = conn.remote.unwrap_or(UNKNOWN_ADDR);
-        let (client, server) = match role {
-            Role::Server => (remote, local),
-            Role::Client => (local, remote),
-        };
-        let (path, query) = split_target(&p.target);
-        Exchange {
-            protocol: p.protocol,
-            role,
-            tls: conn.tls,
-            client,
-            server,
-            pid: key.pid,
-            comm: Arc::clone(&conn.comm),
-            method: p.method,
-            path,
-            query,
-            status: p.status,
-            request_headers: p.request_headers,
-            started_at: self.clock.wall(p.request_start_ns),
-            latency: Duration::from_nanos(p.response_ns.saturating_sub(p.request_end_ns)),
-            request_body_bytes: p.request_body_bytes,
-            response_body_bytes: p.response_body_bytes,
-            workload: Arc::clone(&conn.workload),
-        }
+fn exchange(clock: &Clock, key: ConnKey, conn: &Connection, p: ParsedExchange) -> Exchange {
+    let role = conn.role.unwrap_or(Role::Server);
+    let local = conn.local.unwrap_or(UNKNOWN_ADDR);
+    let remote = conn.remote.unwrap_or(UNKNOWN_ADDR);
+    let (client, server) = match role {
+        Role::Server => (remote, local),
+        Role::Client => (local, remote),
+    };
+    let (path, query) = split_target(&p.target);
+    Exchange {
+        protocol: p.protocol,
+        role,
+        tls: conn.tls,
+        client,
+        server,
+        pid: key.pid,
+        comm: Arc::clone(&conn.comm),
+        method: p.method,
+        path,
+        query,
+        status: p.status,
+        request_headers: p.request_headers,
+        started_at: clock.wall(p.request_start_ns),
+        latency: Duration::from_nanos(p.response_ns.saturating_sub(p.request_end_ns)),
+        request_body_bytes: p.request_body_bytes,
+        response_body_bytes: p.response_body_bytes,
+        workload: Arc::clone(&conn.workload),
     }
 }
 

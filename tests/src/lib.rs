@@ -40,16 +40,36 @@ pub fn prerequisites() -> bool {
             agent_bin().display()
         ));
     }
-    for tool in ["curl", "python3", "nginx"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            missing.push(tool.into());
-        }
-    }
+    missing.extend(
+        ["curl", "python3", "nginx"]
+            .into_iter()
+            .filter(|t| !installed(t))
+            .map(String::from),
+    );
+    available_or_skip(&missing)
+}
+
+/// Whether a command is on PATH.
+fn installed(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Whether the tools a test needs are installed; under `CI=true` a missing one panics.
+#[must_use]
+pub fn require_tools(tools: &[&str]) -> bool {
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|t| !installed(t))
+        .map(|t| t.to_string())
+        .collect();
+    available_or_skip(&missing)
+}
+
+/// `true` when nothing is missing; otherwise skip with a message, or fail under `CI=true`.
+fn available_or_skip(missing: &[String]) -> bool {
     if missing.is_empty() {
         return true;
     }

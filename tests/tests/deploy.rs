@@ -16,22 +16,6 @@ fn deploy() -> PathBuf {
     workspace_root().join("deploy")
 }
 
-/// Whether `tool` runs; under `CI=true` its absence is a failure.
-fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let msg = format!("{tool} is not installed (see .ci/run)");
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg} (CI=true: this is a failure, not a skip)");
-        }
-        eprintln!("SKIPPED: {msg}");
-    }
-    ok
-}
-
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -45,7 +29,7 @@ fn run(cmd: &mut Command) -> Output {
 
 #[test]
 fn prometheus_config_rules_and_rule_tests_pass_promtool() {
-    if !have("promtool") {
+    if !require_tools(&["promtool"]) {
         return;
     }
     let dir = deploy().join("prometheus");
@@ -63,7 +47,7 @@ fn prometheus_config_rules_and_rule_tests_pass_promtool() {
 
 #[test]
 fn kubernetes_manifests_fit_together_and_validate() {
-    if !have("python3") || !have("kubernetes-validate") {
+    if !require_tools(&["python3", "kubernetes-validate"]) {
         return;
     }
     let dir = deploy().join("kubernetes");
@@ -99,7 +83,7 @@ fn kubernetes_manifests_fit_together_and_validate() {
 
 #[test]
 fn prometheus_rule_matches_the_alert_file() {
-    if !have("python3") {
+    if !require_tools(&["python3"]) {
         return;
     }
     let script = "import json,sys,yaml\n\
@@ -120,7 +104,7 @@ fn prometheus_rule_matches_the_alert_file() {
 
 #[test]
 fn container_file_passes_hadolint() {
-    if !have("hadolint") {
+    if !require_tools(&["hadolint"]) {
         return;
     }
     run(Command::new("hadolint").arg(deploy().join("Containerfile")));

@@ -1,8 +1,10 @@
 //! Capture health: records, bytes, drops by reason, connections, probes.
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use observer_common::drop_reason;
+
+use super::decode::{Direction, Event};
 
 pub struct CaptureMetrics {
     pub events: IntCounterVec,
@@ -11,6 +13,10 @@ pub struct CaptureMetrics {
     pub connections: IntGauge,
     pub probes: IntGaugeVec,
     kernel_seen: [u64; drop_reason::COUNT as usize],
+    /// Per-record counters resolved once: no label hashing per kernel record.
+    per_kind: [IntCounter; 5],
+    ingress_bytes: IntCounter,
+    egress_bytes: IntCounter,
 }
 
 impl CaptureMetrics {
@@ -56,7 +62,12 @@ impl CaptureMetrics {
         for name in drop_reason::NAMES {
             dropped.with_label_values(&[name]);
         }
+        let per_kind = ["accept", "connect", "addresses", "close", "data"]
+            .map(|kind| events.with_label_values(&[kind]));
         Ok(Self {
+            per_kind,
+            ingress_bytes: bytes.with_label_values(&["ingress"]),
+            egress_bytes: bytes.with_label_values(&["egress"]),
             events,
             bytes,
             dropped,
@@ -64,6 +75,24 @@ impl CaptureMetrics {
             probes,
             kernel_seen: [0; drop_reason::COUNT as usize],
         })
+    }
+
+    /// Count one decoded kernel record (and its bytes).
+    pub fn record(&self, event: &Event<'_>) {
+        let kind = match event {
+            Event::Accept(_) => 0,
+            Event::Connect(_) => 1,
+            Event::Addresses(_) => 2,
+            Event::Close { .. } => 3,
+            Event::Data { direction, len, .. } => {
+                match direction {
+                    Direction::Ingress => self.ingress_bytes.inc_by(*len),
+                    Direction::Egress => self.egress_bytes.inc_by(*len),
+                }
+                4
+            }
+        };
+        self.per_kind[kind].inc();
     }
 
     /// Fold the kernel's cumulative per-reason counters into the counter.

@@ -61,10 +61,6 @@ impl TracefsGuard {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Offsets of the address fields of `tcp:tcp_rcv_space_adjust` on this kernel.
     pub fn tcp_tuple_offsets(&self) -> anyhow::Result<TcpTupleOffsets> {
         let path = self.root.join("events/tcp/tcp_rcv_space_adjust/format");

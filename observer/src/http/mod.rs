@@ -102,6 +102,11 @@ impl HeaderAllowlist {
         Self { names }
     }
 
+    /// The kept names: lower case, sorted, without duplicates.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// Whether a header name (any case) is kept.
     pub fn allows(&self, name: &str) -> bool {
         self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
