@@ -25,6 +25,8 @@ pub enum EventKind {
     Close = 4,
     /// Bytes moved through a tracked socket (or a TLS library call on one).
     Data = 5,
+    /// A process called `execve`: the agent checks its program for TLS code to probe.
+    Exec = 6,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -36,6 +38,7 @@ impl TryFrom<u32> for EventKind {
             3 => Self::Addresses,
             4 => Self::Close,
             5 => Self::Data,
+            6 => Self::Exec,
             other => return Err(other),
         })
     }
@@ -137,14 +140,17 @@ pub mod drop_reason {
     pub const INFLIGHT_FULL: u32 = 2;
     /// The tracked-socket table had no room for a new socket.
     pub const SOCKETS_FULL: u32 = 3;
+    /// A TLS library call returned data but no socket could be tied to it.
+    pub const TLS_NO_SOCKET: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
     /// Label of each counter, by index.
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
         "read_failed",
         "inflight_full",
         "sockets_full",
+        "tls_no_socket",
     ];
 }
 
@@ -170,6 +176,23 @@ pub struct SocketState {
 
 /// The kernel has already reported this socket's addresses.
 pub const SOCKET_FLAG_ADDRESSES_KNOWN: u32 = 1;
+/// A TLS library reads and writes this socket: its plaintext comes from the library
+/// hooks, so the syscall hooks skip its (encrypted) bytes.
+pub const SOCKET_FLAG_TLS: u32 = 2;
+
+/// Go `crypto/tls`: where the socket's fd sits, from a `*tls.Conn`. These layouts have
+/// been the same from Go 1.12 to today (the OBI/Beyla project tracks them per release):
+/// `tls.Conn.conn` is the first field (an interface: itab, then data pointer), the data
+/// of a `*net.TCPConn` starts with `fd *netFD`, and `netFD.pfd.Sysfd` follows the
+/// 16-byte `fdMutex`.
+pub mod go_layout {
+    /// Offset of the interface's data pointer inside `tls.Conn`.
+    pub const CONN_DATA: u64 = 8;
+    /// Offset of `fd *netFD` inside `net.TCPConn`.
+    pub const TCPCONN_FD: u64 = 0;
+    /// Offset of `pfd.Sysfd` inside `netFD`.
+    pub const NETFD_SYSFD: u64 = 16;
+}
 
 /// Field offsets of `tcp:tcp_rcv_space_adjust`, read by the agent from tracefs at load
 /// time (they differ between kernel versions).
@@ -187,6 +210,18 @@ pub struct TcpTupleOffsets {
     pub valid: u32,
 }
 
+/// Key of the map that remembers which socket a TLS library object (`SSL *`) uses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SslKey {
+    /// Process id.
+    pub pid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Address of the library object in that process.
+    pub ssl: u64,
+}
+
 /// Run-time settings written by the agent before attaching.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -200,6 +235,11 @@ pub struct CaptureConfig {
     pub wakeup_bytes: u64,
     /// Offsets for the address hook.
     pub tuple: TcpTupleOffsets,
+    /// 1 when TLS hooks report only processes listed in the `TLS_PIDS` map (a process
+    /// filter is configured); 0 when they report every process.
+    pub tls_filter: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -209,4 +249,6 @@ mod pod {
     unsafe impl aya::Pod for SocketKey {}
     unsafe impl aya::Pod for SocketState {}
     unsafe impl aya::Pod for CaptureConfig {}
+    unsafe impl aya::Pod for SslKey {}
+
 }

@@ -3,10 +3,11 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_common::{
-    drop_reason, CaptureConfig, SocketKey, SocketState, DATA_HEADER_LEN, MAX_CAPTURE,
+    drop_reason, CaptureConfig, SocketKey, SocketState, SslKey, DATA_HEADER_LEN, MAX_CAPTURE,
+    SOCKET_FLAG_TLS,
 };
 
 /// Records for the agent. The agent may resize it before loading.
@@ -21,6 +22,25 @@ pub static SOCKETS: LruHashMap<SocketKey, SocketState> = LruHashMap::with_max_en
 /// Calls in flight, by thread id: what `sys_enter_*` saw, for `sys_exit_*` to finish.
 #[map]
 pub static INFLIGHT: LruHashMap<u32, Call> = LruHashMap::with_max_entries(16384, 0);
+
+/// TLS library calls in flight, by thread id: what the entry probe saw, for the return
+/// probe; the read/write syscall made inside the call fills in the socket.
+#[map]
+pub static TLS_CALLS: LruHashMap<u32, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// The socket each TLS library object last used, for calls served from the library's
+/// buffers without a syscall.
+#[map]
+pub static TLS_SOCKETS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Go `crypto/tls` reads in flight, by (pid, goroutine): a goroutine may move between
+/// threads while it waits, so the thread id cannot key them.
+#[map]
+pub static GO_READS: LruHashMap<SslKey, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// Processes the TLS hooks report when a process filter is configured.
+#[map]
+pub static TLS_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 
 /// Settings written by the agent.
 #[map]
@@ -67,6 +87,62 @@ pub struct Call {
     pub _pad: u32,
     /// Connect: the peer's address.
     pub addr: [u8; 16],
+}
+
+/// A TLS library read or write between its entry and its return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    /// The library object (`SSL *`, or `*tls.Conn` for Go).
+    pub ssl: u64,
+    /// The caller's plaintext buffer.
+    pub buf: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the library stores the byte count; else 0.
+    pub len_out: u64,
+    /// The socket, once a syscall inside the call (or the library object) named it.
+    pub fd: u32,
+    /// `DIR_*`.
+    pub direction: u32,
+}
+
+/// Not a file descriptor: the socket of a TLS call is not known yet.
+pub const NO_FD: u32 = u32::MAX;
+
+/// Whether the TLS hooks should report process `pid`.
+#[inline(always)]
+pub fn tls_wanted(pid: u32) -> bool {
+    match config() {
+        Some(c) if c.agent_pid == pid => false,
+        Some(c) if c.tls_filter != 0 => {
+            // SAFETY: plain lookup.
+            unsafe { TLS_PIDS.get(pid) }.is_some()
+        }
+        Some(_) => true,
+        None => false,
+    }
+}
+
+/// Called by the syscall hooks for a tracked socket: ties a TLS library call in flight on
+/// this thread to the socket, and says whether the socket carries TLS (then its bytes are
+/// ciphertext and not worth copying).
+#[inline(always)]
+pub fn tls_socket(pid: u32, tid: u32, fd: u32, state: *mut SocketState) -> bool {
+    if let Some(call) = TLS_CALLS.get_ptr_mut(tid) {
+        // SAFETY: map values stay valid while the program runs.
+        unsafe {
+            (*call).fd = fd;
+            (*state).flags |= SOCKET_FLAG_TLS;
+            let key = SslKey {
+                pid,
+                _pad: 0,
+                ssl: (*call).ssl,
+            };
+            let _ = TLS_SOCKETS.insert(key, fd, 0);
+        }
+        return true;
+    }
+    // SAFETY: as above.
+    unsafe { (*state).flags & SOCKET_FLAG_TLS != 0 }
 }
 
 #[inline(always)]

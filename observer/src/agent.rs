@@ -12,7 +12,7 @@ use prometheus::Registry;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    capture::{decode, metrics::CaptureMetrics, procfs, Capture},
+    capture::{decode, metrics::CaptureMetrics, procfs, tls::TlsProbes, Capture},
     config::Config,
     conn::{Clock, ConnOutput, ConnTable},
     export::{jsonl::JsonLines, metrics::RequestMetrics, server},
@@ -39,6 +39,8 @@ struct Pipeline {
     addresses: crate::exchange::AddressPolicy,
     ignored: prometheus::IntCounter,
     out: ConnOutput,
+    /// Processes that called `exec` since the last drain (for the TLS attachment).
+    execs: Vec<u32>,
 }
 
 impl Pipeline {
@@ -57,6 +59,10 @@ impl Pipeline {
         match decode::decode(bytes) {
             Ok(event) => {
                 self.capture_metrics.record(&event);
+                if let decode::Event::Exec { pid } = event {
+                    self.execs.push(pid);
+                    return;
+                }
                 self.conns.on_event(event, &mut self.out);
             }
             Err(e) => {
@@ -141,7 +147,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut capture = Capture::start(&config.capture)?;
+    let mut capture = Capture::start(&config.capture, config.tls.filtered())?;
     for p in &capture.probes {
         capture_metrics
             .probes
@@ -151,6 +157,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     *state.probes.lock().expect("not poisoned") = capture.probes.clone();
     let attached = capture.probes.iter().filter(|p| p.attached).count();
     tracing::info!("attached {attached} of {} probes", capture.probes.len());
+
+    let mut tls = start_tls(&config, &mut capture, &state);
 
     let clock = Clock::now();
     let mut conns = ConnTable::new(
@@ -190,6 +198,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         ignored,
         out: ConnOutput::default(),
+        execs: Vec::new(),
     };
     let scoring_task = tokio::spawn(scoring_loop(
         Arc::clone(&sessions),
@@ -228,8 +237,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             _ = drain.tick() => {
                 pipeline.drain(ring.get_mut());
+                if let Some(tls) = &mut tls {
+                    for pid in pipeline.execs.drain(..) {
+                        tls.on_exec(capture.ebpf_mut(), pid);
+                    }
+                    tls.poll(capture.ebpf_mut());
+                    if tls.take_changed() {
+                        *state.tls.lock().unwrap_or_else(|e| e.into_inner()) = tls.status();
+                    }
+                }
+                pipeline.execs.clear();
             }
             _ = tick.tick() => {
+                if let Some(tls) = &mut tls {
+                    tls.reap(capture.ebpf_mut());
+                }
                 match capture.kernel_drops() {
                     Ok(totals) => pipeline.capture_metrics.update_kernel_drops(totals),
                     Err(e) => tracing::debug!("reading kernel drop counters: {e:#}"),
@@ -265,6 +287,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pipeline.capture_metrics.total_dropped()
     );
     Ok(())
+}
+
+/// Load the TLS library probes and attach them to what runs now. A failure leaves the
+/// agent running on plaintext capture, with the reason in the log.
+fn start_tls(
+    config: &Config,
+    capture: &mut Capture,
+    state: &server::AppState,
+) -> Option<TlsProbes> {
+    if !config.tls.enabled {
+        tracing::info!("tls: disabled in the configuration");
+        return None;
+    }
+    match TlsProbes::new(capture.ebpf_mut(), config.tls.clone(), &state.registry) {
+        Ok(mut tls) => {
+            tls.start(capture.ebpf_mut());
+            let status = tls.status();
+            tracing::info!(
+                "tls: {} target(s) attached, {} could not be probed",
+                status.iter().filter(|t| t.attached).count(),
+                status.iter().filter(|t| !t.attached).count()
+            );
+            *state.tls.lock().unwrap_or_else(|e| e.into_inner()) = status;
+            Some(tls)
+        }
+        Err(e) => {
+            tracing::warn!("tls: library probes unavailable, capturing plaintext only: {e:#}");
+            None
+        }
+    }
 }
 
 /// The capture side of `/privacy`: what is read from the wire and what is never

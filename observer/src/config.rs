@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use observer_common::{DEFAULT_CAPTURE, MAX_CAPTURE};
 
 use crate::{
+    capture::tls::TlsConfig,
     identity::IdentityConfig, score::ScoreConfig, session::SessionConfig,
     workload::KubernetesConfig,
 };
@@ -25,6 +26,7 @@ pub struct Config {
     pub scoring: ScoreConfig,
     pub privacy: PrivacyConfig,
     pub kubernetes: KubernetesConfig,
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -38,6 +40,7 @@ impl Default for Config {
             scoring: ScoreConfig::default(),
             privacy: PrivacyConfig::default(),
             kubernetes: KubernetesConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }

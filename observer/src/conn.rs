@@ -243,6 +243,8 @@ impl ConnTable {
                 };
                 self.data(ConnKey { pid, fd }, tls, chunk, out)
             }
+            // Handled by the TLS attachment, not by connections.
+            Event::Exec { .. } => {}
         }
     }
 

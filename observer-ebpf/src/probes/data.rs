@@ -18,7 +18,7 @@ use observer_common::{
 
 use super::{syscall_arg, syscall_ret};
 use crate::maps::{
-    config, count_drop, current, tracked, wakeup_flags, Call, CALL_BUF, CALL_IOV, CALL_SENDFILE,
+    config, count_drop, current, tls_socket, tracked, wakeup_flags, Call, CALL_BUF, CALL_IOV, CALL_SENDFILE,
     EVENTS, INFLIGHT, SCRATCH,
 };
 
@@ -35,7 +35,10 @@ struct IoVec {
 fn remember(ctx: &TracePointContext, kind: u32, direction: u32, ptr_arg: usize) {
     let (pid, tid) = current();
     let fd = syscall_arg(ctx, 0) as u32;
-    if tracked(pid, fd).is_none() {
+    let Some(state) = tracked(pid, fd) else {
+        return;
+    };
+    if kind != CALL_SENDFILE && tls_socket(pid, tid, fd, state) {
         return;
     }
     let mut call = Call {
@@ -61,7 +64,10 @@ fn remember(ctx: &TracePointContext, kind: u32, direction: u32, ptr_arg: usize) 
 fn remember_msg(ctx: &TracePointContext, direction: u32) {
     let (pid, tid) = current();
     let fd = syscall_arg(ctx, 0) as u32;
-    if tracked(pid, fd).is_none() {
+    let Some(state) = tracked(pid, fd) else {
+        return;
+    };
+    if tls_socket(pid, tid, fd, state) {
         return;
     }
     let msg = syscall_arg(ctx, 1);
@@ -109,10 +115,12 @@ fn finish(ctx: &TracePointContext) {
     if ret <= 0 {
         return;
     }
-    emit_data(pid, tid, &call, ret as u64);
+    emit_data(pid, tid, &call, ret as u64, SOURCE_SYSCALL);
 }
 
-fn emit_data(pid: u32, tid: u32, call: &Call, len: u64) {
+/// Send a Data record: the header and up to the configured number of bytes of `call`'s
+/// buffer (or iovecs), of which `len` were transferred.
+pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -158,7 +166,7 @@ fn emit_data(pid: u32, tid: u32, call: &Call, len: u64) {
             ts_ns: unsafe { bpf_ktime_get_ns() },
         },
         direction: call.direction,
-        source: SOURCE_SYSCALL,
+        source,
         len,
         captured: captured as u32,
         _pad: 0,

@@ -1,6 +1,7 @@
 //! One file per hook family.
 mod data;
 mod sockets;
+mod tls;
 
 /// Argument `n` of a `syscalls:sys_enter_*` tracepoint (they are all 8-byte slots after
 /// the 16-byte common header and syscall number).

@@ -65,6 +65,10 @@ pub enum Event<'a> {
         fd: u32,
         ts_ns: u64,
     },
+    /// A process started a new program.
+    Exec {
+        pid: u32,
+    },
     Data {
         pid: u32,
         fd: u32,
@@ -143,6 +147,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             fd: header.fd,
             ts_ns: header.ts_ns,
         },
+        EventKind::Exec => Event::Exec { pid: header.pid },
         EventKind::Data => {
             let data: DataEvent = read(bytes)?;
             let claimed = data.captured as usize;

@@ -14,7 +14,7 @@ pub struct CaptureMetrics {
     pub probes: IntGaugeVec,
     kernel_seen: [u64; drop_reason::COUNT as usize],
     /// Per-record counters resolved once: no label hashing per kernel record.
-    per_kind: [IntCounter; 5],
+    per_kind: [IntCounter; 6],
     ingress_bytes: IntCounter,
     egress_bytes: IntCounter,
 }
@@ -62,7 +62,7 @@ impl CaptureMetrics {
         for name in drop_reason::NAMES {
             dropped.with_label_values(&[name]);
         }
-        let per_kind = ["accept", "connect", "addresses", "close", "data"]
+        let per_kind = ["accept", "connect", "addresses", "close", "data", "exec"]
             .map(|kind| events.with_label_values(&[kind]));
         Ok(Self {
             per_kind,
@@ -84,6 +84,7 @@ impl CaptureMetrics {
             Event::Connect(_) => 1,
             Event::Addresses(_) => 2,
             Event::Close { .. } => 3,
+            Event::Exec { .. } => 5,
             Event::Data { direction, len, .. } => {
                 match direction {
                     Direction::Ingress => self.ingress_bytes.inc_by(*len),
@@ -128,8 +129,8 @@ mod tests {
     fn kernel_drops_are_folded_as_deltas() {
         let registry = Registry::new();
         let mut m = CaptureMetrics::register(&registry).unwrap();
-        m.update_kernel_drops([3, 0, 1, 0]);
-        m.update_kernel_drops([5, 0, 1, 0]);
+        m.update_kernel_drops([3, 0, 1, 0, 0]);
+        m.update_kernel_drops([5, 0, 1, 0, 0]);
         assert_eq!(m.dropped.with_label_values(&["ringbuf_full"]).get(), 5);
         assert_eq!(m.dropped.with_label_values(&["inflight_full"]).get(), 1);
         assert_eq!(m.total_dropped(), 6);

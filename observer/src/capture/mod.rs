@@ -2,8 +2,10 @@
 //! start, and hand out the ring buffer of records.
 
 pub mod decode;
+pub mod gosym;
 pub mod metrics;
 pub mod procfs;
+pub mod tls;
 pub mod tracefs;
 
 use anyhow::{bail, Context as _};
@@ -123,7 +125,7 @@ fn privilege_hint(err: &dyn std::fmt::Display) -> String {
 impl Capture {
     /// Load and attach every probe. Fails with a clear message when a required one
     /// cannot be attached.
-    pub fn start(settings: &CaptureConfig) -> anyhow::Result<Self> {
+    pub fn start(settings: &CaptureConfig, tls_filter: bool) -> anyhow::Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!("this agent was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild without it");
         }
@@ -147,6 +149,8 @@ impl Capture {
             agent_pid: std::process::id(),
             wakeup_bytes: u64::from(settings.ring_buffer_bytes / 8),
             tuple,
+            tls_filter: u32::from(tls_filter),
+            _pad: 0,
         };
         let mut config: Array<_, KernelConfig> =
             Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;
@@ -179,6 +183,11 @@ impl Capture {
             probes,
             _tracefs: tracefs,
         })
+    }
+
+    /// The loaded object, for attaching more programs (TLS targets) while running.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// The ring buffer of records (can be taken once).

@@ -16,7 +16,7 @@ use prometheus::{Encoder as _, Registry, TextEncoder};
 use serde_json::json;
 
 use crate::{
-    capture::ProbeStatus,
+    capture::{tls::TargetStatus, ProbeStatus},
     session::{ListQuery, SessionTable},
 };
 
@@ -25,6 +25,8 @@ pub struct AppState {
     pub registry: Registry,
     pub ready: AtomicBool,
     pub probes: Mutex<Vec<ProbeStatus>>,
+    /// What the TLS library probes are attached to.
+    pub tls: Mutex<Vec<TargetStatus>>,
     pub sessions: Arc<Mutex<SessionTable>>,
     /// The agent's own part of `/privacy` (capture settings, off switch, outputs).
     pub capture_privacy: serde_json::Value,
@@ -36,6 +38,7 @@ impl AppState {
             registry,
             ready: AtomicBool::new(false),
             probes: Mutex::new(Vec::new()),
+            tls: Mutex::new(Vec::new()),
             sessions,
             capture_privacy: serde_json::Value::Null,
         }
@@ -58,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/frozen/{fingerprint}", put(freeze).delete(unfreeze))
         .route("/api/purge", post(purge))
         .route("/privacy", get(privacy))
+        .route("/api/tls", get(tls_status))
         .with_state(state)
 }
 
@@ -139,6 +143,11 @@ struct Health {
     status: &'static str,
     probes_attached: usize,
     probes_failed: Vec<ProbeStatus>,
+}
+
+/// What the TLS probes are attached to: library, path, functions, processes, errors.
+async fn tls_status(State(state): State<Arc<AppState>>) -> Json<Vec<TargetStatus>> {
+    Json(state.tls.lock().map(|t| t.clone()).unwrap_or_default())
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
