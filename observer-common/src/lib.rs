@@ -250,5 +250,4 @@ mod pod {
     unsafe impl aya::Pod for SocketState {}
     unsafe impl aya::Pod for CaptureConfig {}
     unsafe impl aya::Pod for SslKey {}
-
 }

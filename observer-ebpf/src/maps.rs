@@ -33,6 +33,17 @@ pub static TLS_CALLS: LruHashMap<u32, TlsCall> = LruHashMap::with_max_entries(16
 #[map]
 pub static TLS_SOCKETS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(65536, 0);
 
+/// The socket each thread last read from: a library that reads through its own buffers
+/// (node's memory BIO) decrypts right after the thread read the ciphertext from it.
+#[map]
+pub static LAST_READ: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Library objects waiting for a socket, by thread: a library writing through its own
+/// buffers (node's memory BIO) hands the ciphertext of a handshake or write to the
+/// socket right after the call, on the same thread.
+#[map]
+pub static PENDING_BIND: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
 /// Go `crypto/tls` reads in flight, by (pid, goroutine): a goroutine may move between
 /// threads while it waits, so the thread id cannot key them.
 #[map]
@@ -66,6 +77,8 @@ pub const CALL_IOV: u32 = 2;
 pub const CALL_ACCEPT: u32 = 3;
 pub const CALL_CONNECT: u32 = 4;
 pub const CALL_SENDFILE: u32 = 5;
+/// A read of a TLS socket whose addresses are not known yet: only for the address hook.
+pub const CALL_ADDRESSES: u32 = 6;
 
 /// A call between its enter and exit tracepoints.
 #[repr(C)]
@@ -103,6 +116,23 @@ pub struct TlsCall {
     pub fd: u32,
     /// `DIR_*`.
     pub direction: u32,
+}
+
+/// `TlsCall::direction` of a handshake call: binds a socket, carries no data.
+pub const DIR_HANDSHAKE: u32 = 2;
+
+/// A tracked-socket write by thread `tid`: the socket of a library object waiting for one.
+#[inline(always)]
+pub fn bind_pending(pid: u32, tid: u32, fd: u32, state: *mut SocketState) {
+    // SAFETY: plain lookup, copied out.
+    let Some(ssl) = (unsafe { PENDING_BIND.get(tid) }).copied() else {
+        return;
+    };
+    let _ = PENDING_BIND.remove(tid);
+    // SAFETY: map values stay valid while the program runs.
+    unsafe { (*state).flags |= SOCKET_FLAG_TLS };
+    let key = SslKey { pid, _pad: 0, ssl };
+    let _ = TLS_SOCKETS.insert(key, fd, 0);
 }
 
 /// Not a file descriptor: the socket of a TLS call is not known yet.

@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 use observer_common::{DEFAULT_CAPTURE, MAX_CAPTURE};
 
 use crate::{
-    capture::tls::TlsConfig,
-    identity::IdentityConfig, score::ScoreConfig, session::SessionConfig,
+    capture::tls::TlsConfig, identity::IdentityConfig, score::ScoreConfig, session::SessionConfig,
     workload::KubernetesConfig,
 };
 

@@ -12,14 +12,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use observer_common::{
-    drop_reason, DataEvent, EventKind, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE,
-    SOURCE_SYSCALL,
+    drop_reason, DataEvent, EventKind, SocketState, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS,
+    MAX_CAPTURE, SOCKET_FLAG_ADDRESSES_KNOWN, SOURCE_SYSCALL,
 };
 
 use super::{syscall_arg, syscall_ret};
 use crate::maps::{
-    config, count_drop, current, tls_socket, tracked, wakeup_flags, Call, CALL_BUF, CALL_IOV, CALL_SENDFILE,
-    EVENTS, INFLIGHT, SCRATCH,
+    bind_pending, config, count_drop, current, tls_socket, tracked, wakeup_flags, Call,
+    CALL_ADDRESSES, CALL_BUF, CALL_IOV, CALL_SENDFILE, EVENTS, INFLIGHT, LAST_READ, SCRATCH,
 };
 
 /// Most iovecs copied from one vectored call.
@@ -32,14 +32,31 @@ struct IoVec {
     len: u64,
 }
 
+/// A TLS socket's bytes are ciphertext and are not copied; until its addresses are known
+/// a read is still remembered (as `CALL_ADDRESSES`) so that the address hook can name it.
+fn ciphertext_call(direction: u32, state: *mut SocketState) -> Option<u32> {
+    // SAFETY: map value pointer from a successful lookup.
+    let flags = unsafe { (*state).flags };
+    (direction == DIR_INGRESS && flags & SOCKET_FLAG_ADDRESSES_KNOWN == 0).then_some(CALL_ADDRESSES)
+}
+
 fn remember(ctx: &TracePointContext, kind: u32, direction: u32, ptr_arg: usize) {
     let (pid, tid) = current();
     let fd = syscall_arg(ctx, 0) as u32;
     let Some(state) = tracked(pid, fd) else {
         return;
     };
+    if direction == DIR_INGRESS {
+        let _ = LAST_READ.insert(tid, fd, 0);
+    } else {
+        bind_pending(pid, tid, fd, state);
+    }
+    let mut kind = kind;
     if kind != CALL_SENDFILE && tls_socket(pid, tid, fd, state) {
-        return;
+        match ciphertext_call(direction, state) {
+            Some(k) => kind = k,
+            None => return,
+        }
     }
     let mut call = Call {
         kind,
@@ -67,7 +84,28 @@ fn remember_msg(ctx: &TracePointContext, direction: u32) {
     let Some(state) = tracked(pid, fd) else {
         return;
     };
+    if direction == DIR_INGRESS {
+        let _ = LAST_READ.insert(tid, fd, 0);
+    } else {
+        bind_pending(pid, tid, fd, state);
+    }
     if tls_socket(pid, tid, fd, state) {
+        if let Some(kind) = ciphertext_call(direction, state) {
+            let call = Call {
+                kind,
+                fd,
+                direction,
+                iov_len: 0,
+                ptr: 0,
+                family: 0,
+                port: 0,
+                _pad: 0,
+                addr: [0; 16],
+            };
+            if INFLIGHT.insert(tid, call, 0).is_err() {
+                count_drop(drop_reason::INFLIGHT_FULL);
+            }
+        }
         return;
     }
     let msg = syscall_arg(ctx, 1);

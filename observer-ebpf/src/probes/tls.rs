@@ -25,7 +25,7 @@ use observer_common::{
 use super::data::emit_data;
 use crate::maps::{
     count_drop, current, is_agent, tls_wanted, tracked, wakeup_flags, Call, TlsCall, CALL_BUF,
-    EVENTS, GO_READS, NO_FD, TLS_CALLS, TLS_SOCKETS,
+    DIR_HANDSHAKE, EVENTS, GO_READS, LAST_READ, NO_FD, PENDING_BIND, TLS_CALLS, TLS_SOCKETS,
 };
 
 fn ssl_enter(ctx: &ProbeContext, direction: u32, ex: bool) {
@@ -71,8 +71,16 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Return of any of the four: `SSL_read`/`SSL_write` return the byte count, the `_ex`
-/// forms return 1 and store the count.
+/// `SSL_do_handshake`, `SSL_connect`, `SSL_accept`: no data, but a chance to learn the
+/// socket before the first read or write.
+#[uprobe]
+pub fn ssl_handshake(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, DIR_HANDSHAKE, false);
+    0
+}
+
+/// Return of every probed `SSL_*` function: `SSL_read`/`SSL_write` return the byte count,
+/// the `_ex` forms return 1 and store the count; handshakes only bind the socket.
 #[uretprobe]
 pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     let (pid, tid) = current();
@@ -83,45 +91,70 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     let _ = TLS_CALLS.remove(tid);
     // SAFETY: the context of a uretprobe is the traced thread's registers.
     let ret = unsafe { (*ctx.regs).rax } as i32;
-    let len = if call.len_out != 0 {
+    let len = if call.direction == DIR_HANDSHAKE {
+        0
+    } else if call.len_out != 0 {
         if ret != 1 {
-            return 0;
-        }
-        // SAFETY: bpf_probe_read_user validates the user pointer.
-        match unsafe { bpf_probe_read_user(call.len_out as *const u64) } {
-            Ok(n) => n,
-            Err(_) => {
-                count_drop(drop_reason::READ_FAILED);
-                return 0;
+            0
+        } else {
+            // SAFETY: bpf_probe_read_user validates the user pointer.
+            match unsafe { bpf_probe_read_user(call.len_out as *const u64) } {
+                Ok(n) => n,
+                Err(_) => {
+                    count_drop(drop_reason::READ_FAILED);
+                    0
+                }
             }
         }
     } else if ret > 0 {
         ret as u64
     } else {
-        return 0;
+        0
+    };
+    // The socket: named by a syscall inside this call, else remembered for this library
+    // object. A library with its own buffers (node's memory BIO) makes no syscall inside
+    // the call: a read that returns data decrypts what this thread just read from the
+    // socket; any other call hands its ciphertext to the socket right after, on this
+    // thread, so the next socket write names it. Either guess is made once per object.
+    let key = SslKey {
+        pid,
+        _pad: 0,
+        ssl: call.ssl,
+    };
+    let fd = if call.fd != NO_FD {
+        Some(call.fd)
+    } else {
+        // SAFETY: plain lookup, copied out.
+        match unsafe { TLS_SOCKETS.get(key) } {
+            Some(fd) => Some(*fd),
+            None if call.direction == DIR_INGRESS && len > 0 => bind_last_read(pid, tid, key),
+            None => {
+                // Bound by this thread's next socket write (see `maps::bind_pending`).
+                let _ = PENDING_BIND.insert(tid, call.ssl, 0);
+                None
+            }
+        }
     };
     if len == 0 {
         return 0;
     }
-    let fd = if call.fd != NO_FD {
-        call.fd
-    } else {
-        let key = SslKey {
-            pid,
-            _pad: 0,
-            ssl: call.ssl,
-        };
-        // SAFETY: plain lookup, copied out.
-        match unsafe { TLS_SOCKETS.get(key) } {
-            Some(fd) => *fd,
-            None => {
-                count_drop(drop_reason::TLS_NO_SOCKET);
-                return 0;
-            }
-        }
+    let Some(fd) = fd else {
+        count_drop(drop_reason::TLS_NO_SOCKET);
+        return 0;
     };
     emit_plaintext(pid, tid, fd, call.direction, call.buf, len);
     0
+}
+
+/// Tie a library object to the socket this thread last read from, and mark the socket.
+fn bind_last_read(pid: u32, tid: u32, key: SslKey) -> Option<u32> {
+    // SAFETY: plain lookup, copied out.
+    let fd = *unsafe { LAST_READ.get(tid) }?;
+    let state = tracked(pid, fd)?;
+    // SAFETY: map values stay valid while the program runs.
+    unsafe { (*state).flags |= SOCKET_FLAG_TLS };
+    let _ = TLS_SOCKETS.insert(key, fd, 0);
+    Some(fd)
 }
 
 fn emit_plaintext(pid: u32, tid: u32, fd: u32, direction: u32, buf: u64, len: u64) {
@@ -250,7 +283,10 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
         // SAFETY: plain helper call.
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
-    if EVENTS.output::<EventHeader>(&record, wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<EventHeader>(&record, wakeup_flags())
+        .is_err()
+    {
         count_drop(drop_reason::RINGBUF_FULL);
     }
     0

@@ -22,7 +22,9 @@ const MAGIC_GO116: u32 = 0xFFFF_FFFA;
 pub enum GoSymError {
     #[error("function table too short")]
     Short,
-    #[error("Go function table of Go 1.16/1.17 (magic {0:#x}): only Go 1.18 and later are supported")]
+    #[error(
+        "Go function table of Go 1.16/1.17 (magic {0:#x}): only Go 1.18 and later are supported"
+    )]
     TooOld(u32),
     #[error("not a Go function table (magic {0:#x})")]
     BadMagic(u32),
@@ -230,7 +232,10 @@ mod tests {
             PcLnTab::parse(&data, 0).err(),
             Some(GoSymError::BadMagic(0x1234_5678))
         );
-        assert_eq!(PcLnTab::parse(&[0xf0; 10], 0).err(), Some(GoSymError::Short));
+        assert_eq!(
+            PcLnTab::parse(&[0xf0; 10], 0).err(),
+            Some(GoSymError::Short)
+        );
     }
 
     #[test]

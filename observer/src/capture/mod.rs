@@ -75,6 +75,7 @@ pub const PROBES: &[ProbeSpec] = &[
     probe("enter_sendfile", "syscalls", "sys_enter_sendfile64", false),
     probe("exit_sendfile", "syscalls", "sys_exit_sendfile64", false),
     probe("tcp_rcv_space_adjust", "tcp", "tcp_rcv_space_adjust", false),
+    probe("process_exec", "sched", "sched_process_exec", false),
 ];
 
 /// How attaching one probe went.

@@ -105,12 +105,17 @@ impl Library {
     }
 }
 
-/// OpenSSL entry points and the program attached at each entry.
-const OPENSSL_SYMBOLS: [(&str, &str); 4] = [
+/// OpenSSL entry points and the program attached at each entry. The handshake calls
+/// carry no data; they let the kernel learn the socket of libraries that do their own
+/// buffering (node) before the first write.
+const OPENSSL_SYMBOLS: [(&str, &str); 7] = [
     ("SSL_read", "ssl_read"),
     ("SSL_write", "ssl_write"),
     ("SSL_read_ex", "ssl_read_ex"),
     ("SSL_write_ex", "ssl_write_ex"),
+    ("SSL_do_handshake", "ssl_handshake"),
+    ("SSL_connect", "ssl_handshake"),
+    ("SSL_accept", "ssl_handshake"),
 ];
 /// The return probe shared by the four.
 const OPENSSL_RETURN: &str = "ssl_return";
@@ -118,8 +123,9 @@ const GO_READ: &str = "crypto/tls.(*Conn).Read";
 const GO_WRITE: &str = "crypto/tls.(*Conn).Write";
 
 /// Every program this module attaches (loaded once at start).
-pub const PROGRAMS: [&str; 8] = [
+pub const PROGRAMS: [&str; 9] = [
     "ssl_read",
+    "ssl_handshake",
     "ssl_write",
     "ssl_read_ex",
     "ssl_write_ex",
@@ -223,7 +229,10 @@ pub fn analyze(path: &Path) -> anyhow::Result<Option<Analysis>> {
             reason,
         }))
     };
-    let text = obj.section_by_name(".text").map(|s| s.address()).unwrap_or(0);
+    let text = obj
+        .section_by_name(".text")
+        .map(|s| s.address())
+        .unwrap_or(0);
     let data = pclntab.data().context("reading .gopclntab")?;
     let table = match gosym::PcLnTab::parse(data, text) {
         Ok(t) => t,
@@ -237,7 +246,11 @@ pub fn analyze(path: &Path) -> anyhow::Result<Option<Analysis>> {
     let code = obj
         .sections()
         .find(|s| s.address() <= read.start && read.end <= s.address() + s.size())
-        .and_then(|s| s.data_range(read.start, read.end - read.start).ok().flatten());
+        .and_then(|s| {
+            s.data_range(read.start, read.end - read.start)
+                .ok()
+                .flatten()
+        });
     let Some(code) = code else {
         return unsupported(format!("{GO_READ} is outside every section"));
     };
@@ -696,9 +709,7 @@ fn attach_points(
 
 fn detach_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
     for (program, link) in links {
-        let probe: Option<&mut UProbe> = ebpf
-            .program_mut(program)
-            .and_then(|p| p.try_into().ok());
+        let probe: Option<&mut UProbe> = ebpf.program_mut(program).and_then(|p| p.try_into().ok());
         if let Some(probe) = probe {
             if let Err(e) = probe.detach(link) {
                 tracing::debug!("tls: detaching {program}: {e}");
@@ -862,7 +873,15 @@ mod tests {
         let names: Vec<_> = entries.iter().map(|(s, _)| *s).collect();
         assert_eq!(
             names,
-            vec!["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"]
+            vec![
+                "SSL_read",
+                "SSL_write",
+                "SSL_read_ex",
+                "SSL_write_ex",
+                "SSL_do_handshake",
+                "SSL_connect",
+                "SSL_accept"
+            ]
         );
         assert!(entries.iter().all(|(_, offset)| *offset > 0));
     }
