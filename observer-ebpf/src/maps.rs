@@ -1,7 +1,7 @@
 //! Every map the programs share, with the helpers that touch them.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -52,6 +52,12 @@ pub static GO_READS: LruHashMap<SslKey, TlsCall> = LruHashMap::with_max_entries(
 /// Processes the TLS hooks report when a process filter is configured.
 #[map]
 pub static TLS_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+
+/// Programs (by `comm`, the first 15 bytes of their file name) the TLS hooks report
+/// when a process filter is configured: checked in the kernel, so a filtered-in program
+/// is seen from its first call.
+#[map]
+pub static TLS_COMMS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0);
 
 /// Settings written by the agent.
 #[map]
@@ -144,8 +150,11 @@ pub fn tls_wanted(pid: u32) -> bool {
     match config() {
         Some(c) if c.agent_pid == pid => false,
         Some(c) if c.tls_filter != 0 => {
-            // SAFETY: plain lookup.
+            // SAFETY: plain lookups.
             unsafe { TLS_PIDS.get(pid) }.is_some()
+                || bpf_get_current_comm()
+                    .map(|comm| unsafe { TLS_COMMS.get(comm) }.is_some())
+                    .unwrap_or(false)
         }
         Some(_) => true,
         None => false,

@@ -347,9 +347,64 @@ pub struct Nginx {
     pub port: u16,
 }
 
+/// A self-signed certificate for `localhost` and `127.0.0.1`, made with `openssl`.
+pub struct Cert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Cert {
+    pub fn make(dir: &Path) -> Result<Self> {
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .context("running openssl")?;
+        if !out.status.success() {
+            bail!(
+                "openssl req failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Self { cert, key })
+    }
+}
+
 impl Nginx {
     pub fn start(port: u16, extra_server: &str) -> Result<Self> {
+        Self::start_with(port, None, extra_server)
+    }
+
+    /// nginx serving HTTPS (HTTP/1.1) with a fresh self-signed certificate.
+    pub fn start_tls(port: u16, extra_server: &str) -> Result<(Self, Cert)> {
+        let dir = scratch_dir("nginx-cert");
+        let cert = Cert::make(&dir)?;
+        let nginx = Self::start_with(port, Some(&cert), extra_server)?;
+        Ok((nginx, cert))
+    }
+
+    fn start_with(port: u16, tls: Option<&Cert>, extra_server: &str) -> Result<Self> {
         let dir = scratch_dir("nginx");
+        let (ssl, tls_conf) = match tls {
+            Some(c) => (
+                " ssl",
+                format!(
+                    "  ssl_certificate {};\n  ssl_certificate_key {};\n",
+                    c.cert.display(),
+                    c.key.display()
+                ),
+            ),
+            None => ("", String::new()),
+        };
         std::fs::create_dir_all(dir.join("html"))?;
         std::fs::write(dir.join("html/index.html"), "hello from nginx\n")?;
         std::fs::write(dir.join("html/big.bin"), vec![b'x'; 256 * 1024])?;
@@ -359,7 +414,7 @@ impl Nginx {
              events {{ worker_connections 256; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d};\n proxy_temp_path {d};\n\
              fastcgi_temp_path {d};\n uwsgi_temp_path {d};\n scgi_temp_path {d};\n\
-             server {{\n  listen 127.0.0.1:{port};\n  listen [::1]:{port};\n  root {d}/html;\n\
+             server {{\n  listen 127.0.0.1:{port}{ssl};\n  listen [::1]:{port}{ssl};\n  root {d}/html;\n{tls_conf}\
                location = /empty {{ return 204; }}\n\
                location = /upload {{ client_max_body_size 10m; return 201 \"stored\\n\"; }}\n\
                {extra_server}\n }}\n}}\n"

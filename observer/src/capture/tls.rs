@@ -375,6 +375,9 @@ impl TlsProbes {
                 .load()
                 .with_context(|| format!("loading {name} (verifier)"))?;
         }
+        if config.filtered() {
+            write_comm_filter(ebpf, &config.executables)?;
+        }
         Ok(Self {
             config,
             agent_pid: std::process::id(),
@@ -684,6 +687,33 @@ impl TlsProbes {
     }
 }
 
+/// Programs named by file name are also matched in the kernel by `comm` (its first 15
+/// bytes), so that they are seen from their first call, before the agent has looked at
+/// them.
+fn write_comm_filter(ebpf: &mut Ebpf, executables: &[String]) -> anyhow::Result<()> {
+    let mut map = BpfHashMap::<_, [u8; 16], u32>::try_from(
+        ebpf.map_mut("TLS_COMMS").context("TLS_COMMS map missing")?,
+    )?;
+    for exe in executables {
+        let name = Path::new(exe)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(exe);
+        map.insert(comm_key(name), 1, 0)
+            .with_context(|| format!("adding {name} to the TLS process filter"))?;
+    }
+    Ok(())
+}
+
+/// A program name as the kernel keeps it in `comm`: at most 15 bytes, NUL-padded.
+pub fn comm_key(name: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(15);
+    key[..n].copy_from_slice(&bytes[..n]);
+    key
+}
+
 fn attach_points(
     ebpf: &mut Ebpf,
     path: &Path,
@@ -852,6 +882,14 @@ mod tests {
         assert!(!config.wants(7, "/opt/node", ""));
         assert!(config.wants(7, "/usr/bin/curl", "0::/kubepods/burstable/pod1/abc\n"));
         assert!(!config.wants(7, "/usr/bin/curl", "0::/system.slice/ssh.service\n"));
+    }
+
+    #[test]
+    fn comm_keys_are_truncated_like_the_kernel_does() {
+        assert_eq!(&comm_key("curl")[..5], b"curl\0");
+        let long = comm_key("a-very-long-program-name");
+        assert_eq!(&long[..15], b"a-very-long-pro");
+        assert_eq!(long[15], 0);
     }
 
     #[test]
