@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_common::{
-    drop_reason, CaptureConfig, SocketKey, SocketState, SslKey, DATA_HEADER_LEN, MAX_CAPTURE,
-    SOCKET_FLAG_TLS,
+    drop_reason, CaptureConfig, SocketKey, SocketState, SslKey, DATA_HEADER_LEN, DIR_INGRESS,
+    MAX_CAPTURE, SOCKET_FLAG_TLS,
 };
 
 /// Records for the agent. The agent may resize it before loading.
@@ -23,26 +23,16 @@ pub static SOCKETS: LruHashMap<SocketKey, SocketState> = LruHashMap::with_max_en
 #[map]
 pub static INFLIGHT: LruHashMap<u32, Call> = LruHashMap::with_max_entries(16384, 0);
 
-/// TLS library calls in flight, by thread id: what the entry probe saw, for the return
-/// probe; the read/write syscall made inside the call fills in the socket.
+/// TLS state of each thread that has called a TLS library: the call in flight, the
+/// socket it last read, and a library object waiting for its socket. Threads that never
+/// call a TLS library have no entry, so the syscall hooks pay one failed lookup for them.
 #[map]
-pub static TLS_CALLS: LruHashMap<u32, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+pub static TLS_THREADS: LruHashMap<u32, TlsThread> = LruHashMap::with_max_entries(16384, 0);
 
 /// The socket each TLS library object last used, for calls served from the library's
 /// buffers without a syscall.
 #[map]
 pub static TLS_SOCKETS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(65536, 0);
-
-/// The socket each thread last read from: a library that reads through its own buffers
-/// (node's memory BIO) decrypts right after the thread read the ciphertext from it.
-#[map]
-pub static LAST_READ: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
-
-/// Library objects waiting for a socket, by thread: a library writing through its own
-/// buffers (node's memory BIO) hands the ciphertext of a handshake or write to the
-/// socket right after the call, on the same thread.
-#[map]
-pub static PENDING_BIND: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// Go `crypto/tls` reads in flight, by (pid, goroutine): a goroutine may move between
 /// threads while it waits, so the thread id cannot key them.
@@ -127,18 +117,21 @@ pub struct TlsCall {
 /// `TlsCall::direction` of a handshake call: binds a socket, carries no data.
 pub const DIR_HANDSHAKE: u32 = 2;
 
-/// A tracked-socket write by thread `tid`: the socket of a library object waiting for one.
-#[inline(always)]
-pub fn bind_pending(pid: u32, tid: u32, fd: u32, state: *mut SocketState) {
-    // SAFETY: plain lookup, copied out.
-    let Some(ssl) = (unsafe { PENDING_BIND.get(tid) }).copied() else {
-        return;
-    };
-    let _ = PENDING_BIND.remove(tid);
-    // SAFETY: map values stay valid while the program runs.
-    unsafe { (*state).flags |= SOCKET_FLAG_TLS };
-    let key = SslKey { pid, _pad: 0, ssl };
-    let _ = TLS_SOCKETS.insert(key, fd, 0);
+/// Per-thread TLS state (`TLS_THREADS`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsThread {
+    /// The library call in flight, when `in_call` is 1.
+    pub call: TlsCall,
+    pub in_call: u32,
+    /// The tracked socket this thread last read from (`NO_FD` if none yet): a library
+    /// reading through its own buffers (node's memory BIO) decrypts right after the
+    /// thread read the ciphertext from it.
+    pub last_read: u32,
+    /// A library object waiting for its socket (0 if none): a library writing through
+    /// its own buffers hands the ciphertext to the socket right after the call, on the
+    /// same thread, so the next socket write names it.
+    pub pending: u64,
 }
 
 /// Not a file descriptor: the socket of a TLS call is not known yet.
@@ -161,24 +154,34 @@ pub fn tls_wanted(pid: u32) -> bool {
     }
 }
 
-/// Called by the syscall hooks for a tracked socket: ties a TLS library call in flight on
-/// this thread to the socket, and says whether the socket carries TLS (then its bytes are
-/// ciphertext and not worth copying).
+/// Remember that library object `ssl` of process `pid` uses socket `fd`, and mark the
+/// socket as TLS (its syscall bytes are ciphertext).
 #[inline(always)]
-pub fn tls_socket(pid: u32, tid: u32, fd: u32, state: *mut SocketState) -> bool {
-    if let Some(call) = TLS_CALLS.get_ptr_mut(tid) {
+pub fn bind_tls(pid: u32, ssl: u64, fd: u32, state: *mut SocketState) {
+    // SAFETY: map values stay valid while the program runs.
+    unsafe { (*state).flags |= SOCKET_FLAG_TLS };
+    let _ = TLS_SOCKETS.insert(SslKey { pid, _pad: 0, ssl }, fd, 0);
+}
+
+/// Called by the syscall hooks for a tracked socket: ties a TLS library call in flight on
+/// this thread (or an object waiting for its socket) to the socket, and says whether the
+/// socket carries TLS (then its bytes are ciphertext and not worth copying).
+#[inline(always)]
+pub fn tls_socket(pid: u32, tid: u32, fd: u32, direction: u32, state: *mut SocketState) -> bool {
+    if let Some(thread) = TLS_THREADS.get_ptr_mut(tid) {
         // SAFETY: map values stay valid while the program runs.
-        unsafe {
-            (*call).fd = fd;
-            (*state).flags |= SOCKET_FLAG_TLS;
-            let key = SslKey {
-                pid,
-                _pad: 0,
-                ssl: (*call).ssl,
-            };
-            let _ = TLS_SOCKETS.insert(key, fd, 0);
+        let thread = unsafe { &mut *thread };
+        if direction == DIR_INGRESS {
+            thread.last_read = fd;
+        } else if thread.pending != 0 {
+            bind_tls(pid, thread.pending, fd, state);
+            thread.pending = 0;
         }
-        return true;
+        if thread.in_call != 0 {
+            thread.call.fd = fd;
+            bind_tls(pid, thread.call.ssl, fd, state);
+            return true;
+        }
     }
     // SAFETY: as above.
     unsafe { (*state).flags & SOCKET_FLAG_TLS != 0 }

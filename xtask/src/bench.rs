@@ -1,6 +1,7 @@
 //! `cargo xtask bench overhead`: nginx serving a small static file on loopback under wrk
-//! (keep-alive), alternating runs without and with the agent attached, in one run on the
-//! same machine, so the ratio is meaningful on a shared, noisy host.
+//! (keep-alive), over plain HTTP and over HTTPS (nginx and wrk both use the system
+//! libssl, so both are probed), alternating runs without and with the agent attached, in
+//! one run on the same machine, so the ratio is meaningful on a shared, noisy host.
 
 use std::{
     io::Read as _,
@@ -25,10 +26,14 @@ pub enum Which {
         /// wrk connections.
         #[arg(long, default_value_t = 32)]
         connections: u32,
+        /// Which traffic: plaintext, tls, or both.
+        #[arg(long, default_value = "both")]
+        case: String,
     },
 }
 
 const NGINX_PORT: u16 = 18_080;
+const NGINX_TLS_PORT: u16 = 18_443;
 const AGENT_PORT: u16 = 19_464;
 
 struct Nginx {
@@ -40,12 +45,30 @@ impl Nginx {
         let dir = std::env::temp_dir().join(format!("observer-bench-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("html"))?;
         std::fs::write(dir.join("html/index.html"), "hello, bench\n")?;
+        let cert = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .output()
+            .context("running openssl (apt-get install openssl)")?;
+        if !cert.status.success() {
+            bail!(
+                "openssl req failed: {}",
+                String::from_utf8_lossy(&cert.stderr)
+            );
+        }
         let conf = format!(
             "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 1024; }}\n\
              http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
              fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{NGINX_PORT}; root {d}/html; keepalive_requests 1000000; }} }}\n",
+             server {{ listen 127.0.0.1:{NGINX_PORT}; root {d}/html; keepalive_requests 1000000; }}\n\
+             server {{ listen 127.0.0.1:{NGINX_TLS_PORT} ssl; root {d}/html; keepalive_requests 1000000;\n\
+             ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; }} }}\n",
             d = dir.display()
         );
         std::fs::write(dir.join("nginx.conf"), conf)?;
@@ -60,6 +83,7 @@ impl Nginx {
             bail!("nginx failed to start; see {}/error.log", dir.display());
         }
         wait_port(NGINX_PORT)?;
+        wait_port(NGINX_TLS_PORT)?;
         Ok(Self { dir })
     }
 }
@@ -97,13 +121,13 @@ fn http_get(port: u16, path: &str) -> Result<String> {
     Ok(body)
 }
 
-fn wrk(seconds: u64, connections: u32) -> Result<f64> {
+fn wrk(url: &str, seconds: u64, connections: u32) -> Result<f64> {
     let out = Command::new("wrk")
         .args([
             "-t1",
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
-            &format!("http://127.0.0.1:{NGINX_PORT}/index.html"),
+            url,
         ])
         .output()
         .context("running wrk (apt-get install wrk)")?;
@@ -205,21 +229,51 @@ pub fn run(which: Which, bin: &Path) -> Result<()> {
             rounds,
             seconds,
             connections,
-        } => overhead(bin, rounds, seconds, connections),
+            case,
+        } => {
+            let cases: &[(&str, String)] = &[
+                (
+                    "plaintext",
+                    format!("http://127.0.0.1:{NGINX_PORT}/index.html"),
+                ),
+                (
+                    "tls",
+                    format!("https://127.0.0.1:{NGINX_TLS_PORT}/index.html"),
+                ),
+            ];
+            let chosen: Vec<_> = cases
+                .iter()
+                .filter(|(name, _)| case == "both" || case == *name)
+                .collect();
+            if chosen.is_empty() {
+                bail!("--case must be plaintext, tls or both");
+            }
+            let _nginx = Nginx::start()?;
+            for (name, url) in chosen {
+                overhead(bin, name, url, rounds, seconds, connections)?;
+            }
+            Ok(())
+        }
     }
 }
 
-fn overhead(bin: &Path, rounds: usize, seconds: u64, connections: u32) -> Result<()> {
-    let _nginx = Nginx::start()?;
-    wrk(1, connections)?; // warm-up
+fn overhead(
+    bin: &Path,
+    name: &str,
+    url: &str,
+    rounds: usize,
+    seconds: u64,
+    connections: u32,
+) -> Result<()> {
+    wrk(url, 1, connections)?; // warm-up
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut runs = Vec::new();
     for round in 1..=rounds {
-        let base = wrk(seconds, connections)?;
-        let (traced, agent) = with_agent(bin, || wrk(seconds, connections))?;
+        let base = wrk(url, seconds, connections)?;
+        let (traced, agent) = with_agent(bin, || wrk(url, seconds, connections))?;
         println!(
-            "round {round}: without {base:.0} req/s, with {traced:.0} req/s; agent cpu {:.2} s, drops {}, requests seen {}",
+            "{name} round {round}: without {base:.0} req/s, with {traced:.0} req/s; agent cpu {:.2} s, drops {}, requests seen {}",
             agent.cpu_s, agent.drops, agent.requests_seen
         );
         without.push(base);
@@ -230,7 +284,7 @@ fn overhead(bin: &Path, rounds: usize, seconds: u64, connections: u32) -> Result
     let cpu = median(runs.iter().map(|r| r.cpu_s).collect());
     let drops: u64 = runs.iter().map(|r| r.drops).sum();
     let seen = median(runs.iter().map(|r| r.requests_seen as f64).collect());
-    println!("overhead (plaintext, nginx {connections} keep-alive connections, {seconds} s x {rounds} rounds):");
+    println!("overhead ({name}, nginx {connections} keep-alive connections, {seconds} s x {rounds} rounds):");
     println!("  median requests/s without agent: {mw:.0}");
     println!("  median requests/s with agent:    {mt:.0}");
     println!("  ratio with/without:              {:.3}", mt / mw);

@@ -18,8 +18,8 @@ use observer_common::{
 
 use super::{syscall_arg, syscall_ret};
 use crate::maps::{
-    bind_pending, config, count_drop, current, tls_socket, tracked, wakeup_flags, Call,
-    CALL_ADDRESSES, CALL_BUF, CALL_IOV, CALL_SENDFILE, EVENTS, INFLIGHT, LAST_READ, SCRATCH,
+    config, count_drop, current, tls_socket, tracked, wakeup_flags, Call, CALL_ADDRESSES, CALL_BUF,
+    CALL_IOV, CALL_SENDFILE, EVENTS, INFLIGHT, SCRATCH,
 };
 
 /// Most iovecs copied from one vectored call.
@@ -46,13 +46,8 @@ fn remember(ctx: &TracePointContext, kind: u32, direction: u32, ptr_arg: usize) 
     let Some(state) = tracked(pid, fd) else {
         return;
     };
-    if direction == DIR_INGRESS {
-        let _ = LAST_READ.insert(tid, fd, 0);
-    } else {
-        bind_pending(pid, tid, fd, state);
-    }
     let mut kind = kind;
-    if kind != CALL_SENDFILE && tls_socket(pid, tid, fd, state) {
+    if kind != CALL_SENDFILE && tls_socket(pid, tid, fd, direction, state) {
         match ciphertext_call(direction, state) {
             Some(k) => kind = k,
             None => return,
@@ -84,12 +79,7 @@ fn remember_msg(ctx: &TracePointContext, direction: u32) {
     let Some(state) = tracked(pid, fd) else {
         return;
     };
-    if direction == DIR_INGRESS {
-        let _ = LAST_READ.insert(tid, fd, 0);
-    } else {
-        bind_pending(pid, tid, fd, state);
-    }
-    if tls_socket(pid, tid, fd, state) {
+    if tls_socket(pid, tid, fd, direction, state) {
         if let Some(kind) = ciphertext_call(direction, state) {
             let call = Call {
                 kind,

@@ -24,8 +24,8 @@ use observer_common::{
 
 use super::data::emit_data;
 use crate::maps::{
-    count_drop, current, is_agent, tls_wanted, tracked, wakeup_flags, Call, TlsCall, CALL_BUF,
-    DIR_HANDSHAKE, EVENTS, GO_READS, LAST_READ, NO_FD, PENDING_BIND, TLS_CALLS, TLS_SOCKETS,
+    bind_tls, count_drop, current, is_agent, tls_wanted, tracked, wakeup_flags, Call, TlsCall,
+    TlsThread, CALL_BUF, DIR_HANDSHAKE, EVENTS, GO_READS, NO_FD, TLS_SOCKETS, TLS_THREADS,
 };
 
 fn ssl_enter(ctx: &ProbeContext, direction: u32, ex: bool) {
@@ -42,8 +42,22 @@ fn ssl_enter(ctx: &ProbeContext, direction: u32, ex: bool) {
         fd: NO_FD,
         direction,
     };
-    if TLS_CALLS.insert(tid, call, 0).is_err() {
-        count_drop(drop_reason::INFLIGHT_FULL);
+    if let Some(thread) = TLS_THREADS.get_ptr_mut(tid) {
+        // SAFETY: map values stay valid while the program runs.
+        unsafe {
+            (*thread).call = call;
+            (*thread).in_call = 1;
+        }
+    } else {
+        let thread = TlsThread {
+            call,
+            in_call: 1,
+            last_read: NO_FD,
+            pending: 0,
+        };
+        if TLS_THREADS.insert(tid, thread, 0).is_err() {
+            count_drop(drop_reason::INFLIGHT_FULL);
+        }
     }
 }
 
@@ -84,11 +98,16 @@ pub fn ssl_handshake(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     let (pid, tid) = current();
-    // SAFETY: copied out before removal.
-    let Some(call) = (unsafe { TLS_CALLS.get(tid) }).copied() else {
+    let Some(thread) = TLS_THREADS.get_ptr_mut(tid) else {
         return 0;
     };
-    let _ = TLS_CALLS.remove(tid);
+    // SAFETY: map values stay valid while the program runs.
+    let thread = unsafe { &mut *thread };
+    if thread.in_call == 0 {
+        return 0;
+    }
+    thread.in_call = 0;
+    let call = thread.call;
     // SAFETY: the context of a uretprobe is the traced thread's registers.
     let ret = unsafe { (*ctx.regs).rax } as i32;
     let len = if call.direction == DIR_HANDSHAKE {
@@ -127,10 +146,17 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         // SAFETY: plain lookup, copied out.
         match unsafe { TLS_SOCKETS.get(key) } {
             Some(fd) => Some(*fd),
-            None if call.direction == DIR_INGRESS && len > 0 => bind_last_read(pid, tid, key),
+            None if call.direction == DIR_INGRESS && len > 0 && thread.last_read != NO_FD => {
+                let fd = thread.last_read;
+                let state = tracked(pid, fd);
+                if let Some(state) = state {
+                    bind_tls(pid, call.ssl, fd, state);
+                }
+                state.map(|_| fd)
+            }
             None => {
-                // Bound by this thread's next socket write (see `maps::bind_pending`).
-                let _ = PENDING_BIND.insert(tid, call.ssl, 0);
+                // Bound by this thread's next socket write (see `maps::tls_socket`).
+                thread.pending = call.ssl;
                 None
             }
         }
@@ -144,17 +170,6 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     };
     emit_plaintext(pid, tid, fd, call.direction, call.buf, len);
     0
-}
-
-/// Tie a library object to the socket this thread last read from, and mark the socket.
-fn bind_last_read(pid: u32, tid: u32, key: SslKey) -> Option<u32> {
-    // SAFETY: plain lookup, copied out.
-    let fd = *unsafe { LAST_READ.get(tid) }?;
-    let state = tracked(pid, fd)?;
-    // SAFETY: map values stay valid while the program runs.
-    unsafe { (*state).flags |= SOCKET_FLAG_TLS };
-    let _ = TLS_SOCKETS.insert(key, fd, 0);
-    Some(fd)
 }
 
 fn emit_plaintext(pid: u32, tid: u32, fd: u32, direction: u32, buf: u64, len: u64) {

@@ -92,7 +92,7 @@ impl<'a> PcLnTab<'a> {
     }
 
     /// Number of functions in the table.
-    pub fn len(&self) -> usize {
+    pub fn function_count(&self) -> usize {
         self.nfunc
     }
 
@@ -204,7 +204,7 @@ mod tests {
     fn finds_a_function_and_its_extent() {
         let data = table(MAGIC_GO118, 0x401000);
         let tab = PcLnTab::parse(&data, 0).unwrap();
-        assert_eq!(tab.len(), 2);
+        assert_eq!(tab.function_count(), 2);
         assert_eq!(
             tab.find("crypto/tls.(*Conn).Read").unwrap(),
             Some(0x401040..0x401090)

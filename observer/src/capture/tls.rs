@@ -40,7 +40,9 @@ pub struct TlsConfig {
     /// Only these processes (empty: no filter by pid).
     pub pids: Vec<u32>,
     /// Only processes running these programs: a full path, or a file name (empty: no
-    /// filter by program).
+    /// filter by program). File names are also matched in the kernel by `comm`, so such
+    /// a program is seen from its first call; full paths and cgroups are matched when
+    /// the agent looks at the process (at start, at its exec, and every 10 s).
     pub executables: Vec<String>,
     /// Only processes whose cgroup path contains one of these strings, such as a
     /// container id or `kubepods` (empty: no filter by cgroup).
