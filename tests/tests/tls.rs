@@ -70,13 +70,15 @@ fn tls_targets(agent: &Agent) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Wait until `/api/tls` lists `pid` under an attached target whose path ends with
-/// `path_end`; returns that target.
-fn wait_covered(agent: &Agent, path_end: &str, pid: u32) -> Value {
+/// Wait until `/api/tls` lists `pid` under an attached target whose path ends with one
+/// of `path_ends`; returns that target.
+fn wait_covered(agent: &Agent, path_ends: &[&str], pid: u32) -> Value {
     wait_for(Duration::from_secs(10), || {
         tls_targets(agent).into_iter().find(|t| {
             t["attached"] == true
-                && t["path"].as_str().is_some_and(|p| p.ends_with(path_end))
+                && t["path"]
+                    .as_str()
+                    .is_some_and(|p| path_ends.iter().any(|end| p.ends_with(end)))
                 && t["pids"]
                     .as_array()
                     .is_some_and(|p| p.iter().any(|x| x.as_u64() == Some(pid as u64)))
@@ -84,7 +86,7 @@ fn wait_covered(agent: &Agent, path_end: &str, pid: u32) -> Value {
     })
     .unwrap_or_else(|| {
         panic!(
-            "{path_end} (pid {pid}) never attached; /api/tls: {:?}\n{}",
+            "{path_ends:?} (pid {pid}) never attached; /api/tls: {:?}\n{}",
             tls_targets(agent),
             agent.stderr()
         )
@@ -219,8 +221,9 @@ fn node_https_server_and_client_started_after_the_agent() {
     )
     .unwrap();
     wait_listening(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
-    // Statically linked OpenSSL: the node binary itself is the target, found on exec.
-    let target = wait_covered(&agent, "/node", server.child.id());
+    // The official node builds link OpenSSL statically and export it: the node binary
+    // itself is the target, found on exec (Debian's own nodejs uses libssl.so.3).
+    let target = wait_covered(&agent, &["/node", "/libssl.so.3"], server.child.id());
     assert_eq!(target["library"], "openssl");
     assert!(
         target["symbols"]
@@ -311,7 +314,7 @@ fn caddy_go_tls_server_with_curl() {
     .unwrap();
     wait_listening(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
     // Debian's caddy is stripped: its functions come from .gopclntab.
-    let target = wait_covered(&agent, "/caddy", caddy.child.id());
+    let target = wait_covered(&agent, &["/caddy"], caddy.child.id());
     assert_eq!(target["library"], "go");
     assert!(
         target["go_version"]
