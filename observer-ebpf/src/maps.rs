@@ -154,12 +154,18 @@ pub fn tls_wanted(pid: u32) -> bool {
     }
 }
 
+/// Mark a tracked socket as carrying TLS: the syscall hooks stop copying its bytes.
+#[inline(always)]
+pub fn mark_tls(state: *mut SocketState) {
+    // SAFETY: map values stay valid while the program runs.
+    unsafe { (*state).flags |= SOCKET_FLAG_TLS };
+}
+
 /// Remember that library object `ssl` of process `pid` uses socket `fd`, and mark the
 /// socket as TLS (its syscall bytes are ciphertext).
 #[inline(always)]
 pub fn bind_tls(pid: u32, ssl: u64, fd: u32, state: *mut SocketState) {
-    // SAFETY: map values stay valid while the program runs.
-    unsafe { (*state).flags |= SOCKET_FLAG_TLS };
+    mark_tls(state);
     let _ = TLS_SOCKETS.insert(SslKey { pid, _pad: 0, ssl }, fd, 0);
 }
 
@@ -185,6 +191,24 @@ pub fn tls_socket(pid: u32, tid: u32, fd: u32, direction: u32, state: *mut Socke
     }
     // SAFETY: as above.
     unsafe { (*state).flags & SOCKET_FLAG_TLS != 0 }
+}
+
+impl Call {
+    /// A data call (`CALL_BUF`, `CALL_IOV`, `CALL_SENDFILE`, `CALL_ADDRESSES`).
+    #[inline(always)]
+    pub const fn data(kind: u32, fd: u32, direction: u32, ptr: u64, iov_len: u32) -> Self {
+        Self {
+            kind,
+            fd,
+            direction,
+            iov_len,
+            ptr,
+            family: 0,
+            port: 0,
+            _pad: 0,
+            addr: [0; 16],
+        }
+    }
 }
 
 #[inline(always)]

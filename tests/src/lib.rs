@@ -449,6 +449,18 @@ impl Drop for Nginx {
     }
 }
 
+/// Agent flags for tests that assert exact client addresses and ports: ask for them in
+/// full (the default truncates client addresses to their network).
+pub const FULL_ADDRESSES: &[&str] = &["--client-ip", "full"];
+
+/// The local ports of curl output written with `-w '%{local_port} ...\n'`, one per line.
+pub fn local_ports(curl_out: &str) -> Vec<u16> {
+    curl_out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 /// Run curl; returns its stdout. `-w '%{local_port}'` style output is the caller's.
 pub fn curl(args: &[&str]) -> Result<String> {
     let out = Command::new("curl")

@@ -11,10 +11,6 @@ use std::{
 use e2e::*;
 use serde_json::Value;
 
-/// These tests assert exact client addresses and ports: ask for them in full (the
-/// default truncates client addresses to their network).
-const FULL_ADDRESSES: &[&str] = &["--client-ip", "full"];
-
 fn by_role<'a>(ex: &'a [Value], role: &str) -> Vec<&'a Value> {
     ex.iter().filter(|e| e["role"] == role).collect()
 }
@@ -26,13 +22,6 @@ fn summaries(ex: &[&Value]) -> Vec<(String, String, String, u64)> {
 fn expect(role: &str, rows: &[(&str, &str, u64)]) -> Vec<(String, String, String, u64)> {
     rows.iter()
         .map(|(m, p, s)| (role.to_string(), m.to_string(), p.to_string(), *s))
-        .collect()
-}
-
-fn local_ports(curl_out: &str) -> Vec<u16> {
-    curl_out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect()
 }
 

@@ -12,8 +12,6 @@ use std::{
 use e2e::*;
 use serde_json::Value;
 
-const FULL_ADDRESSES: &[&str] = &["--client-ip", "full"];
-
 fn tls_prerequisites(tools: &[&str]) -> bool {
     prerequisites() && require_tools(tools)
 }
@@ -130,10 +128,7 @@ fn nginx_tls_with_curl_and_python_clients_keepalive_and_large_body() {
         &format!("{base}/missing"),
     ])
     .unwrap();
-    let curl_ports: Vec<u16> = out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect();
+    let curl_ports = local_ports(&out);
     assert_eq!(curl_ports.len(), 3, "{out}");
     assert!(
         curl_ports.iter().all(|p| *p == curl_ports[0]),

@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use observer_common::{
-    drop_reason, DataEvent, EventKind, SocketState, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS,
-    MAX_CAPTURE, SOCKET_FLAG_ADDRESSES_KNOWN, SOURCE_SYSCALL,
+    drop_reason, DataEvent, EventKind, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE,
+    SOCKET_FLAG_ADDRESSES_KNOWN, SOURCE_SYSCALL,
 };
 
 use super::{syscall_arg, syscall_ret};
@@ -32,70 +32,49 @@ struct IoVec {
     len: u64,
 }
 
-/// A TLS socket's bytes are ciphertext and are not copied; until its addresses are known
-/// a read is still remembered (as `CALL_ADDRESSES`) so that the address hook can name it.
-fn ciphertext_call(direction: u32, state: *mut SocketState) -> Option<u32> {
-    // SAFETY: map value pointer from a successful lookup.
-    let flags = unsafe { (*state).flags };
-    (direction == DIR_INGRESS && flags & SOCKET_FLAG_ADDRESSES_KNOWN == 0).then_some(CALL_ADDRESSES)
-}
-
-fn remember(ctx: &TracePointContext, kind: u32, direction: u32, ptr_arg: usize) {
+/// The thread, socket and kind of call to remember for a data syscall; `None` when the
+/// socket is not tracked, or carries TLS and has nothing left to tell. A TLS socket's
+/// bytes are ciphertext and are not copied; until its addresses are known a read is still
+/// remembered (as `CALL_ADDRESSES`) so that the address hook can name it.
+fn gate(ctx: &TracePointContext, kind: u32, direction: u32) -> Option<(u32, u32, u32)> {
     let (pid, tid) = current();
     let fd = syscall_arg(ctx, 0) as u32;
-    let Some(state) = tracked(pid, fd) else {
-        return;
-    };
-    let mut kind = kind;
-    if kind != CALL_SENDFILE && tls_socket(pid, tid, fd, direction, state) {
-        match ciphertext_call(direction, state) {
-            Some(k) => kind = k,
-            None => return,
-        }
+    let state = tracked(pid, fd)?;
+    if tls_socket(pid, tid, fd, direction, state) {
+        // SAFETY: map value pointer from a successful lookup.
+        let flags = unsafe { (*state).flags };
+        let unnamed = direction == DIR_INGRESS && flags & SOCKET_FLAG_ADDRESSES_KNOWN == 0;
+        return unnamed.then_some((tid, fd, CALL_ADDRESSES));
     }
-    let mut call = Call {
-        kind,
-        fd,
-        direction,
-        iov_len: 0,
-        ptr: syscall_arg(ctx, ptr_arg),
-        family: 0,
-        port: 0,
-        _pad: 0,
-        addr: [0; 16],
-    };
-    if kind == CALL_IOV {
-        call.iov_len = syscall_arg(ctx, 2) as u32;
-    }
+    Some((tid, fd, kind))
+}
+
+fn remember_call(tid: u32, call: Call) {
     if INFLIGHT.insert(tid, call, 0).is_err() {
         count_drop(drop_reason::INFLIGHT_FULL);
     }
 }
 
-/// `recvmsg`/`sendmsg`: the iovec array is inside the user's `struct msghdr`.
-fn remember_msg(ctx: &TracePointContext, direction: u32) {
-    let (pid, tid) = current();
-    let fd = syscall_arg(ctx, 0) as u32;
-    let Some(state) = tracked(pid, fd) else {
+fn remember(ctx: &TracePointContext, kind: u32, direction: u32, ptr_arg: usize) {
+    let Some((tid, fd, kind)) = gate(ctx, kind, direction) else {
         return;
     };
-    if tls_socket(pid, tid, fd, direction, state) {
-        if let Some(kind) = ciphertext_call(direction, state) {
-            let call = Call {
-                kind,
-                fd,
-                direction,
-                iov_len: 0,
-                ptr: 0,
-                family: 0,
-                port: 0,
-                _pad: 0,
-                addr: [0; 16],
-            };
-            if INFLIGHT.insert(tid, call, 0).is_err() {
-                count_drop(drop_reason::INFLIGHT_FULL);
-            }
-        }
+    let iov_len = if kind == CALL_IOV {
+        syscall_arg(ctx, 2) as u32
+    } else {
+        0
+    };
+    let ptr = syscall_arg(ctx, ptr_arg);
+    remember_call(tid, Call::data(kind, fd, direction, ptr, iov_len));
+}
+
+/// `recvmsg`/`sendmsg`: the iovec array is inside the user's `struct msghdr`.
+fn remember_msg(ctx: &TracePointContext, direction: u32) {
+    let Some((tid, fd, kind)) = gate(ctx, CALL_IOV, direction) else {
+        return;
+    };
+    if kind != CALL_IOV {
+        remember_call(tid, Call::data(kind, fd, direction, 0, 0));
         return;
     }
     let msg = syscall_arg(ctx, 1);
@@ -113,20 +92,10 @@ fn remember_msg(ctx: &TracePointContext, direction: u32) {
             }
         }
     };
-    let call = Call {
-        kind: CALL_IOV,
-        fd,
-        direction,
-        iov_len: iov_len as u32,
-        ptr: iov,
-        family: 0,
-        port: 0,
-        _pad: 0,
-        addr: [0; 16],
-    };
-    if INFLIGHT.insert(tid, call, 0).is_err() {
-        count_drop(drop_reason::INFLIGHT_FULL);
-    }
+    remember_call(
+        tid,
+        Call::data(CALL_IOV, fd, direction, iov, iov_len as u32),
+    );
 }
 
 fn finish(ctx: &TracePointContext) {

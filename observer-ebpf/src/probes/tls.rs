@@ -18,14 +18,13 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use observer_common::{
-    drop_reason, go_layout, EventHeader, EventKind, SslKey, DIR_EGRESS, DIR_INGRESS,
-    SOCKET_FLAG_TLS, SOURCE_TLS,
+    drop_reason, go_layout, EventHeader, EventKind, SslKey, DIR_EGRESS, DIR_INGRESS, SOURCE_TLS,
 };
 
 use super::data::emit_data;
 use crate::maps::{
-    bind_tls, count_drop, current, is_agent, tls_wanted, tracked, wakeup_flags, Call, TlsCall,
-    TlsThread, CALL_BUF, DIR_HANDSHAKE, EVENTS, GO_READS, NO_FD, TLS_SOCKETS, TLS_THREADS,
+    bind_tls, count_drop, current, is_agent, mark_tls, tls_wanted, tracked, wakeup_flags, Call,
+    TlsCall, TlsThread, CALL_BUF, DIR_HANDSHAKE, EVENTS, GO_READS, NO_FD, TLS_SOCKETS, TLS_THREADS,
 };
 
 fn ssl_enter(ctx: &ProbeContext, direction: u32, ex: bool) {
@@ -173,18 +172,13 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
 }
 
 fn emit_plaintext(pid: u32, tid: u32, fd: u32, direction: u32, buf: u64, len: u64) {
-    let call = Call {
-        kind: CALL_BUF,
-        fd,
-        direction,
-        iov_len: 0,
-        ptr: buf,
-        family: 0,
-        port: 0,
-        _pad: 0,
-        addr: [0; 16],
-    };
-    emit_data(pid, tid, &call, len, SOURCE_TLS);
+    emit_data(
+        pid,
+        tid,
+        &Call::data(CALL_BUF, fd, direction, buf, 0),
+        len,
+        SOURCE_TLS,
+    );
 }
 
 /// The socket behind a Go `*tls.Conn` wrapping a `*net.TCPConn`, marked as TLS so that the
@@ -201,8 +195,7 @@ fn go_socket(pid: u32, conn: u64) -> Option<u32> {
     }
     let fd = fd as u32;
     if let Some(state) = tracked(pid, fd) {
-        // SAFETY: map values stay valid while the program runs.
-        unsafe { (*state).flags |= SOCKET_FLAG_TLS };
+        mark_tls(state);
     }
     Some(fd)
 }

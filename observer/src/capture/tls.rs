@@ -304,6 +304,15 @@ struct FileId {
     ino: u64,
 }
 
+impl FileId {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
 /// Prometheus view of the attachments.
 struct TlsMetrics {
     processes: IntGaugeVec,
@@ -336,6 +345,15 @@ impl TlsMetrics {
             failures,
         })
     }
+
+    /// The process count of an attached target (targets that failed have no series).
+    fn show(&self, status: &TargetStatus) {
+        if status.attached {
+            self.processes
+                .with_label_values(&[status.library.as_str(), &status.path])
+                .set(status.pids.len() as i64);
+        }
+    }
 }
 
 /// Rescans of a process after `exec`: its libraries are mapped by the dynamic loader
@@ -352,6 +370,9 @@ const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
 pub struct TlsProbes {
     config: TlsConfig,
     agent_pid: u32,
+    /// The agent's root directory: a process with another one is in another mount
+    /// namespace and its files are opened through `/proc/<pid>/root`.
+    own_root: Option<FileId>,
     analyses: HashMap<FileId, Option<Arc<Analysis>>>,
     targets: HashMap<FileId, Target>,
     /// Targets each process is counted in.
@@ -383,6 +404,7 @@ impl TlsProbes {
         Ok(Self {
             config,
             agent_pid: std::process::id(),
+            own_root: fs::metadata("/proc/self/root").ok().map(|m| FileId::of(&m)),
             analyses: HashMap::new(),
             targets: HashMap::new(),
             covered: HashMap::new(),
@@ -428,8 +450,8 @@ impl TlsProbes {
         self.rescans.push((pid, now + RESCANS_AFTER_EXEC[0], 0));
     }
 
-    /// Periodic work: rescans after exec, the full scan, and releasing what belonged to
-    /// processes that exited.
+    /// Periodic work: rescans after exec and the full scan (exited processes are released
+    /// by `reap`, on the agent's one-second tick).
     pub fn poll(&mut self, ebpf: &mut Ebpf) {
         let now = Instant::now();
         let due: Vec<_> = self
@@ -448,7 +470,6 @@ impl TlsProbes {
         }
         if now >= self.next_full_scan {
             self.next_full_scan = now + FULL_SCAN_EVERY;
-            self.reap(ebpf);
             self.scan_all(ebpf);
         }
     }
@@ -502,7 +523,7 @@ impl TlsProbes {
         let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
             return;
         };
-        let root = process_root(pid);
+        let root = process_root(pid, self.own_root);
         for path in executable_mappings(&maps) {
             let open = match &root {
                 Some(root) => root.join(path.trim_start_matches('/')),
@@ -517,10 +538,7 @@ impl TlsProbes {
         let Ok(meta) = fs::metadata(open) else {
             return;
         };
-        let id = FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
+        let id = FileId::of(&meta);
         let analysis = match self.analyses.get(&id) {
             Some(a) => a.clone(),
             None => {
@@ -551,12 +569,7 @@ impl TlsProbes {
         if target.status.pids.insert(pid) {
             self.covered.entry(pid).or_default().push(id);
             self.changed = true;
-            if target.status.attached {
-                self.metrics
-                    .processes
-                    .with_label_values(&[target.status.library.as_str(), &target.status.path])
-                    .set(target.status.pids.len() as i64);
-            }
+            self.metrics.show(&target.status);
         }
     }
 
@@ -618,17 +631,13 @@ impl TlsProbes {
                 }
             }
         }
-        if status.attached {
-            self.metrics
-                .processes
-                .with_label_values(&[status.library.as_str(), &status.path])
-                .set(0);
-        } else {
+        if !status.attached {
             self.metrics
                 .failures
                 .with_label_values(&[status.library.as_str()])
                 .inc();
         }
+        self.metrics.show(&status);
         Target { status, links }
     }
 
@@ -647,14 +656,8 @@ impl TlsProbes {
                 continue;
             };
             target.status.pids.remove(&pid);
-            let labels = [target.status.library.as_str(), target.status.path.as_str()];
             if !target.status.pids.is_empty() || target.status.system {
-                if target.status.attached {
-                    self.metrics
-                        .processes
-                        .with_label_values(&labels)
-                        .set(target.status.pids.len() as i64);
-                }
+                self.metrics.show(&target.status);
                 continue;
             }
             let target = self.targets.remove(&id).expect("present");
@@ -808,11 +811,9 @@ fn system_libraries() -> Vec<PathBuf> {
 
 /// The process's root directory when it differs from the agent's (another mount
 /// namespace, such as a container): its files are opened through `/proc/<pid>/root`.
-fn process_root(pid: u32) -> Option<PathBuf> {
+fn process_root(pid: u32, ours: Option<FileId>) -> Option<PathBuf> {
     let theirs = fs::metadata(format!("/proc/{pid}/root")).ok()?;
-    let ours = fs::metadata("/proc/self/root").ok()?;
-    (theirs.dev() != ours.dev() || theirs.ino() != ours.ino())
-        .then(|| PathBuf::from(format!("/proc/{pid}/root")))
+    (Some(FileId::of(&theirs)) != ours).then(|| PathBuf::from(format!("/proc/{pid}/root")))
 }
 
 /// Paths of the files a process maps executable, in `/proc/<pid>/maps` order, once each.
