@@ -448,3 +448,54 @@ fn process_filter_reports_only_the_listed_programs() {
     );
     assert_all_tls(&ex);
 }
+
+#[test]
+fn tls_server_running_before_the_agent_is_found_at_start() {
+    if !tls_prerequisites(&["openssl", "node", "curl"]) {
+        return;
+    }
+    let dir = scratch_dir("node-tls-early");
+    let cert = Cert::make(&dir).unwrap();
+    let port = free_port();
+    let server = Proc::spawn(
+        "node server",
+        Command::new("node")
+            .arg(workspace_root().join("tests/servers/https_server.js"))
+            .arg(port.to_string())
+            .arg(&cert.cert)
+            .arg(&cert.key),
+    )
+    .unwrap();
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
+    let agent = Agent::start(FULL_ADDRESSES).unwrap();
+    // Found by the start-up scan of running processes, not by an exec event.
+    let target = wait_covered(&agent, &["/node", "/libssl.so.3"], server.child.id());
+    assert_eq!(target["library"], "openssl");
+    // Each file is one target, however many processes map it.
+    let targets = tls_targets(&agent);
+    let mut paths: Vec<_> = targets.iter().filter_map(|t| t["path"].as_str()).collect();
+    let listed = paths.len();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), listed, "a file is attached twice: {targets:?}");
+    let path = target["path"].as_str().unwrap();
+    let series =
+        format!("api_observer_tls_target_processes{{library=\"openssl\",path=\"{path}\"}}");
+    assert!(
+        agent.metrics().lines().any(|l| l.starts_with(&series)),
+        "no {series} in /metrics"
+    );
+
+    let out = curl(&["-k", &format!("https://127.0.0.1:{port}/early")]).unwrap();
+    assert!(out.starts_with("node GET /early"), "{out}");
+    let ex = agent.exchanges_for_port(port, 2);
+    assert_all_tls(&ex);
+    assert_addresses(&ex, port);
+    assert_eq!(
+        sorted(rows(&ex)),
+        sorted(vec![
+            row("server", "node", "GET", "/early", 200),
+            row("client", "curl", "GET", "/early", 200),
+        ])
+    );
+}
