@@ -25,31 +25,55 @@ fn cgroup2_root() -> PathBuf {
 
 /// Nested cgroup directories, removed (deepest first) when dropped.
 struct Cgroup {
-    dirs: Vec<PathBuf>,
+    root: PathBuf,
+    leaf: PathBuf,
+    created: Vec<PathBuf>,
 }
 
 impl Cgroup {
+    /// Create `path` under `root`. A leaf left by an earlier, killed run is reused after
+    /// moving out whatever processes it still holds.
     fn create(root: &Path, path: &str) -> Self {
-        let mut dirs = Vec::new();
+        let mut created = Vec::new();
         let mut dir = root.to_path_buf();
         for part in path.split('/') {
             dir = dir.join(part);
             if !dir.exists() {
                 std::fs::create_dir(&dir).unwrap();
-                dirs.push(dir.clone());
+                created.push(dir.clone());
             }
         }
-        Self { dirs }
+        // The leaf is this test's own (its name holds a made-up pod UID): removed at the
+        // end even when an earlier run left it.
+        if created.last() != Some(&dir) {
+            created.push(dir.clone());
+        }
+        let me = Self {
+            root: root.to_path_buf(),
+            leaf: dir,
+            created,
+        };
+        me.evacuate();
+        me
     }
 
     fn leaf(&self) -> &Path {
-        self.dirs.last().unwrap()
+        &self.leaf
+    }
+
+    /// Move every process of the leaf back to the root cgroup.
+    fn evacuate(&self) {
+        let procs = std::fs::read_to_string(self.leaf.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.split_whitespace() {
+            let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+        }
     }
 }
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        for d in self.dirs.iter().rev() {
+        self.evacuate();
+        for d in self.created.iter().rev() {
             let _ = std::fs::remove_dir(d);
         }
     }

@@ -901,11 +901,18 @@ mod tests {
             .into_iter()
             .find(|p| p.to_string_lossy().ends_with("libssl.so.3"))
         else {
-            eprintln!("SKIPPED: no libssl.so.3 on this machine");
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true: libssl.so.3 is a prerequisite"
-            );
+            // Counted as a skip by `cargo xtask test` (never as a pass).
+            let reason = "finds_openssl_entry_points: no libssl.so.3 on this machine\n";
+            eprintln!("SKIPPED {reason}");
+            if let Some(log) = std::env::var_os("OBSERVER_SKIP_LOG") {
+                use std::io::Write as _;
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .and_then(|mut f| f.write_all(reason.as_bytes()))
+                    .expect("recording a skip");
+            }
             return;
         };
         let Some(Analysis::OpenSsl { entries }) = analyze(&lib).unwrap() else {

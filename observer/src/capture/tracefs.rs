@@ -49,9 +49,17 @@ impl TracefsGuard {
         };
         if rc != 0 {
             let err = std::io::Error::last_os_error();
+            if matches!(err.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                bail!(
+                    "tracefs is not mounted and mounting it at {TRACEFS} was refused ({err}): \
+                     missing privileges (run as root, or mount it first with \
+                     `mount -t tracefs nodev {TRACEFS}` and grant CAP_BPF, CAP_PERFMON, \
+                     CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
+                );
+            }
             bail!(
                 "tracefs is not mounted and mounting it at {TRACEFS} failed: {err} \
-                 (run as root, or mount it: mount -t tracefs nodev {TRACEFS})"
+                 (mount it: mount -t tracefs nodev {TRACEFS})"
             );
         }
         tracing::info!("mounted tracefs at {TRACEFS}");

