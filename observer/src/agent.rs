@@ -13,8 +13,9 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     capture::{decode, metrics::CaptureMetrics, procfs, tls::TlsProbes, Capture},
+    clock::Clock,
     config::Config,
-    conn::{Clock, ConnOutput, ConnTable},
+    conn::{ConnOutput, ConnTable},
     export::{jsonl::JsonLines, metrics::RequestMetrics, server},
     http::{HeaderAllowlist, ParserLimits},
     identity::FingerprintKey,
@@ -126,6 +127,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             identity: config.identity.clone(),
             sessions: config.sessions.clone(),
             scoring: config.scoring.clone(),
+            tiers: config.tiers.clone(),
+            state_dir: config.state_dir.clone(),
         },
         key,
     );
@@ -160,7 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut tls = start_tls(&config, &mut capture, &state);
 
-    let clock = Clock::now();
+    let clock = Clock::system();
     let mut conns = ConnTable::new(
         ParserLimits::default(),
         allowlist,
@@ -258,7 +261,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 let before = pipeline.conns.stats.evicted;
                 pipeline.conns.sweep(monotonic_ns(), IDLE_CONNECTION, &mut pipeline.out);
-                pipeline.conns.clock = Clock::now();
+                pipeline.conns.clock = Clock::system();
                 let evicted = pipeline.conns.stats.evicted - before;
                 if evicted > 0 {
                     pipeline.capture_metrics.dropped.with_label_values(&["connection_evicted"]).inc_by(evicted);

@@ -1,14 +1,20 @@
 //! The agent's configuration: one [`Config`], read from an optional TOML file, overridden
 //! by command-line flags, validated once at start with errors that name the bad key.
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 
 use observer_common::{DEFAULT_CAPTURE, MAX_CAPTURE};
 
 use crate::{
-    capture::tls::TlsConfig, identity::IdentityConfig, score::ScoreConfig, session::SessionConfig,
+    capture::tls::TlsConfig,
+    identity::{IdentityConfig, TierConfig},
+    score::ScoreConfig,
+    session::SessionConfig,
     workload::KubernetesConfig,
 };
 
@@ -26,6 +32,10 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub kubernetes: KubernetesConfig,
     pub tls: TlsConfig,
+    pub tiers: TierConfig,
+    /// Directory for durable state (frozen credentials), created with mode 0700; absent:
+    /// nothing is written and freezes last as long as the process.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -40,6 +50,8 @@ impl Default for Config {
             privacy: PrivacyConfig::default(),
             kubernetes: KubernetesConfig::default(),
             tls: TlsConfig::default(),
+            tiers: TierConfig::default(),
+            state_dir: None,
         }
     }
 }
@@ -135,7 +147,7 @@ pub enum ConfigError {
         source: Box<toml::de::Error>,
     },
     #[error("invalid value for `{key}`: {why}")]
-    Invalid { key: &'static str, why: String },
+    Invalid { key: String, why: String },
 }
 
 impl Config {
@@ -168,19 +180,19 @@ impl Config {
         let c = &self.capture;
         if c.capture_bytes == 0 || c.capture_bytes as usize > MAX_CAPTURE {
             return Err(ConfigError::Invalid {
-                key: "capture.capture_bytes",
+                key: "capture.capture_bytes".into(),
                 why: format!("{} is outside 1..={MAX_CAPTURE}", c.capture_bytes),
             });
         }
         if !c.ring_buffer_bytes.is_power_of_two() || c.ring_buffer_bytes < 4096 {
             return Err(ConfigError::Invalid {
-                key: "capture.ring_buffer_bytes",
+                key: "capture.ring_buffer_bytes".into(),
                 why: format!("{} is not a power of two >= 4096", c.ring_buffer_bytes),
             });
         }
         if c.max_connections == 0 {
             return Err(ConfigError::Invalid {
-                key: "capture.max_connections",
+                key: "capture.max_connections".into(),
                 why: "must be at least 1".into(),
             });
         }
@@ -190,7 +202,7 @@ impl Config {
             .find(|h| h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
         {
             return Err(ConfigError::Invalid {
-                key: "capture.extra_headers",
+                key: "capture.extra_headers".into(),
                 why: format!("{bad:?} is not a header name"),
             });
         }
@@ -201,17 +213,29 @@ impl Config {
             .find(|r| !r.starts_with('/'))
         {
             return Err(ConfigError::Invalid {
-                key: "privacy.ignore_routes",
+                key: "privacy.ignore_routes".into(),
                 why: format!("{bad:?} does not start with /"),
             });
         }
         self.kubernetes
             .validate()
-            .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
+            .map_err(|(key, why)| ConfigError::Invalid {
+                key: key.into(),
+                why,
+            })?;
         self.sessions
             .validate()
-            .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
+            .map_err(|(key, why)| ConfigError::Invalid {
+                key: key.into(),
+                why,
+            })?;
         self.scoring
+            .validate()
+            .map_err(|(key, why)| ConfigError::Invalid {
+                key: key.into(),
+                why,
+            })?;
+        self.tiers
             .validate()
             .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
         Ok(())
@@ -243,6 +267,7 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             query: None,
+            route: crate::route::RouteTemplate::of("GET", path),
             status: 200,
             request_headers: vec![Header {
                 name: "host".into(),

@@ -4,23 +4,20 @@
 //! protocol from the first bytes the client sends, and feeds both directions to one
 //! parser. Paired exchanges come out as [`Exchange`]s with addresses and process.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use crate::{
     capture::{
         decode::{Direction, Event, SocketInfo},
         procfs::ExistingSocket,
     },
+    clock::Clock,
     exchange::{split_target, Exchange, Role, UNKNOWN_ADDR},
     http::{
         self, Detection, HeaderAllowlist, ParseIssue, ParsedExchange, ParserLimits, ParserOutput,
         Segment, Side, StreamParser,
     },
+    route::RouteTemplate,
     workload::{Workload, WorkloadResolver},
 };
 
@@ -28,48 +25,6 @@ use crate::{
 const DETECT_BYTES: usize = 24;
 /// Segments a connection seen mid-stream may take to show a message start.
 const MIDSTREAM_TRIES: u32 = 64;
-
-/// Converts kernel monotonic timestamps to wall-clock time.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    /// Wall-clock time minus monotonic time, nanoseconds.
-    offset_ns: i128,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime with a valid out pointer.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let mono = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
-        let wall = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or_default();
-        Self {
-            offset_ns: wall - mono,
-        }
-    }
-
-    /// A clock where monotonic time `mono_ns` is wall-clock time `wall`.
-    pub fn fixed(mono_ns: u64, wall: SystemTime) -> Self {
-        let wall = wall
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or_default();
-        Self {
-            offset_ns: wall - mono_ns as i128,
-        }
-    }
-
-    pub fn wall(&self, mono_ns: u64) -> SystemTime {
-        let ns = (mono_ns as i128 + self.offset_ns).max(0) as u128;
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct ConnKey {
@@ -504,6 +459,7 @@ fn exchange(clock: &Clock, key: ConnKey, conn: &Connection, p: ParsedExchange) -
         Role::Client => (local, remote),
     };
     let (path, query) = split_target(&p.target);
+    let route = RouteTemplate::of(&p.method, &path);
     Exchange {
         protocol: p.protocol,
         role,
@@ -515,6 +471,7 @@ fn exchange(clock: &Clock, key: ConnKey, conn: &Connection, p: ParsedExchange) -
         method: p.method,
         path,
         query,
+        route,
         status: p.status,
         request_headers: p.request_headers,
         started_at: clock.wall(p.request_start_ns),
@@ -527,6 +484,8 @@ fn exchange(clock: &Clock, key: ConnKey, conn: &Connection, p: ParsedExchange) -
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
 
     const PID: u32 = 100;

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::{
     http::{Header, Protocol},
+    route::RouteTemplate,
     session::dims::{network_of, ClientIpMode},
     workload::Workload,
 };
@@ -84,6 +85,8 @@ pub struct Exchange {
     pub path: String,
     /// Raw query string (after `?`), if any.
     pub query: Option<String>,
+    /// Method and path template, computed once here for every later stage.
+    pub route: RouteTemplate,
     pub status: u16,
     /// Allowlisted request headers (lower-case names).
     pub request_headers: Vec<Header>,
@@ -244,6 +247,7 @@ mod tests {
             method: "GET".into(),
             path: "/p".into(),
             query: Some("api_key=SECRETQ".into()),
+            route: crate::route::RouteTemplate::of("GET", "/p"),
             status: 200,
             request_headers: vec![Header {
                 name: "authorization".into(),

@@ -8,12 +8,14 @@
 pub mod agent;
 pub mod capture;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod exchange;
 pub mod export;
 pub mod http;
 pub mod identity;
+pub mod route;
 pub mod score;
 pub mod session;
 pub mod workload;

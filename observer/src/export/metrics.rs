@@ -4,23 +4,10 @@ use std::collections::HashSet;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-use crate::{exchange::Exchange, http::ParseIssue, session::dims::template_path};
+use crate::{exchange::Exchange, http::ParseIssue};
 
 /// Most distinct route templates given their own label value; later ones are `other`.
 const MAX_ROUTES: usize = 500;
-
-/// Methods that get their own label value; anything else is `OTHER` (bounded cardinality).
-const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
-];
-
-pub fn method_label(method: &str) -> &'static str {
-    METHODS
-        .iter()
-        .find(|m| m.eq_ignore_ascii_case(method))
-        .copied()
-        .unwrap_or("OTHER")
-}
 
 pub struct RequestMetrics {
     pub requests: IntCounterVec,
@@ -71,29 +58,27 @@ impl RequestMetrics {
         })
     }
 
-    /// Route label: the templated path (`/users/{id}`), bounded in number.
-    fn route(&mut self, path: &str) -> String {
-        let mut ids = Vec::new();
-        let route = template_path(path, &mut ids);
-        if self.routes.contains(&route) {
-            return route;
+    /// Route label: the exchange's path template (`/users/{id}`), bounded in number.
+    fn route<'a>(&mut self, template: &'a str) -> &'a str {
+        if self.routes.contains(template) {
+            return template;
         }
         if self.routes.len() >= MAX_ROUTES {
-            return "other".into();
+            return "other";
         }
-        self.routes.insert(route.clone());
-        route
+        self.routes.insert(template.to_string());
+        template
     }
 
     pub fn observe(&mut self, ex: &Exchange) {
-        let method = method_label(&ex.method);
+        let method = ex.route.method;
         let class = ex.status_class();
         let role = ex.role.as_str();
-        let route = self.route(&ex.path);
+        let route = self.route(&ex.route.path);
         self.requests
             .with_label_values(&[
                 method,
-                &route,
+                route,
                 class,
                 role,
                 if ex.tls { "true" } else { "false" },
@@ -116,20 +101,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_are_templated_and_bounded() {
+    fn routes_are_bounded() {
         let mut m = RequestMetrics::register(&Registry::new()).unwrap();
-        assert_eq!(m.route("/users/123/orders"), "/users/{id}/orders");
+        assert_eq!(m.route("/users/{id}/orders"), "/users/{id}/orders");
         for i in 0..MAX_ROUTES + 10 {
             m.route(&format!("/r{i}/x"));
         }
         assert_eq!(m.route("/brand/new"), "other");
-        assert_eq!(m.route("/users/9/orders"), "/users/{id}/orders");
-    }
-
-    #[test]
-    fn unknown_methods_share_one_label() {
-        assert_eq!(method_label("get"), "GET");
-        assert_eq!(method_label("PROPFIND"), "OTHER");
-        assert_eq!(method_label("\u{0}junk"), "OTHER");
+        assert_eq!(m.route("/users/{id}/orders"), "/users/{id}/orders");
     }
 }

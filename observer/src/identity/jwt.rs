@@ -53,6 +53,8 @@ pub struct JwtClaims {
     pub scope: Vec<String>,
     pub sub: Option<Fingerprint>,
     pub jti: Option<Fingerprint>,
+    /// `plan` or `tier` claim (an access tier's name).
+    pub plan: Option<String>,
 }
 
 impl JwtClaims {
@@ -151,6 +153,7 @@ pub fn decode(token: &str, key: &FingerprintKey) -> Result<JwtClaims, JwtError> 
         scope,
         sub: id_claim(payload.get("sub"), "sub", key),
         jti: id_claim(payload.get("jti"), "jti", key),
+        plan: string_claim(payload.get("plan").or_else(|| payload.get("tier"))),
     })
 }
 

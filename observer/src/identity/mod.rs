@@ -12,6 +12,7 @@
 
 pub mod jwt;
 pub mod key;
+pub mod tier;
 
 use std::{fmt, path::PathBuf, sync::Arc};
 
@@ -25,6 +26,7 @@ use crate::exchange::Exchange;
 
 pub use jwt::{JwtClaims, JwtError};
 pub use key::{Fingerprint, FingerprintKey, KeyError};
+pub use tier::{TierConfig, TierLimits, TierRules};
 
 /// Most credentials taken from one exchange.
 const MAX_IDENTITIES: usize = 8;
@@ -214,6 +216,9 @@ pub struct Identity {
     #[serde(serialize_with = "ser_str")]
     pub location: Arc<str>,
     pub format: TokenFormat,
+    /// Access tier (`[tiers]`), when tiers are configured.
+    #[serde(skip)]
+    pub tier: Option<Arc<str>>,
 }
 
 impl Identity {
@@ -229,6 +234,7 @@ pub struct Extractor {
     query_params: Vec<Arc<str>>,
     session_cookies: Vec<Arc<str>>,
     authorization: Arc<str>,
+    tiers: TierRules,
 }
 
 impl Default for Extractor {
@@ -280,7 +286,14 @@ impl Extractor {
             query_params: names(&config.query_params, false),
             session_cookies: names(&config.session_cookies, false),
             authorization: Arc::from("authorization"),
+            tiers: TierRules::default(),
         }
+    }
+
+    /// Place credentials in access tiers with these rules.
+    pub fn with_tiers(mut self, tiers: TierRules) -> Self {
+        self.tiers = tiers;
+        self
     }
 
     /// Headers this extractor reads (for the capture allowlist).
@@ -309,7 +322,7 @@ impl Extractor {
             for h in ex.request_headers.iter().filter(|h| *h.name == **name) {
                 let v = h.value.trim();
                 if !v.is_empty() {
-                    push(opaque_or_jwt(
+                    push(self.opaque_or_jwt(
                         CredentialKind::ApiKey,
                         CredentialSource::Header,
                         name,
@@ -336,13 +349,7 @@ impl Extractor {
                 } else {
                     CredentialKind::ApiKey
                 };
-                push(opaque_or_jwt(
-                    kind,
-                    CredentialSource::Query,
-                    name,
-                    &value,
-                    key,
-                ));
+                push(self.opaque_or_jwt(kind, CredentialSource::Query, name, &value, key));
                 let mut value = value;
                 value.fill(0);
                 std::hint::black_box(&value);
@@ -374,8 +381,13 @@ impl Extractor {
                     source: CredentialSource::Cookie,
                     location: Arc::clone(name),
                     format: TokenFormat::Opaque,
+                    tier: None,
                 });
             }
+        }
+        // Basic users and cookies: the default tier.
+        for id in out.iter_mut().filter(|i| i.tier.is_none()) {
+            id.tier = self.tiers.tier_of(b"", false, None);
         }
         out
     }
@@ -388,7 +400,7 @@ impl Extractor {
             return None;
         }
         if scheme.eq_ignore_ascii_case("bearer") {
-            Some(opaque_or_jwt(
+            Some(self.opaque_or_jwt(
                 CredentialKind::Bearer,
                 CredentialSource::Header,
                 &self.authorization,
@@ -404,27 +416,34 @@ impl Extractor {
 }
 
 /// A bearer token / API key / query credential: a JWT if it decodes as one.
-fn opaque_or_jwt(
-    kind: CredentialKind,
-    source: CredentialSource,
-    location: &Arc<str>,
-    raw: &[u8],
-    key: &FingerprintKey,
-) -> Identity {
-    let text = std::str::from_utf8(raw).ok();
-    let (kind, format) = match text.map(|t| jwt::decode(t, key)) {
-        Some(Ok(claims)) => (CredentialKind::Bearer, TokenFormat::Jwt(Box::new(claims))),
-        Some(Err(JwtError::NotJwt)) | None => (kind, TokenFormat::Opaque),
-        // Only a bearer token is expected to be a JWT; for keys a dotted value is opaque.
-        Some(Err(e)) if kind == CredentialKind::Bearer => (kind, TokenFormat::JwtMalformed(e)),
-        Some(Err(_)) => (kind, TokenFormat::Opaque),
-    };
-    Identity {
-        fingerprint: key.fingerprint(kind.prefix(), kind.domain(), raw),
-        kind,
-        source,
-        location: Arc::clone(location),
-        format,
+impl Extractor {
+    fn opaque_or_jwt(
+        &self,
+        kind: CredentialKind,
+        source: CredentialSource,
+        location: &Arc<str>,
+        raw: &[u8],
+        key: &FingerprintKey,
+    ) -> Identity {
+        let text = std::str::from_utf8(raw).ok();
+        let (kind, format) = match text.map(|t| jwt::decode(t, key)) {
+            Some(Ok(claims)) => (CredentialKind::Bearer, TokenFormat::Jwt(Box::new(claims))),
+            Some(Err(JwtError::NotJwt)) | None => (kind, TokenFormat::Opaque),
+            // Only a bearer token is expected to be a JWT; for keys a dotted value is opaque.
+            Some(Err(e)) if kind == CredentialKind::Bearer => (kind, TokenFormat::JwtMalformed(e)),
+            Some(Err(_)) => (kind, TokenFormat::Opaque),
+        };
+        let tier = self
+            .tiers
+            .tier_of(raw, kind == CredentialKind::ApiKey, format.jwt());
+        Identity {
+            fingerprint: key.fingerprint(kind.prefix(), kind.domain(), raw),
+            kind,
+            source,
+            location: Arc::clone(location),
+            format,
+            tier,
+        }
     }
 }
 
@@ -461,6 +480,7 @@ fn basic(b64: &str, location: &Arc<str>, key: &FingerprintKey) -> Identity {
         source: CredentialSource::Header,
         location: Arc::clone(location),
         format,
+        tier: None,
     }
 }
 

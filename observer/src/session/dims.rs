@@ -93,7 +93,8 @@ pub fn network_of(ip: IpAddr, mode: ClientIpMode, ipv4_prefix: u8, ipv6_prefix: 
 }
 
 /// Non-browser clients recognised by their first product token (lower-case name, shown
-/// name). Anything else is `other`: a custom user agent may name a person or a host.
+/// name). Any other product name is only ever kept as a keyed fingerprint: a custom user
+/// agent may name a person or a host.
 const CLIENTS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("wget", "Wget"),
@@ -144,12 +145,26 @@ fn with_major(family: &str, version: &str) -> String {
     }
 }
 
-/// Reduce a `User-Agent` to family and major version: `curl/8`, `Chrome/120`, `other`, or
-/// `none` when absent.
-pub fn agent_family(ua: Option<&str>) -> String {
+/// A `User-Agent` reduced: a known family, or the product name of a client we do not
+/// know (to be fingerprinted by the caller, never kept raw).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Agent {
+    /// `curl/8`, `Chrome/120`, `other` (an unknown browser), `none` (absent).
+    Known(String),
+    /// The lower-cased product name of any other client (`shop-app`).
+    Product(String),
+}
+
+/// Longest product name fingerprinted; longer ones are cut.
+const MAX_PRODUCT: usize = 64;
+
+/// Reduce a `User-Agent` to family and major version (`curl/8`, `Chrome/120`), `other`
+/// for unknown browsers, `none` when absent, or the product name of any other client.
+pub fn agent_family(ua: Option<&str>) -> Agent {
+    let known = |s: String| Agent::Known(s);
     let ua = ua.map(str::trim).unwrap_or_default();
     if ua.is_empty() {
-        return "none".into();
+        return known("none".into());
     }
     let products: Vec<(&str, &str)> = ua
         .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ';')
@@ -176,149 +191,36 @@ pub fn agent_family(ua: Option<&str>) -> String {
                     if family == "Safari" && find("Safari").is_none() {
                         continue;
                     }
-                    return with_major(family, v);
+                    return known(with_major(family, v));
                 }
             }
         }
-        return "other".into();
+        return known("other".into());
     }
     let first = ua.split_whitespace().next().unwrap_or_default();
     let (name, version) = first.split_once('/').unwrap_or((first, ""));
-    CLIENTS
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, shown)| with_major(shown, version))
-        .unwrap_or_else(|| "other".into())
-}
-
-/// Placeholder for an id segment.
-pub const ID: &str = "{id}";
-/// Most path segments kept in a template.
-const MAX_SEGMENTS: usize = 12;
-/// Longest template kept (bytes).
-const MAX_TEMPLATE: usize = 200;
-
-fn is_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
-}
-
-/// Whether a path segment is an object id: a number, a UUID, hex of 8+ digits, a long
-/// opaque token (20+ characters mixing letters and digits), anything with `@`, or
-/// anything over 64 bytes.
-pub fn is_id_segment(s: &str) -> bool {
-    if s.is_empty() {
-        return false;
+    if let Some((_, shown)) = CLIENTS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        return known(with_major(shown, version));
     }
-    if s.bytes().all(|b| b.is_ascii_digit()) || is_uuid(s) || s.len() > 64 || s.contains('@') {
-        return true;
+    let product: String = name
+        .chars()
+        .take(MAX_PRODUCT)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    // A product token is an HTTP token; anything else says nothing about the client.
+    if product.is_empty()
+        || !product
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return known("other".into());
     }
-    if s.len() >= 8 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return true;
-    }
-    s.len() >= 20
-        && s.bytes().any(|b| b.is_ascii_digit())
-        && s.bytes().any(|b| b.is_ascii_alphabetic())
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'=' | b'+' | b'%')
-        })
-}
-
-/// A normalised method: upper-case letters, else `OTHER`.
-pub fn method_name(method: &str) -> String {
-    if !method.is_empty() && method.len() <= 16 && method.bytes().all(|b| b.is_ascii_alphabetic()) {
-        method.to_ascii_uppercase()
-    } else {
-        "OTHER".into()
-    }
-}
-
-/// Template a path: id segments become `{id}` and are handed to `ids` (so callers can count
-/// distinct ids without storing the path). Long paths are cut to 12 segments / 200 bytes.
-pub fn template_path<'a>(path: &'a str, ids: &mut Vec<&'a str>) -> String {
-    if !path.starts_with('/') {
-        let mut s: String = path.chars().take(32).collect();
-        if s.is_empty() {
-            s.push('/');
-        }
-        return s;
-    }
-    let mut out = String::with_capacity(path.len().min(MAX_TEMPLATE));
-    for (n, seg) in path[1..].split('/').enumerate() {
-        if n == MAX_SEGMENTS || out.len() > MAX_TEMPLATE {
-            out.push_str("/{...}");
-            break;
-        }
-        out.push('/');
-        if is_id_segment(seg) {
-            ids.push(seg);
-            out.push_str(ID);
-        } else {
-            let room = MAX_TEMPLATE.saturating_sub(out.len()).max(1);
-            out.extend(seg.chars().take(room));
-        }
-    }
-    out
-}
-
-/// `GET /users/{id}/orders`.
-pub fn route(method: &str, path: &str, ids: &mut Vec<u64>, hash: impl Fn(&str) -> u64) -> String {
-    let mut segs = Vec::new();
-    let template = template_path(path, &mut segs);
-    ids.extend(segs.into_iter().map(hash));
-    format!("{} {template}", method_name(method))
+    Agent::Product(product)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(path: &str) -> String {
-        template_path(path, &mut Vec::new())
-    }
-
-    #[test]
-    fn templates() {
-        assert_eq!(t("/users/42/orders"), "/users/{id}/orders");
-        assert_eq!(
-            t("/orders/550e8400-e29b-41d4-a716-446655440000"),
-            "/orders/{id}"
-        );
-        assert_eq!(t("/blobs/deadbeef01"), "/blobs/{id}");
-        assert_eq!(t("/blobs/DEADBEEF"), "/blobs/{id}");
-        assert_eq!(t("/s/aB3dE5fG7hJ9kL1mN3pQ5r"), "/s/{id}");
-        assert_eq!(t("/users/alice@example.com"), "/users/{id}");
-        assert_eq!(t("/a/1/b/2"), "/a/{id}/b/{id}");
-        // Not ids: words, short hex, versions, long words without digits, dates.
-        assert_eq!(t("/api/v1/users"), "/api/v1/users");
-        assert_eq!(t("/cafe/abc123"), "/cafe/abc123");
-        assert_eq!(
-            t("/docs/getting-started-with-the-api"),
-            "/docs/getting-started-with-the-api"
-        );
-        assert_eq!(t("/reports/2024-01-31"), "/reports/2024-01-31");
-        assert_eq!(t("/"), "/");
-        assert_eq!(t(""), "/");
-        assert_eq!(t("*"), "*");
-        assert_eq!(t("/x/"), "/x/");
-        assert_eq!(t(&format!("/f/{}", "a".repeat(65))), "/f/{id}");
-        let long: String = (0..30).map(|i| format!("/s{i}")).collect();
-        assert!(t(&long).ends_with("/{...}"));
-        assert!(t(&format!("/{}", "x".repeat(60)).repeat(10)).len() <= MAX_TEMPLATE + 70);
-    }
-
-    #[test]
-    fn route_and_ids() {
-        let mut ids = Vec::new();
-        let r = route("get", "/users/7/orders/8", &mut ids, |s| s.parse().unwrap());
-        assert_eq!(r, "GET /users/{id}/orders/{id}");
-        assert_eq!(ids, vec![7, 8]);
-        assert_eq!(method_name("PO ST"), "OTHER");
-        assert_eq!(method_name(""), "OTHER");
-    }
 
     #[test]
     fn networks() {
@@ -355,7 +257,10 @@ mod tests {
 
     #[test]
     fn agents() {
-        let f = |s: &str| agent_family(Some(s));
+        let f = |s: &str| match agent_family(Some(s)) {
+            Agent::Known(k) => k,
+            Agent::Product(p) => format!("product:{p}"),
+        };
         assert_eq!(f("curl/8.5.0"), "curl/8");
         assert_eq!(f("python-requests/2.31.0"), "python-requests/2");
         assert_eq!(f("Go-http-client/1.1"), "Go-http-client/1");
@@ -379,9 +284,14 @@ mod tests {
             "Safari/17"
         );
         assert_eq!(f("Mozilla/5.0 (compatible; Googlebot/2.1)"), "other");
-        assert_eq!(f("MyApp/1.0 (alice@example.com)"), "other");
+        // Custom clients are told apart by product name (the caller fingerprints it).
+        assert_eq!(f("MyApp/1.0 (alice@example.com)"), "product:myapp");
+        assert_eq!(f("shop-app/2.1"), "product:shop-app");
+        assert_eq!(f("Shop-App/3.0"), "product:shop-app");
+        assert_eq!(f("mobile/5.0"), "product:mobile");
+        assert_eq!(f("\u{1}\u{2}/1"), "other");
         assert_eq!(f("   "), "none");
-        assert_eq!(agent_family(None), "none");
+        assert_eq!(agent_family(None), Agent::Known("none".into()));
         assert_eq!(f("curl/"), "curl");
     }
 }

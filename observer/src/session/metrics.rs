@@ -162,7 +162,9 @@ mod tests {
         m.update(&t);
         let out = text(&reg);
         assert!(
-            out.contains(r#"api_observer_sessions{direction="inbound",state="healthy"} 1"#),
+            // One healthy session, and the two healthy views across the three
+            // credentials (their network, their route).
+            out.contains(r#"api_observer_sessions{direction="inbound",state="healthy"} 3"#),
             "{out}"
         );
         assert!(out.contains(r#"api_observer_sessions{direction="inbound",state="suspicious"} 2"#));

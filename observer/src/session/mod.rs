@@ -1,26 +1,34 @@
 //! Sessions: exchanges grouped per credential fingerprint (or, without a credential, per
-//! client network and user-agent family), with the reduced dimensions scoring needs.
+//! client network and user-agent family), with the reduced dimensions scoring needs, and
+//! views across credentials (per client network, per route) for abuse spread over many.
 //!
-//! [`SessionTable`] owns everything: the identity extractor and fingerprint key, the
-//! sessions, the frozen fingerprints and the counters. The agent calls
-//! [`SessionTable::observe`] for each exchange, [`SessionTable::score`] every
-//! `scoring.interval_secs` and [`SessionTable::expire`] now and then; the JSON API uses
-//! [`SessionTable::list`], [`SessionTable::get`], [`SessionTable::freeze`] and
-//! [`SessionTable::unfreeze`]. Every time is passed in (`now`), so tests control the
-//! clock.
+//! [`SessionTable`] owns the sessions, the fingerprint key, the frozen fingerprints, the
+//! findings and the counters. The agent calls [`SessionTable::observe`] for each
+//! exchange, [`SessionTable::score`] every `scoring.interval_secs` and
+//! [`SessionTable::expire`] now and then. What the API shows is in [`view`], freezing in
+//! [`freeze`], findings in [`findings`]. Every time is passed in (`now`), so tests
+//! control the clock.
 //!
 //! Server-side exchanges ([`Role::Server`]) make inbound sessions; client-side ones (calls
 //! this host makes) make outbound sessions, kept apart (ids prefixed `out:`), so a request
 //! seen from both ends on loopback is counted once per direction.
 
+pub(crate) mod across;
+pub mod config;
 pub mod dims;
+pub mod findings;
+pub mod freeze;
 pub mod metrics;
 pub mod privacy;
+#[cfg(test)]
+mod signal_tests;
 pub(crate) mod state;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod view;
+pub(crate) mod window;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -29,22 +37,27 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     exchange::{Exchange, Role},
     identity::{
-        CredentialKind, CredentialSource, Extractor, Fingerprint, FingerprintKey, IdentityConfig,
-        JwtClaims, JwtError, KeyError, TokenFormat,
+        CredentialSource, Extractor, Fingerprint, FingerprintKey, KeyError, TierConfig, TierRules,
+        TokenFormat,
     },
-    score::{self, HealthState, Reason, ScoreConfig, StateChange},
+    score::{self, Reason, ScoreConfig, TrustedNetworks, ViewKind},
 };
 
+use across::{AcrossStats, Use};
+pub use config::{SessionConfig, SessionTableConfig};
 pub use dims::{ClientIpMode, Network};
+use findings::{FindingKind, Findings};
+pub use freeze::{FreezeError, FREEZABLE};
 use state::{
     class_index, mark, since, unix_secs, Limits, RouteStats, Session, ID_BUCKETS, MAX_LOCATIONS,
     MAX_PROCESSES,
 };
+pub use view::{ListQuery, SessionDetail, SessionSummary, StateChange};
 
 /// Which way the traffic of a session goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -74,103 +87,20 @@ impl Direction {
     }
 }
 
-/// Fingerprint prefixes that can be frozen: credentials and JWT subjects/ids.
-pub const FREEZABLE: &[&str] = &["tok", "key", "usr", "ck", "sub", "jti"];
-
 /// Prefix of outbound session ids.
 pub const OUTBOUND_PREFIX: &str = "out:";
 
-/// `[sessions]`: how sessions are kept.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SessionConfig {
-    /// A session unused this long is dropped, seconds.
-    pub idle_ttl_secs: u64,
-    /// A session older than this is dropped however active it is, seconds.
-    pub max_age_secs: u64,
-    /// Most sessions kept; beyond it the least recently used are dropped.
-    pub max_sessions: usize,
-    /// Most client networks kept per session (least recently seen dropped).
-    pub max_networks: usize,
-    /// Most user-agent families kept per session.
-    pub max_agents: usize,
-    /// Most routes kept per session.
-    pub max_routes: usize,
-    /// Most frozen fingerprints.
-    pub max_frozen: usize,
-    /// `truncate` (keep the network), `full` or `drop`.
-    pub client_ip: ClientIpMode,
-    /// Bits kept of IPv4 client addresses in `truncate` mode.
-    pub ipv4_prefix: u8,
-    /// Bits kept of IPv6 client addresses in `truncate` mode.
-    pub ipv6_prefix: u8,
-    /// Keep outbound sessions (calls this host makes).
-    pub track_outbound: bool,
-    /// Sessions exported as `api_observer_session_health_score` (the riskiest).
-    pub metrics_top_k: usize,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        Self {
-            idle_ttl_secs: 1800,
-            max_age_secs: 86_400,
-            max_sessions: 20_000,
-            max_networks: 16,
-            max_agents: 8,
-            max_routes: 32,
-            max_frozen: 10_000,
-            client_ip: ClientIpMode::Truncate,
-            ipv4_prefix: 24,
-            ipv6_prefix: 48,
-            track_outbound: true,
-            metrics_top_k: 20,
-        }
-    }
-}
-
-impl SessionConfig {
-    /// Check the values; the error names the key.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let positive = [
-            ("sessions.idle_ttl_secs", self.idle_ttl_secs as usize),
-            ("sessions.max_age_secs", self.max_age_secs as usize),
-            ("sessions.max_sessions", self.max_sessions),
-            ("sessions.max_networks", self.max_networks),
-            ("sessions.max_agents", self.max_agents),
-            ("sessions.max_routes", self.max_routes),
-        ];
-        for (key, v) in positive {
-            if v == 0 {
-                return Err((key, "must be at least 1".into()));
-            }
-        }
-        if self.ipv4_prefix > 32 {
-            return Err(("sessions.ipv4_prefix", "must be 0..=32".into()));
-        }
-        if self.ipv6_prefix > 128 {
-            return Err(("sessions.ipv6_prefix", "must be 0..=128".into()));
-        }
-        Ok(())
-    }
-}
-
-/// The three config tables the table is built from.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SessionTableConfig {
-    pub identity: IdentityConfig,
-    pub sessions: SessionConfig,
-    pub scoring: ScoreConfig,
-}
-
-/// Why a freeze request was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum FreezeError {
-    #[error("not a fingerprint (expected e.g. tok_5f2c9a1e0b7d)")]
-    Invalid,
-    #[error("too many frozen fingerprints")]
-    Full,
-}
+/// Prefix of network view ids (`net:10.0.3.0/24`).
+pub const NETWORK_VIEW_PREFIX: &str = "net:";
+/// Prefix of route view ids (`route:POST /login`).
+pub const ROUTE_VIEW_PREFIX: &str = "route:";
+/// Most views across credentials; beyond it the least recently used are dropped.
+pub const MAX_VIEWS: usize = 4096;
+/// A view is listed once it has seen this many credentials (one credential's view would
+/// only repeat its session).
+pub const VIEW_MIN_CREDENTIALS: usize = 2;
+/// Most user-agent product fingerprints cached (per key).
+const MAX_AGENT_CACHE: usize = 4096;
 
 /// Counters for metrics and the privacy report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -203,172 +133,25 @@ impl TableCounters {
     }
 }
 
-/// Filter and order of [`SessionTable::list`] (also the JSON API's query string).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ListQuery {
-    pub state: Option<HealthState>,
-    pub direction: Option<Direction>,
-    /// At most this many (default 100).
-    pub limit: Option<usize>,
-}
-
-fn ser_unix<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(unix_secs(*t))
-}
-
-/// One line of the session list. Holds only fingerprints and reduced values.
-#[derive(Clone, Debug, Serialize)]
-pub struct SessionSummary {
-    pub id: String,
-    pub direction: Direction,
-    /// `bearer`, `basic`, `api_key`, `cookie` or `anonymous`.
-    pub kind: &'static str,
-    pub fingerprint: Option<Fingerprint>,
-    pub state: HealthState,
-    pub score: u8,
-    pub reasons: Vec<Reason>,
-    #[serde(serialize_with = "ser_unix")]
-    pub first_seen: SystemTime,
-    #[serde(serialize_with = "ser_unix")]
-    pub last_seen: SystemTime,
-    pub requests: u64,
-    /// Current request rate, per second.
-    pub rate: f64,
-    pub networks: usize,
-    pub agents: usize,
-    pub frozen: bool,
-}
-
-/// A value of a dimension (network or user-agent family) and its use.
-#[derive(Clone, Debug, Serialize)]
-pub struct DimensionView {
-    pub value: String,
-    pub requests: u64,
-    #[serde(serialize_with = "ser_unix")]
-    pub first_seen: SystemTime,
-    #[serde(serialize_with = "ser_unix")]
-    pub last_seen: SystemTime,
-}
-
-/// Responses per status class.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct StatusCounts {
-    #[serde(rename = "1xx")]
-    pub c1xx: u64,
-    #[serde(rename = "2xx")]
-    pub c2xx: u64,
-    #[serde(rename = "3xx")]
-    pub c3xx: u64,
-    #[serde(rename = "4xx")]
-    pub c4xx: u64,
-    #[serde(rename = "5xx")]
-    pub c5xx: u64,
-    pub other: u64,
-}
-
-impl From<[u64; 6]> for StatusCounts {
-    fn from(c: [u64; 6]) -> Self {
-        Self {
-            c1xx: c[0],
-            c2xx: c[1],
-            c3xx: c[2],
-            c4xx: c[3],
-            c5xx: c[4],
-            other: c[5],
-        }
-    }
-}
-
-/// One route of a session.
-#[derive(Clone, Debug, Serialize)]
-pub struct RouteView {
-    /// Method and path template, e.g. `GET /users/{id}/orders`.
-    pub route: String,
-    pub requests: u64,
-    pub status: StatusCounts,
-    /// Estimated distinct ids requested within the scoring window.
-    pub distinct_ids: u64,
-    pub rate: f64,
-    /// Baseline rate, once warmed up.
-    pub baseline_rate: Option<f64>,
-    #[serde(serialize_with = "ser_unix")]
-    pub last_seen: SystemTime,
-}
-
-/// Where a session's credential was found.
-#[derive(Clone, Debug, Serialize)]
-pub struct LocationView {
-    pub source: CredentialSource,
-    pub name: String,
-}
-
-/// Validity of a JWT's time claims at the session's last use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExpState {
-    Valid,
-    Expired,
-    NotYetValid,
-    NoExp,
-}
-
-/// JWT facts of a session's credential.
-#[derive(Clone, Debug, Serialize)]
-pub struct JwtView {
-    #[serde(flatten)]
-    pub claims: JwtClaims,
-    pub exp_state: ExpState,
-}
-
-/// Removed for the bound on a per-session map.
-#[derive(Clone, Debug, Serialize)]
-pub struct DroppedCounts {
-    pub networks: u64,
-    pub agents: u64,
-    pub routes: u64,
-}
-
-/// Everything shown about one session.
-#[derive(Clone, Debug, Serialize)]
-pub struct SessionDetail {
-    #[serde(flatten)]
-    pub summary: SessionSummary,
-    pub baseline_rate: Option<f64>,
-    pub credential_locations: Vec<LocationView>,
-    pub networks: Vec<DimensionView>,
-    pub agents: Vec<DimensionView>,
-    pub routes: Vec<RouteView>,
-    pub dropped: DroppedCounts,
-    pub status: StatusCounts,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    pub latency_mean_ms: f64,
-    pub latency_max_ms: f64,
-    pub latency_sum_ms: f64,
-    /// UTC hours (0..=23) with activity.
-    pub active_hours: Vec<u8>,
-    pub processes: Vec<String>,
-    /// Container, pod and namespace of those processes (when in containers).
-    pub workloads: Vec<crate::workload::Workload>,
-    pub tls_requests: u64,
-    pub plaintext_requests: u64,
-    pub jwt: Option<JwtView>,
-    pub jwt_error: Option<JwtError>,
-    pub frozen_uses: u64,
-}
-
 /// All sessions, their scoring and the fingerprint key.
 pub struct SessionTable {
     sessions_cfg: SessionConfig,
     scoring: ScoreConfig,
+    tiers: TierConfig,
+    trusted: TrustedNetworks,
     limits: Limits,
     extractor: Extractor,
     key: FingerprintKey,
     sessions: HashMap<Arc<str>, Session>,
+    /// Views across credentials (per network, per route), bounded by `MAX_VIEWS`.
+    views: HashMap<Arc<str>, Session>,
     frozen: HashSet<Fingerprint>,
-    /// Keyed per process: hashes of path ids are never linkable across runs.
+    findings: Findings,
+    /// Keyed per process: hashes of path ids and credentials in views are never linkable
+    /// across runs.
     id_hasher: RandomState,
+    /// Custom user-agent product names (by unkeyed hash) to their keyed fingerprints.
+    agent_cache: HashMap<u64, Arc<str>>,
     counters: TableCounters,
     /// Latest time seen by any call (views are relative to it).
     now: SystemTime,
@@ -398,19 +181,26 @@ impl SessionTable {
             max_routes: config.sessions.max_routes,
             window: config.scoring.window(),
         };
+        // Validated with the config; a bad list here trusts nothing.
+        let trusted = TrustedNetworks::parse(&config.scoring.trusted_networks).unwrap_or_default();
         Self {
             rotate_every: Duration::from_secs(config.identity.rotate_every_secs),
             key_file: config.identity.key_file.clone(),
             key_since: None,
             last_rotation: None,
-            extractor: Extractor::new(&config.identity),
+            extractor: Extractor::new(&config.identity).with_tiers(TierRules::new(&config.tiers)),
             sessions_cfg: config.sessions,
             scoring: config.scoring,
+            tiers: config.tiers,
+            trusted,
             limits,
             key,
             sessions: HashMap::new(),
+            views: HashMap::new(),
             frozen: HashSet::new(),
+            findings: Findings::default(),
             id_hasher: RandomState::new(),
+            agent_cache: HashMap::new(),
             counters: TableCounters::default(),
             now: SystemTime::UNIX_EPOCH,
         }
@@ -422,6 +212,10 @@ impl SessionTable {
 
     pub fn session_config(&self) -> &SessionConfig {
         &self.sessions_cfg
+    }
+
+    pub fn tier_config(&self) -> &TierConfig {
+        &self.tiers
     }
 
     /// Request headers the identity stage reads (add them to the capture allowlist).
@@ -441,6 +235,11 @@ impl SessionTable {
         &self.counters
     }
 
+    /// Findings about the APIs (plaintext credentials, credentials in query strings).
+    pub fn findings(&self) -> &Findings {
+        &self.findings
+    }
+
     /// Generation of the fingerprint key (rotations so far).
     pub fn key_generation(&self) -> u64 {
         self.key.generation()
@@ -448,6 +247,68 @@ impl SessionTable {
 
     fn tick(&mut self, now: SystemTime) {
         self.now = self.now.max(now);
+    }
+
+    /// The client family of a `User-Agent`: a known family (`curl/8`, `Chrome/120`), or a
+    /// keyed fingerprint of any other product name (`ua_3f9c0a1b2c3d`), never the raw
+    /// text.
+    fn agent_of(&mut self, ua: Option<&str>) -> Arc<str> {
+        match dims::agent_family(ua) {
+            dims::Agent::Known(family) => Arc::from(family),
+            dims::Agent::Product(name) => {
+                let h = self.id_hasher.hash_one(("ua", name.as_str()));
+                if let Some(fp) = self.agent_cache.get(&h) {
+                    return Arc::clone(fp);
+                }
+                let fp: Arc<str> = Arc::from(
+                    self.key
+                        .fingerprint("ua", "user-agent", name.as_bytes())
+                        .as_str(),
+                );
+                if self.agent_cache.len() >= MAX_AGENT_CACHE {
+                    self.agent_cache.clear();
+                }
+                self.agent_cache.insert(h, Arc::clone(&fp));
+                fp
+            }
+        }
+    }
+
+    fn ensure_session(
+        &mut self,
+        id: &Arc<str>,
+        direction: Direction,
+        fingerprint: Option<&Fingerprint>,
+        t: SystemTime,
+    ) {
+        if self.sessions.contains_key(id) {
+            return;
+        }
+        if self.sessions.len() >= self.sessions_cfg.max_sessions {
+            evict_oldest(&mut self.sessions, &mut self.counters.evicted_capacity);
+        }
+        let mut s = Session::new(
+            Arc::clone(id),
+            direction,
+            fingerprint.cloned(),
+            t,
+            &self.limits,
+        );
+        s.frozen = fingerprint.is_some_and(|f| self.frozen.contains(f));
+        self.sessions.insert(Arc::clone(id), s);
+        self.counters.sessions_created += 1;
+    }
+
+    fn ensure_view(&mut self, id: &Arc<str>, kind: ViewKind, t: SystemTime) {
+        if self.views.contains_key(id) {
+            return;
+        }
+        if self.views.len() >= MAX_VIEWS {
+            evict_oldest(&mut self.views, &mut self.counters.evicted_capacity);
+        }
+        let mut v = Session::new(Arc::clone(id), Direction::Inbound, None, t, &self.limits);
+        v.across = Some(Box::new(AcrossStats::new(kind, self.limits.window)));
+        self.views.insert(Arc::clone(id), v);
     }
 
     /// Add one exchange. Its credentials are fingerprinted here and not kept raw.
@@ -467,9 +328,19 @@ impl SessionTable {
         }
         .to_canonical();
         let remote_peer = !peer.is_loopback() && !peer.is_unspecified();
+        // Judged on the full address, before it is truncated.
+        let trusted = self.trusted.contains(peer);
         let cfg = &self.sessions_cfg;
         let network = dims::network_of(peer, cfg.client_ip, cfg.ipv4_prefix, cfg.ipv6_prefix);
-        let agent: Arc<str> = Arc::from(dims::agent_family(ex.header("user-agent")));
+        let agent = self.agent_of(ex.header("user-agent"));
+        let route: Arc<str> = Arc::from(ex.route.key());
+        let id_hash = ex.route.has_ids().then(|| {
+            let hasher = &self.id_hasher;
+            ex.route
+                .ids(&ex.path)
+                .map(|seg| hasher.hash_one(seg))
+                .fold(0u64, |acc, h| acc.rotate_left(17) ^ h)
+        });
 
         let primary = identities.first();
         let base_id = match primary {
@@ -492,19 +363,64 @@ impl SessionTable {
                     .is_some_and(|s| self.frozen.contains(s))
         });
 
-        if !self.sessions.contains_key(&id) {
-            if self.sessions.len() >= self.sessions_cfg.max_sessions {
-                self.evict_for_capacity();
+        // Facts about the API rather than the session.
+        if direction == Direction::Inbound && primary.is_some() {
+            let host = ex
+                .header("host")
+                .map(findings::host_name)
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| ex.server.to_string());
+            if !ex.tls && remote_peer {
+                self.findings
+                    .record(FindingKind::PlaintextCredential, &host, &route, !trusted, t);
             }
-            let fp = primary.map(|i| i.fingerprint.clone());
-            let mut s = Session::new(Arc::clone(&id), direction, fp, t, &self.limits);
-            s.frozen = s
-                .fingerprint
-                .as_ref()
-                .is_some_and(|f| self.frozen.contains(f));
-            self.sessions.insert(Arc::clone(&id), s);
-            self.counters.sessions_created += 1;
+            if identities
+                .iter()
+                .any(|i| i.source == CredentialSource::Query)
+            {
+                self.findings
+                    .record(FindingKind::CredentialInQuery, &host, &route, !trusted, t);
+            }
         }
+
+        // Views across credentials (inbound, credentialed traffic only).
+        if let (Direction::Inbound, Some(p)) = (direction, primary) {
+            let credential = self.id_hasher.hash_one(p.fingerprint.as_str());
+            let u = Use {
+                credential,
+                status: ex.status,
+                route: &route,
+                ids: id_hash,
+            };
+            // A credential failing because its JWT expired is a refresh, not a guess.
+            let expired = p.jwt().and_then(|c| c.exp).is_some_and(|exp| {
+                unix_secs(t) as i64 > exp.saturating_add(self.scoring.jwt_leeway_secs as i64)
+            });
+            let mut views = Vec::with_capacity(2);
+            if matches!(network, Network::Net { .. }) {
+                views.push((format!("{NETWORK_VIEW_PREFIX}{network}"), ViewKind::Network));
+            }
+            views.push((format!("{ROUTE_VIEW_PREFIX}{route}"), ViewKind::Route));
+            for (view_id, kind) in views {
+                if expired && matches!(ex.status, 401 | 403) {
+                    continue;
+                }
+                let view_id: Arc<str> = Arc::from(view_id);
+                self.ensure_view(&view_id, kind, t);
+                if let Some(v) = self.views.get_mut(&view_id) {
+                    v.settled = false;
+                    v.first_seen = v.first_seen.min(t);
+                    v.last_seen = v.last_seen.max(t);
+                    v.requests += 1;
+                    v.status[class_index(ex.status)] += 1;
+                    if let Some(a) = v.across.as_mut() {
+                        a.record(&u, t);
+                    }
+                }
+            }
+        }
+
+        self.ensure_session(&id, direction, primary.map(|p| &p.fingerprint), t);
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -514,16 +430,26 @@ impl SessionTable {
         s.last_seen = s.last_seen.max(t);
         s.requests += 1;
         s.rate.record(t, sc.rate_short_secs, sc.rate_baseline_secs);
+        if let Some(tier) = primary.and_then(|p| p.tier.as_ref()) {
+            if s.tier.as_ref() != Some(tier) {
+                s.tier = Some(Arc::clone(tier));
+            }
+            s.count_day(t);
+        }
 
         // Network + agent switch: both differ from the previous request's and both are new.
         if let Some((last_net, last_agent)) = &s.last_pair {
+            let net_changed = *last_net != network;
             if s.requests > sc.switch_min_requests
-                && *last_net != network
+                && net_changed
                 && **last_agent != *agent
                 && !s.networks.map.contains_key(&network)
                 && !s.agents.map.contains_key(&agent)
             {
                 mark(&mut s.marks.network_agent_switch, t);
+            }
+            if net_changed {
+                s.switched_network(t);
             }
         }
         s.last_pair = Some((network, Arc::clone(&agent)));
@@ -531,19 +457,15 @@ impl SessionTable {
         s.hit_agent(&agent, t);
 
         // Route, with distinct ids.
-        let mut ids = Vec::new();
-        let hasher = &self.id_hasher;
-        let route = dims::route(&ex.method, &ex.path, &mut ids, |seg| hasher.hash_one(seg));
-        let r = s.routes.entry(Arc::from(route), || RouteStats::new(t));
+        let r = s.routes.entry(Arc::clone(&route), || RouteStats::new(t));
         r.requests += 1;
         r.status[class_index(ex.status)] += 1;
         r.rate.record(t, sc.rate_short_secs, sc.rate_baseline_secs);
         r.last_seen = r.last_seen.max(t);
-        if !ids.is_empty() {
-            let combined = ids.iter().fold(0u64, |acc, h| acc.rotate_left(17) ^ h);
+        if let Some(combined) = id_hash {
             let ring = r
                 .ids
-                .get_or_insert_with(|| Box::new(state::Ring::new(sc.window(), ID_BUCKETS)));
+                .get_or_insert_with(|| Box::new(window::Ring::new(sc.window(), ID_BUCKETS)));
             if let Some(bits) = ring.at(t) {
                 bits.insert(combined);
             }
@@ -590,7 +512,8 @@ impl SessionTable {
                 TokenFormat::JwtMalformed(e) => s.jwt_error = Some(*e),
                 _ => {}
             }
-            if !ex.tls && remote_peer {
+            // Exposure is evidence about this session only from an untrusted network.
+            if !ex.tls && remote_peer && !trusted {
                 mark(&mut s.marks.plaintext_credential, t);
             }
         }
@@ -598,7 +521,7 @@ impl SessionTable {
         let leeway = sc.jwt_leeway_secs as i64;
         let ok = (200..300).contains(&ex.status);
         for i in &identities {
-            if i.source == CredentialSource::Query {
+            if i.source == CredentialSource::Query && !trusted {
                 mark(&mut s.marks.credential_in_query, t);
             }
             let loc = (i.source, Arc::clone(&i.location));
@@ -627,29 +550,13 @@ impl SessionTable {
         }
     }
 
-    /// Drop the least recently used sessions (1% of the table, at least one).
-    fn evict_for_capacity(&mut self) {
-        let n = (self.sessions.len() / 100).max(1);
-        let mut by_age: Vec<(SystemTime, Arc<str>)> = self
-            .sessions
-            .values()
-            .map(|s| (s.last_seen, Arc::clone(&s.id)))
-            .collect();
-        if n < by_age.len() {
-            by_age.select_nth_unstable(n);
-        }
-        for (_, id) in by_age.into_iter().take(n) {
-            self.sessions.remove(&id);
-            self.counters.evicted_capacity += 1;
-        }
-    }
-
     /// Drop sessions idle for `idle_ttl_secs` and sessions older than `max_age_secs`;
     /// returns how many.
     pub fn expire(&mut self, now: SystemTime) -> usize {
         self.tick(now);
         let ttl = Duration::from_secs(self.sessions_cfg.idle_ttl_secs);
         let max_age = Duration::from_secs(self.sessions_cfg.max_age_secs);
+        self.views.retain(|_, v| since(now, v.last_seen) < ttl);
         let before = self.sessions.len();
         self.sessions.retain(|_, s| since(now, s.last_seen) < ttl);
         let idle = before - self.sessions.len();
@@ -669,11 +576,14 @@ impl SessionTable {
             + Duration::from_secs(self.scoring.window_secs / 5 + 1)
             + Duration::from_secs_f64(self.scoring.rate_short_secs * 10.0);
         let mut changes = Vec::new();
-        for s in self.sessions.values_mut() {
+        for s in self.sessions.values_mut().chain(self.views.values_mut()) {
             if s.settled {
                 continue;
             }
-            let a = score::evaluate(s, &self.scoring, now);
+            let over_tier = s
+                .consumption(&self.tiers, &self.scoring, now)
+                .is_some_and(|c| c.over);
+            let a = score::evaluate(&s.score_input(&self.scoring, now, over_tier), &self.scoring);
             for r in &a.reasons {
                 if !s.reasons.contains(r) {
                     *self.counters.signals.entry(*r).or_default() += 1;
@@ -683,6 +593,7 @@ impl SessionTable {
                 changes.push(StateChange {
                     session_id: s.id.to_string(),
                     direction: s.direction,
+                    kind: s.kind_name(),
                     from: s.state,
                     to: a.state,
                     score: a.score,
@@ -700,221 +611,14 @@ impl SessionTable {
         changes
     }
 
-    fn summary(&self, s: &Session) -> SessionSummary {
-        SessionSummary {
-            id: s.id.to_string(),
-            direction: s.direction,
-            kind: s.kind.map_or("anonymous", CredentialKind::as_str),
-            fingerprint: s.fingerprint.clone(),
-            state: s.state,
-            score: s.score,
-            reasons: s.reasons.clone(),
-            first_seen: s.first_seen,
-            last_seen: s.last_seen,
-            requests: s.requests,
-            rate: s.rate.current(self.now, self.scoring.rate_short_secs),
-            networks: s.networks.map.len(),
-            agents: s.agents.map.len(),
-            frozen: s.frozen,
-        }
-    }
-
-    /// Sessions matching `q`, riskiest (lowest score) first, then most recently used.
-    pub fn list(&self, q: &ListQuery) -> Vec<SessionSummary> {
-        let mut v: Vec<&Session> = self
-            .sessions
-            .values()
-            .filter(|s| q.state.is_none_or(|st| s.state == st))
-            .filter(|s| q.direction.is_none_or(|d| s.direction == d))
-            .collect();
-        v.sort_by(|a, b| {
-            a.score
-                .cmp(&b.score)
-                .then(b.last_seen.cmp(&a.last_seen))
-                .then(a.id.cmp(&b.id))
-        });
-        v.into_iter()
-            .take(q.limit.unwrap_or(100))
-            .map(|s| self.summary(s))
-            .collect()
-    }
-
-    /// Session counts per state and direction.
-    pub fn state_counts(&self) -> HashMap<(HealthState, Direction), usize> {
-        let mut m = HashMap::new();
-        for s in self.sessions.values() {
-            *m.entry((s.state, s.direction)).or_default() += 1;
-        }
-        m
-    }
-
-    /// The `k` riskiest sessions that are not healthy-with-full-score: (id, score).
-    pub fn riskiest(&self, k: usize) -> Vec<(String, u8)> {
-        let mut v: Vec<&Session> = self.sessions.values().filter(|s| s.score < 100).collect();
-        v.sort_by(|a, b| a.score.cmp(&b.score).then(a.id.cmp(&b.id)));
-        v.into_iter()
-            .take(k)
-            .map(|s| (s.id.to_string(), s.score))
-            .collect()
-    }
-
-    /// Everything about one session (by id, e.g. `tok_5f2c9a1e0b7d` or `out:tok_…`).
-    pub fn get(&self, id: &str) -> Option<SessionDetail> {
-        let s = self.sessions.get(id)?;
-        let now = self.now;
-        let sc = &self.scoring;
-        let dim = |value: String, d: &state::DimStat| DimensionView {
-            value,
-            requests: d.requests,
-            first_seen: d.first_seen,
-            last_seen: d.last_seen,
-        };
-        let mut networks: Vec<DimensionView> = s
-            .networks
-            .map
-            .iter()
-            .map(|(n, d)| dim(n.to_string(), d))
-            .collect();
-        networks.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.value.cmp(&b.value)));
-        let mut agents: Vec<DimensionView> = s
-            .agents
-            .map
-            .iter()
-            .map(|(a, d)| dim(a.to_string(), d))
-            .collect();
-        agents.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.value.cmp(&b.value)));
-        let warmed = |first: SystemTime, requests: u64| {
-            requests >= sc.warmup_requests && since(now, first).as_secs() >= sc.warmup_secs
-        };
-        let mut routes: Vec<RouteView> = s
-            .routes
-            .map
-            .iter()
-            .map(|(route, r)| RouteView {
-                route: route.to_string(),
-                requests: r.requests,
-                status: r.status.into(),
-                distinct_ids: r.distinct_ids(now),
-                rate: r.rate.current(now, sc.rate_short_secs),
-                baseline_rate: warmed(r.first_seen, r.requests).then(|| {
-                    r.rate
-                        .baseline(now, sc.rate_baseline_secs, since(now, r.first_seen))
-                }),
-                last_seen: r.last_seen,
-            })
-            .collect();
-        routes.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.route.cmp(&b.route)));
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let last = unix_secs(s.last_seen) as i64;
-        let jwt = s.jwt.as_ref().map(|c| JwtView {
-            exp_state: match (c.exp, c.nbf) {
-                (_, Some(nbf)) if last < nbf => ExpState::NotYetValid,
-                (Some(exp), _) if last > exp => ExpState::Expired,
-                (Some(_), _) => ExpState::Valid,
-                (None, _) => ExpState::NoExp,
-            },
-            claims: (**c).clone(),
-        });
-        Some(SessionDetail {
-            summary: self.summary(s),
-            baseline_rate: warmed(s.first_seen, s.requests).then(|| {
-                s.rate
-                    .baseline(now, sc.rate_baseline_secs, since(now, s.first_seen))
-            }),
-            credential_locations: s
-                .locations
-                .iter()
-                .map(|(source, name)| LocationView {
-                    source: *source,
-                    name: name.to_string(),
-                })
-                .collect(),
-            networks,
-            agents,
-            routes,
-            dropped: DroppedCounts {
-                networks: s.networks.dropped,
-                agents: s.agents.dropped,
-                routes: s.routes.dropped,
-            },
-            status: s.status.into(),
-            request_bytes: s.request_bytes,
-            response_bytes: s.response_bytes,
-            latency_mean_ms: if s.requests == 0 {
-                0.0
-            } else {
-                ms(s.latency_sum) / s.requests as f64
-            },
-            latency_max_ms: ms(s.latency_max),
-            latency_sum_ms: ms(s.latency_sum),
-            active_hours: (0..24u8)
-                .filter(|h| s.active_hours & (1 << h) != 0)
-                .collect(),
-            processes: s.processes.iter().map(|p| p.to_string()).collect(),
-            workloads: s.workloads.iter().map(|w| (**w).clone()).collect(),
-            tls_requests: s.tls_requests,
-            plaintext_requests: s.plaintext_requests,
-            jwt,
-            jwt_error: s.jwt_error,
-            frozen_uses: s.frozen_uses,
-        })
-    }
-
-    fn sessions_of<'a>(&'a mut self, fp: &'a Fingerprint) -> impl Iterator<Item = &'a mut Session> {
-        self.sessions.values_mut().filter(move |s| {
-            s.fingerprint.as_ref() == Some(fp)
-                || s.jwt.as_ref().and_then(|c| c.sub.as_ref()) == Some(fp)
-        })
-    }
-
-    /// Freeze a fingerprint (a credential's, or a JWT `sub_…`): any later use is the
-    /// `frozen_credential` signal. Returns whether it was newly frozen.
-    pub fn freeze(&mut self, fingerprint: &str) -> Result<bool, FreezeError> {
-        let fp = Fingerprint::parse(fingerprint)
-            .filter(|f| FREEZABLE.contains(&f.prefix()))
-            .ok_or(FreezeError::Invalid)?;
-        if self.frozen.contains(&fp) {
-            return Ok(false);
-        }
-        if self.frozen.len() >= self.sessions_cfg.max_frozen {
-            return Err(FreezeError::Full);
-        }
-        self.frozen.insert(fp.clone());
-        for s in self.sessions_of(&fp) {
-            s.frozen = true;
-            s.settled = false;
-        }
-        Ok(true)
-    }
-
-    /// Lift a freeze; the sessions' `frozen_credential` signal clears on the next pass.
-    /// Returns whether it was frozen.
-    pub fn unfreeze(&mut self, fingerprint: &str) -> Result<bool, FreezeError> {
-        let fp = Fingerprint::parse(fingerprint).ok_or(FreezeError::Invalid)?;
-        if !self.frozen.remove(&fp) {
-            return Ok(false);
-        }
-        for s in self.sessions_of(&fp) {
-            s.frozen = false;
-            s.marks.frozen_use = None;
-            s.settled = false;
-        }
-        Ok(true)
-    }
-
-    /// Frozen fingerprints, sorted.
-    pub fn frozen(&self) -> Vec<Fingerprint> {
-        let mut v: Vec<Fingerprint> = self.frozen.iter().cloned().collect();
-        v.sort();
-        v
-    }
-
     /// Drop every session (frozen fingerprints stay). Returns how many were dropped.
     pub fn purge(&mut self) -> usize {
         let n = self.sessions.len();
         self.sessions.clear();
+        self.views.clear();
         // Id hashes from before cannot be matched against later ones.
         self.id_hasher = RandomState::new();
+        self.agent_cache.clear();
         self.counters.purged += n as u64;
         n
     }
@@ -934,5 +638,21 @@ impl SessionTable {
         }
         self.frozen.clear();
         Ok(frozen)
+    }
+}
+
+/// Drop the least recently used entries of `map` (1%, at least one); counts them.
+fn evict_oldest(map: &mut HashMap<Arc<str>, Session>, counter: &mut u64) {
+    let n = (map.len() / 100).max(1);
+    let mut by_age: Vec<(SystemTime, Arc<str>)> = map
+        .values()
+        .map(|s| (s.last_seen, Arc::clone(&s.id)))
+        .collect();
+    if n < by_age.len() {
+        by_age.select_nth_unstable(n);
+    }
+    for (_, id) in by_age.into_iter().take(n) {
+        map.remove(&id);
+        *counter += 1;
     }
 }

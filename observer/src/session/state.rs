@@ -1,235 +1,49 @@
 //! One session's state and the small bounded structures it is made of.
 
 use std::{
-    collections::HashMap,
-    hash::Hash,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
+pub(crate) use crate::clock::{since, unix_secs, within};
 use crate::{
     identity::{CredentialKind, CredentialSource, Fingerprint, JwtClaims, JwtError},
-    score::{HealthState, Reason},
+    score::{HealthState, Rate, Reason, ScoreConfig, ScoreInput, ViewKind},
 };
 
-use super::{dims::Network, Direction};
+use super::{
+    across::AcrossStats,
+    dims::Network,
+    window::{distinct, Bits, Bounded, Counts, DimStat, RateEwma, Ring, Seen},
+    Direction,
+};
+use crate::identity::TierConfig;
 
-/// Unix time in seconds (0 before the epoch).
-pub(crate) fn unix_secs(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
+/// A session's use against its access tier.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Consumption {
+    pub tier: String,
+    /// Current rate, requests per second.
+    pub rate: f64,
+    /// The tier's rate (0: unlimited).
+    pub rate_limit: f64,
+    pub requests_today: u64,
+    /// The tier's daily quota (0: unlimited).
+    pub requests_per_day: u64,
+    /// `rate / rate_limit`, when limited.
+    pub rate_ratio: Option<f64>,
+    /// `requests_today / requests_per_day`, when limited.
+    pub quota_ratio: Option<f64>,
+    /// Above the rate or the quota.
+    pub over: bool,
 }
 
-/// `a - b`, zero when `b` is later.
-pub(crate) fn since(a: SystemTime, b: SystemTime) -> Duration {
-    a.duration_since(b).unwrap_or_default()
-}
-
-/// Whether `t` lies within `window` before `now` (or after it).
-pub(crate) fn within(t: SystemTime, now: SystemTime, window: Duration) -> bool {
-    since(now, t) <= window
-}
-
-/// An exponentially weighted request rate (requests per second) with two time constants:
-/// a short one (the current rate) and a long one (the baseline).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct RateEwma {
-    short: f64,
-    long: f64,
-    last: Option<SystemTime>,
-}
-
-impl RateEwma {
-    pub(crate) fn record(&mut self, t: SystemTime, tau_short: f64, tau_long: f64) {
-        let dt = self.last.map(|l| since(t, l).as_secs_f64()).unwrap_or(0.0);
-        self.short = self.short * (-dt / tau_short).exp() + 1.0 / tau_short;
-        self.long = self.long * (-dt / tau_long).exp() + 1.0 / tau_long;
-        if self.last.is_none_or(|l| t > l) {
-            self.last = Some(t);
-        }
-    }
-
-    /// The short-term rate at `now`.
-    pub(crate) fn current(&self, now: SystemTime, tau_short: f64) -> f64 {
-        let dt = self
-            .last
-            .map(|l| since(now, l).as_secs_f64())
-            .unwrap_or(0.0);
-        self.short * (-dt / tau_short).exp()
-    }
-
-    /// The long-term rate at `now`, corrected for the ramp-up of a young series (`age`:
-    /// time since the first request).
-    pub(crate) fn baseline(&self, now: SystemTime, tau_long: f64, age: Duration) -> f64 {
-        let dt = self
-            .last
-            .map(|l| since(now, l).as_secs_f64())
-            .unwrap_or(0.0);
-        let raw = self.long * (-dt / tau_long).exp();
-        let ramp = 1.0 - (-age.as_secs_f64().max(1.0) / tau_long).exp();
-        raw / ramp
-    }
-}
-
-/// A ring of time buckets covering a window: `slots.len()` buckets of `bucket_secs`.
-#[derive(Clone, Debug)]
-pub(crate) struct Ring<T> {
-    slots: Box<[(u64, T)]>,
-    bucket_secs: u64,
-}
-
-impl<T: Default + Clone> Ring<T> {
-    pub(crate) fn new(window: Duration, buckets: usize) -> Self {
-        let buckets = buckets.max(1);
-        let bucket_secs = (window.as_secs() / buckets as u64).max(1);
-        Self {
-            slots: vec![(0, T::default()); buckets].into_boxed_slice(),
-            bucket_secs,
-        }
-    }
-
-    fn epoch(&self, t: SystemTime) -> u64 {
-        // Epoch 0 marks an unused slot; real times are far from it.
-        (unix_secs(t) as u64 / self.bucket_secs).max(1)
-    }
-
-    /// The bucket for time `t`; `None` when `t` is older than the ring.
-    pub(crate) fn at(&mut self, t: SystemTime) -> Option<&mut T> {
-        let e = self.epoch(t);
-        let n = self.slots.len() as u64;
-        let newest = self.slots.iter().map(|(e, _)| *e).max().unwrap_or(0);
-        if e + n <= newest {
-            return None;
-        }
-        let slot = &mut self.slots[(e % n) as usize];
-        if slot.0 != e {
-            *slot = (e, T::default());
-        }
-        Some(&mut slot.1)
-    }
-
-    /// Buckets within the window ending at `now`.
-    pub(crate) fn live(&self, now: SystemTime) -> impl Iterator<Item = &T> {
-        let e = self.epoch(now);
-        let n = self.slots.len() as u64;
-        self.slots
-            .iter()
-            .filter(move |(se, _)| *se != 0 && *se <= e && se + n > e)
-            .map(|(_, v)| v)
-    }
-}
-
-/// Counts of one session's time bucket.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Counts {
-    pub requests: u32,
-    pub auth_failures: u32,
-    pub not_found: u32,
-}
-
-/// Distinct-value estimate (linear counting over a 256-bit bitmap) per time bucket:
-/// values themselves are never kept.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Bits([u64; 4]);
-
-impl Bits {
-    pub(crate) fn insert(&mut self, h: u64) {
-        let bit = (h & 255) as usize;
-        self.0[bit / 64] |= 1 << (bit % 64);
-    }
-}
-
-/// Estimated number of distinct values in the union of `bits`.
-pub(crate) fn distinct<'a>(bits: impl Iterator<Item = &'a Bits>) -> u64 {
-    let mut union = [0u64; 4];
-    for b in bits {
-        for (u, w) in union.iter_mut().zip(b.0) {
-            *u |= w;
-        }
-    }
-    let zeros: u32 = union.iter().map(|w| w.count_zeros()).sum();
-    let m = 256.0f64;
-    if zeros == 0 {
-        // Saturated: report the largest value the sketch can tell.
-        return (m * m.ln()) as u64;
-    }
-    (-m * (f64::from(zeros) / m).ln()).round() as u64
-}
-
-/// Requests seen with one value of a dimension (a network, a user agent).
-#[derive(Clone, Debug)]
-pub(crate) struct DimStat {
-    pub requests: u64,
-    pub first_seen: SystemTime,
-    pub last_seen: SystemTime,
-}
-
-impl DimStat {
-    fn new(t: SystemTime) -> Self {
-        Self {
-            requests: 0,
-            first_seen: t,
-            last_seen: t,
-        }
-    }
-
-    fn hit(&mut self, t: SystemTime) {
-        self.requests += 1;
-        self.last_seen = self.last_seen.max(t);
-        self.first_seen = self.first_seen.min(t);
-    }
-}
-
-/// Something with a last-seen time (for least-recently-seen eviction).
-pub(crate) trait Seen {
-    fn last_seen(&self) -> SystemTime;
-}
-
-impl Seen for DimStat {
-    fn last_seen(&self) -> SystemTime {
-        self.last_seen
-    }
-}
-
-/// A map of at most `cap` entries; inserting into a full map drops the least recently
-/// seen entry (counted in `dropped`).
-#[derive(Clone, Debug)]
-pub(crate) struct Bounded<K, V> {
-    pub map: HashMap<K, V>,
-    cap: usize,
-    pub dropped: u64,
-}
-
-impl<K: Hash + Eq + Clone, V: Seen> Bounded<K, V> {
-    pub(crate) fn new(cap: usize) -> Self {
-        Self {
-            map: HashMap::new(),
-            cap: cap.max(1),
-            dropped: 0,
-        }
-    }
-
-    pub(crate) fn entry(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
-        if !self.map.contains_key(&k) && self.map.len() >= self.cap {
-            let oldest = self
-                .map
-                .iter()
-                .min_by_key(|(_, v)| v.last_seen())
-                .map(|(k, _)| k.clone());
-            if let Some(old) = oldest {
-                self.map.remove(&old);
-                self.dropped += 1;
-            }
-        }
-        self.map.entry(k).or_insert_with(make)
-    }
-
-    /// Entries seen within `window` before `now`.
-    pub(crate) fn live(&self, now: SystemTime, window: Duration) -> impl Iterator<Item = (&K, &V)> {
-        self.map
-            .iter()
-            .filter(move |(_, v)| within(v.last_seen(), now, window))
+impl Consumption {
+    /// The larger of the two ratios (how close to its limits the consumer is).
+    pub fn ratio(&self) -> f64 {
+        self.rate_ratio
+            .unwrap_or(0.0)
+            .max(self.quota_ratio.unwrap_or(0.0))
     }
 }
 
@@ -284,6 +98,7 @@ pub(crate) struct Marks {
     pub expired_jwt_accepted: Option<SystemTime>,
     pub jwt_not_yet_valid: Option<SystemTime>,
     pub jwt_alg_none: Option<SystemTime>,
+    /// Only from untrusted networks (elsewhere these are findings, not signals).
     pub credential_in_query: Option<SystemTime>,
     pub plaintext_credential: Option<SystemTime>,
     /// Last use while frozen; cleared by unfreeze.
@@ -302,9 +117,11 @@ pub(crate) fn mark(slot: &mut Option<SystemTime>, t: SystemTime) {
 pub(crate) struct Session {
     pub id: Arc<str>,
     pub direction: Direction,
-    /// The credential; `None` for anonymous sessions.
+    /// The credential; `None` for anonymous sessions and views.
     pub fingerprint: Option<Fingerprint>,
     pub kind: Option<CredentialKind>,
+    /// A view across credentials (per network or route) rather than one credential's.
+    pub across: Option<Box<AcrossStats>>,
     /// Where the credential was found (source, configured name), at most 4.
     pub locations: Vec<(CredentialSource, Arc<str>)>,
     pub first_seen: SystemTime,
@@ -331,9 +148,15 @@ pub(crate) struct Session {
     pub jwt_error: Option<JwtError>,
     pub window: Ring<Counts>,
     pub last_pair: Option<(Network, Arc<str>)>,
+    /// Times the client network changed (most recent last, at most `MAX_SWITCHES`).
+    pub switches: Vec<SystemTime>,
     pub marks: Marks,
     pub frozen: bool,
     pub frozen_uses: u64,
+    /// Access tier of the credential (`[tiers]`).
+    pub tier: Option<Arc<str>>,
+    /// Requests per UTC day: (day number, count) of the current day.
+    pub day: (u64, u64),
     // Results of the last scoring pass.
     pub score: u8,
     pub state: HealthState,
@@ -346,6 +169,7 @@ pub(crate) const MAX_LOCATIONS: usize = 4;
 pub(crate) const MAX_PROCESSES: usize = 4;
 pub(crate) const SESSION_BUCKETS: usize = 10;
 pub(crate) const ID_BUCKETS: usize = 5;
+pub(crate) const MAX_SWITCHES: usize = 16;
 
 /// Per-session limits, from the config.
 #[derive(Clone, Copy, Debug)]
@@ -369,6 +193,7 @@ impl Session {
             direction,
             fingerprint,
             kind: None,
+            across: None,
             locations: Vec::new(),
             first_seen: t,
             last_seen: t,
@@ -391,9 +216,12 @@ impl Session {
             jwt_error: None,
             window: Ring::new(limits.window, SESSION_BUCKETS),
             last_pair: None,
+            switches: Vec::new(),
             marks: Marks::default(),
             frozen: false,
             frozen_uses: 0,
+            tier: None,
+            day: (0, 0),
             score: 100,
             state: HealthState::Healthy,
             reasons: Vec::new(),
@@ -408,74 +236,160 @@ impl Session {
     pub(crate) fn hit_agent(&mut self, a: &Arc<str>, t: SystemTime) {
         self.agents.entry(Arc::clone(a), || DimStat::new(t)).hit(t);
     }
+
+    /// Note a change of client network at `t`.
+    pub(crate) fn switched_network(&mut self, t: SystemTime) {
+        if self.switches.len() >= MAX_SWITCHES {
+            self.switches.remove(0);
+        }
+        self.switches.push(t);
+    }
+
+    /// Count a request in its UTC day.
+    pub(crate) fn count_day(&mut self, t: SystemTime) {
+        let day = unix_secs(t) as u64 / 86_400;
+        if day > self.day.0 {
+            self.day = (day, 0);
+        }
+        if day == self.day.0 {
+            self.day.1 += 1;
+        }
+    }
+
+    /// Use against the credential's tier at `now`; `None` without a tier.
+    pub(crate) fn consumption(
+        &self,
+        tiers: &TierConfig,
+        cfg: &ScoreConfig,
+        now: SystemTime,
+    ) -> Option<Consumption> {
+        let tier = self.tier.as_ref()?;
+        let limits = tiers.limits(tier)?;
+        let rate = self.rate.current(now, cfg.rate_short_secs);
+        let today = unix_secs(now) as u64 / 86_400;
+        let requests_today = if self.day.0 == today { self.day.1 } else { 0 };
+        let ratio = |used: f64, allowed: f64| (allowed > 0.0).then(|| used / allowed);
+        let rate_ratio = ratio(rate, limits.rate_per_sec);
+        let quota_ratio = ratio(requests_today as f64, limits.requests_per_day as f64);
+        Some(Consumption {
+            tier: tier.to_string(),
+            rate,
+            rate_limit: limits.rate_per_sec,
+            requests_today,
+            requests_per_day: limits.requests_per_day,
+            over: rate_ratio.is_some_and(|r| r > 1.0) || quota_ratio.is_some_and(|r| r > 1.0),
+            rate_ratio,
+            quota_ratio,
+        })
+    }
+
+    /// `network`, `route` or the credential kind (`anonymous` without one).
+    pub(crate) fn kind_name(&self) -> &'static str {
+        match self.across.as_ref().map(|a| a.kind) {
+            Some(ViewKind::Network) => "network",
+            Some(ViewKind::Route) => "route",
+            None => self.kind.map_or("anonymous", CredentialKind::as_str),
+        }
+    }
+
+    /// A rate, with its baseline once the series has warmed up.
+    fn rate_of(
+        rate: &RateEwma,
+        first_seen: SystemTime,
+        requests: u64,
+        cfg: &ScoreConfig,
+        now: SystemTime,
+    ) -> Rate {
+        let age = since(now, first_seen);
+        let warmed = requests >= cfg.warmup_requests && age.as_secs() >= cfg.warmup_secs;
+        Rate {
+            current: rate.current(now, cfg.rate_short_secs),
+            baseline: warmed.then(|| rate.baseline(now, cfg.rate_baseline_secs, age)),
+        }
+    }
+
+    /// The facts scoring reads, at `now`.
+    pub(crate) fn score_input(
+        &self,
+        cfg: &ScoreConfig,
+        now: SystemTime,
+        over_tier: bool,
+    ) -> ScoreInput {
+        let window = cfg.window();
+        if let Some(across) = &self.across {
+            return ScoreInput {
+                inbound: true,
+                across: Some((across.kind, across.facts(now, window))),
+                ..Default::default()
+            };
+        }
+        let concurrent = Duration::from_secs(cfg.concurrent_secs);
+        let recent = |t: Option<SystemTime>| t.is_some_and(|t| within(t, now, window));
+        let (mut requests, mut auth_failures, mut not_found) = (0u64, 0u64, 0u64);
+        for c in self.window.live(now) {
+            requests += u64::from(c.requests);
+            auth_failures += u64::from(c.auth_failures);
+            not_found += u64::from(c.not_found);
+        }
+        let m = &self.marks;
+        let events = [
+            (m.expired_jwt_accepted, Reason::ExpiredJwtAccepted),
+            (m.jwt_not_yet_valid, Reason::JwtNotYetValid),
+            (m.jwt_alg_none, Reason::JwtAlgNone),
+            (m.credential_in_query, Reason::CredentialInQuery),
+            (m.plaintext_credential, Reason::PlaintextCredential),
+        ]
+        .into_iter()
+        .filter(|(t, _)| recent(*t))
+        .map(|(_, r)| r)
+        .collect();
+        ScoreInput {
+            inbound: self.direction == Direction::Inbound,
+            networks: self
+                .networks
+                .live(now, window)
+                .filter(|(n, _)| matches!(n, Network::Net { .. }))
+                .count(),
+            network_switches: self
+                .switches
+                .iter()
+                .filter(|t| within(**t, now, concurrent))
+                .count() as u32,
+            recent_networks: self
+                .networks
+                .live(now, concurrent)
+                .filter(|(n, _)| matches!(n, Network::Net { .. }))
+                .count(),
+            agents: self.agents.live(now, window).count(),
+            network_agent_switch: recent(m.network_agent_switch),
+            rate: Self::rate_of(&self.rate, self.first_seen, self.requests, cfg, now),
+            route_rates: self
+                .routes
+                .map
+                .values()
+                .map(|r| Self::rate_of(&r.rate, r.first_seen, r.requests, cfg, now))
+                .collect(),
+            requests,
+            auth_failures,
+            not_found,
+            max_route_ids: self
+                .routes
+                .map
+                .values()
+                .map(|r| r.distinct_ids(now))
+                .max()
+                .unwrap_or(0),
+            events,
+            frozen_use: m.frozen_use.is_some(),
+            over_tier,
+            across: None,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(s: f64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs_f64(1_700_000_000.0 + s)
-    }
-
-    #[test]
-    fn ewma_tracks_rate() {
-        let mut r = RateEwma::default();
-        // 2 req/s for 10 minutes.
-        for i in 0..1200 {
-            r.record(at(f64::from(i) * 0.5), 10.0, 600.0);
-        }
-        let now = at(600.0);
-        assert!(
-            (r.current(now, 10.0) - 2.0).abs() < 0.2,
-            "{}",
-            r.current(now, 10.0)
-        );
-        let b = r.baseline(now, 600.0, Duration::from_secs(600));
-        assert!((b - 2.0).abs() < 0.2, "{b}");
-        // Decays when idle.
-        assert!(r.current(at(700.0), 10.0) < 0.01);
-    }
-
-    #[test]
-    fn ring_window() {
-        let mut ring: Ring<u32> = Ring::new(Duration::from_secs(100), 10);
-        *ring.at(at(0.0)).unwrap() += 1;
-        *ring.at(at(55.0)).unwrap() += 1;
-        assert_eq!(ring.live(at(60.0)).sum::<u32>(), 2);
-        assert_eq!(ring.live(at(140.0)).sum::<u32>(), 1);
-        assert_eq!(ring.live(at(200.0)).sum::<u32>(), 0);
-        // Too old to record once newer buckets exist.
-        *ring.at(at(300.0)).unwrap() += 1;
-        assert!(ring.at(at(100.0)).is_none());
-    }
-
-    #[test]
-    fn distinct_estimate() {
-        use std::hash::{BuildHasher, RandomState};
-        let rs = RandomState::new();
-        for n in [0u64, 1, 10, 60, 150] {
-            let mut b = Bits::default();
-            for i in 0..n {
-                b.insert(rs.hash_one(i));
-            }
-            let e = distinct(std::iter::once(&b));
-            let tolerance = (n as f64 * 0.25).max(2.0);
-            assert!((e as f64 - n as f64).abs() <= tolerance, "{n}: {e}");
-        }
-    }
-
-    #[test]
-    fn bounded_drops_least_recent() {
-        let mut b: Bounded<u32, DimStat> = Bounded::new(2);
-        b.entry(1, || DimStat::new(at(0.0))).hit(at(0.0));
-        b.entry(2, || DimStat::new(at(1.0))).hit(at(1.0));
-        b.entry(1, || DimStat::new(at(2.0))).hit(at(2.0));
-        b.entry(3, || DimStat::new(at(3.0))).hit(at(3.0));
-        assert!(b.map.contains_key(&1) && b.map.contains_key(&3));
-        assert_eq!(b.dropped, 1);
-        assert_eq!(b.live(at(3.0), Duration::from_secs(1)).count(), 2);
-    }
 
     #[test]
     fn status_classes() {

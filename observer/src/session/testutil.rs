@@ -9,6 +9,7 @@ use std::{
 use crate::{
     exchange::{Exchange, Role},
     http::{Header, Protocol},
+    route::RouteTemplate,
 };
 
 /// The tests' time origin (2023-11-14T22:13:20Z).
@@ -41,6 +42,7 @@ impl ExchangeBuilder {
             method: "GET".into(),
             path: "/".into(),
             query: None,
+            route: RouteTemplate::of("GET", "/"),
             status: 200,
             request_headers: Vec::new(),
             started_at: at(0.0),
@@ -74,11 +76,13 @@ impl ExchangeBuilder {
 
     pub(crate) fn path(mut self, p: &str) -> Self {
         self.0.path = p.into();
+        self.0.route = RouteTemplate::of(&self.0.method, p);
         self
     }
 
     pub(crate) fn method(mut self, m: &str) -> Self {
         self.0.method = m.into();
+        self.0.route = RouteTemplate::of(m, &self.0.path);
         self
     }
 

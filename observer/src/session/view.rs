@@ -1,0 +1,372 @@
+//! What the API and the CLI show of sessions: summaries, details, state changes. Only
+//! fingerprints and reduced values, never a raw credential.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    state::{since, unix_secs, Consumption, Session},
+    window::DimStat,
+    Direction, SessionTable,
+};
+use crate::{
+    clock::ser_unix,
+    identity::{CredentialSource, Fingerprint, JwtClaims, JwtError},
+    score::{HealthState, Reason},
+};
+
+/// A session changed state in a scoring pass (one JSON-lines alert).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StateChange {
+    pub session_id: String,
+    pub direction: Direction,
+    /// `bearer`, ..., `network`, `route`.
+    pub kind: &'static str,
+    pub from: HealthState,
+    pub to: HealthState,
+    pub score: u8,
+    pub reasons: Vec<Reason>,
+    /// Unix time of the pass, seconds.
+    #[serde(serialize_with = "ser_unix")]
+    pub at: SystemTime,
+}
+
+/// Filter and order of [`SessionTable::list`] (also the JSON API's query string).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListQuery {
+    pub state: Option<HealthState>,
+    pub direction: Option<Direction>,
+    /// Only this kind (`bearer`, ..., `anonymous`, `network`, `route`).
+    pub kind: Option<String>,
+    /// At most this many (default 100).
+    pub limit: Option<usize>,
+}
+
+/// One line of the session list. Holds only fingerprints and reduced values.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionSummary {
+    pub id: String,
+    pub direction: Direction,
+    /// `bearer`, `basic`, `api_key`, `cookie` or `anonymous` for one credential's (or
+    /// one anonymous client group's) session; `network` or `route` for a view across
+    /// credentials.
+    pub kind: &'static str,
+    pub fingerprint: Option<Fingerprint>,
+    pub state: HealthState,
+    pub score: u8,
+    pub reasons: Vec<Reason>,
+    #[serde(serialize_with = "ser_unix")]
+    pub first_seen: SystemTime,
+    #[serde(serialize_with = "ser_unix")]
+    pub last_seen: SystemTime,
+    pub requests: u64,
+    /// Current request rate, per second.
+    pub rate: f64,
+    pub networks: usize,
+    pub agents: usize,
+    pub frozen: bool,
+    /// Use against the credential's access tier, when tiers are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumption: Option<Consumption>,
+}
+
+/// A value of a dimension (network or user-agent family) and its use.
+#[derive(Clone, Debug, Serialize)]
+pub struct DimensionView {
+    pub value: String,
+    pub requests: u64,
+    #[serde(serialize_with = "ser_unix")]
+    pub first_seen: SystemTime,
+    #[serde(serialize_with = "ser_unix")]
+    pub last_seen: SystemTime,
+}
+
+/// Responses per status class.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StatusCounts {
+    #[serde(rename = "1xx")]
+    pub c1xx: u64,
+    #[serde(rename = "2xx")]
+    pub c2xx: u64,
+    #[serde(rename = "3xx")]
+    pub c3xx: u64,
+    #[serde(rename = "4xx")]
+    pub c4xx: u64,
+    #[serde(rename = "5xx")]
+    pub c5xx: u64,
+    pub other: u64,
+}
+
+impl From<[u64; 6]> for StatusCounts {
+    fn from(c: [u64; 6]) -> Self {
+        Self {
+            c1xx: c[0],
+            c2xx: c[1],
+            c3xx: c[2],
+            c4xx: c[3],
+            c5xx: c[4],
+            other: c[5],
+        }
+    }
+}
+
+/// One route of a session.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteView {
+    /// Method and path template, e.g. `GET /users/{id}/orders`.
+    pub route: String,
+    pub requests: u64,
+    pub status: StatusCounts,
+    /// Estimated distinct ids requested within the scoring window.
+    pub distinct_ids: u64,
+    pub rate: f64,
+    /// Baseline rate, once warmed up.
+    pub baseline_rate: Option<f64>,
+    #[serde(serialize_with = "ser_unix")]
+    pub last_seen: SystemTime,
+}
+
+/// Where a session's credential was found.
+#[derive(Clone, Debug, Serialize)]
+pub struct LocationView {
+    pub source: CredentialSource,
+    pub name: String,
+}
+
+/// Validity of a JWT's time claims at the session's last use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpState {
+    Valid,
+    Expired,
+    NotYetValid,
+    NoExp,
+}
+
+/// JWT facts of a session's credential.
+#[derive(Clone, Debug, Serialize)]
+pub struct JwtView {
+    #[serde(flatten)]
+    pub claims: JwtClaims,
+    pub exp_state: ExpState,
+}
+
+/// Removed for the bound on a per-session map.
+#[derive(Clone, Debug, Serialize)]
+pub struct DroppedCounts {
+    pub networks: u64,
+    pub agents: u64,
+    pub routes: u64,
+}
+
+/// Everything shown about one session.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionDetail {
+    #[serde(flatten)]
+    pub summary: SessionSummary,
+    pub baseline_rate: Option<f64>,
+    pub credential_locations: Vec<LocationView>,
+    pub networks: Vec<DimensionView>,
+    pub agents: Vec<DimensionView>,
+    pub routes: Vec<RouteView>,
+    pub dropped: DroppedCounts,
+    pub status: StatusCounts,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub latency_mean_ms: f64,
+    pub latency_max_ms: f64,
+    pub latency_sum_ms: f64,
+    /// UTC hours (0..=23) with activity.
+    pub active_hours: Vec<u8>,
+    pub processes: Vec<String>,
+    /// Container, pod and namespace of those processes (when in containers).
+    pub workloads: Vec<crate::workload::Workload>,
+    pub tls_requests: u64,
+    pub plaintext_requests: u64,
+    pub jwt: Option<JwtView>,
+    pub jwt_error: Option<JwtError>,
+    pub frozen_uses: u64,
+    /// Views across credentials: distinct credentials remembered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<usize>,
+}
+
+impl SessionTable {
+    pub(super) fn summary(&self, s: &Session) -> SessionSummary {
+        SessionSummary {
+            id: s.id.to_string(),
+            direction: s.direction,
+            kind: s.kind_name(),
+            fingerprint: s.fingerprint.clone(),
+            state: s.state,
+            score: s.score,
+            reasons: s.reasons.clone(),
+            first_seen: s.first_seen,
+            last_seen: s.last_seen,
+            requests: s.requests,
+            rate: s.rate.current(self.now, self.scoring.rate_short_secs),
+            networks: s.networks.map.len(),
+            agents: s.agents.map.len(),
+            frozen: s.frozen,
+            consumption: s.consumption(&self.tiers, &self.scoring, self.now),
+        }
+    }
+
+    /// Sessions matching `q`, riskiest (lowest score) first, then most recently used.
+    pub fn list(&self, q: &ListQuery) -> Vec<SessionSummary> {
+        let mut v: Vec<&Session> = self
+            .listed()
+            .filter(|s| q.state.is_none_or(|st| s.state == st))
+            .filter(|s| q.kind.as_deref().is_none_or(|k| s.kind_name() == k))
+            .filter(|s| q.direction.is_none_or(|d| s.direction == d))
+            .collect();
+        v.sort_by(|a, b| {
+            a.score
+                .cmp(&b.score)
+                .then(b.last_seen.cmp(&a.last_seen))
+                .then(a.id.cmp(&b.id))
+        });
+        v.into_iter()
+            .take(q.limit.unwrap_or(100))
+            .map(|s| self.summary(s))
+            .collect()
+    }
+
+    /// Sessions, and the views across credentials that cover several credentials.
+    fn listed(&self) -> impl Iterator<Item = &Session> {
+        self.sessions
+            .values()
+            .chain(self.views.values().filter(|v| {
+                v.across
+                    .as_ref()
+                    .is_some_and(|a| a.credentials() >= super::VIEW_MIN_CREDENTIALS)
+            }))
+    }
+
+    /// Session (and listed view) counts per state and direction.
+    pub fn state_counts(&self) -> HashMap<(HealthState, Direction), usize> {
+        let mut m = HashMap::new();
+        for s in self.listed() {
+            *m.entry((s.state, s.direction)).or_default() += 1;
+        }
+        m
+    }
+
+    /// The `k` riskiest sessions that are not healthy-with-full-score: (id, score).
+    pub fn riskiest(&self, k: usize) -> Vec<(String, u8)> {
+        let mut v: Vec<&Session> = self.listed().filter(|s| s.score < 100).collect();
+        v.sort_by(|a, b| a.score.cmp(&b.score).then(a.id.cmp(&b.id)));
+        v.into_iter()
+            .take(k)
+            .map(|s| (s.id.to_string(), s.score))
+            .collect()
+    }
+
+    /// Everything about one session (by id, e.g. `tok_5f2c9a1e0b7d` or `out:tok_…`).
+    pub fn get(&self, id: &str) -> Option<SessionDetail> {
+        let s = self.sessions.get(id).or_else(|| self.views.get(id))?;
+        let now = self.now;
+        let sc = &self.scoring;
+        let dim = |value: String, d: &DimStat| DimensionView {
+            value,
+            requests: d.requests,
+            first_seen: d.first_seen,
+            last_seen: d.last_seen,
+        };
+        let mut networks: Vec<DimensionView> = s
+            .networks
+            .map
+            .iter()
+            .map(|(n, d)| dim(n.to_string(), d))
+            .collect();
+        networks.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.value.cmp(&b.value)));
+        let mut agents: Vec<DimensionView> = s
+            .agents
+            .map
+            .iter()
+            .map(|(a, d)| dim(a.to_string(), d))
+            .collect();
+        agents.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.value.cmp(&b.value)));
+        let warmed = |first: SystemTime, requests: u64| {
+            requests >= sc.warmup_requests && since(now, first).as_secs() >= sc.warmup_secs
+        };
+        let mut routes: Vec<RouteView> = s
+            .routes
+            .map
+            .iter()
+            .map(|(route, r)| RouteView {
+                route: route.to_string(),
+                requests: r.requests,
+                status: r.status.into(),
+                distinct_ids: r.distinct_ids(now),
+                rate: r.rate.current(now, sc.rate_short_secs),
+                baseline_rate: warmed(r.first_seen, r.requests).then(|| {
+                    r.rate
+                        .baseline(now, sc.rate_baseline_secs, since(now, r.first_seen))
+                }),
+                last_seen: r.last_seen,
+            })
+            .collect();
+        routes.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.route.cmp(&b.route)));
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let last = unix_secs(s.last_seen) as i64;
+        let jwt = s.jwt.as_ref().map(|c| JwtView {
+            exp_state: match (c.exp, c.nbf) {
+                (_, Some(nbf)) if last < nbf => ExpState::NotYetValid,
+                (Some(exp), _) if last > exp => ExpState::Expired,
+                (Some(_), _) => ExpState::Valid,
+                (None, _) => ExpState::NoExp,
+            },
+            claims: (**c).clone(),
+        });
+        Some(SessionDetail {
+            summary: self.summary(s),
+            baseline_rate: warmed(s.first_seen, s.requests).then(|| {
+                s.rate
+                    .baseline(now, sc.rate_baseline_secs, since(now, s.first_seen))
+            }),
+            credential_locations: s
+                .locations
+                .iter()
+                .map(|(source, name)| LocationView {
+                    source: *source,
+                    name: name.to_string(),
+                })
+                .collect(),
+            networks,
+            agents,
+            routes,
+            dropped: DroppedCounts {
+                networks: s.networks.dropped,
+                agents: s.agents.dropped,
+                routes: s.routes.dropped,
+            },
+            status: s.status.into(),
+            request_bytes: s.request_bytes,
+            response_bytes: s.response_bytes,
+            latency_mean_ms: if s.requests == 0 {
+                0.0
+            } else {
+                ms(s.latency_sum) / s.requests as f64
+            },
+            latency_max_ms: ms(s.latency_max),
+            latency_sum_ms: ms(s.latency_sum),
+            active_hours: (0..24u8)
+                .filter(|h| s.active_hours & (1 << h) != 0)
+                .collect(),
+            processes: s.processes.iter().map(|p| p.to_string()).collect(),
+            workloads: s.workloads.iter().map(|w| (**w).clone()).collect(),
+            tls_requests: s.tls_requests,
+            plaintext_requests: s.plaintext_requests,
+            jwt,
+            jwt_error: s.jwt_error,
+            frozen_uses: s.frozen_uses,
+            credentials: s.across.as_ref().map(|a| a.credentials()),
+        })
+    }
+}

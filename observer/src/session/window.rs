@@ -1,0 +1,280 @@
+//! The small bounded structures sessions and views are made of: request rates, rings of
+//! time buckets, distinct-value sketches and maps with a size bound.
+
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    time::{Duration, SystemTime},
+};
+
+use crate::clock::{since, unix_secs, within};
+
+/// An exponentially weighted request rate (requests per second) with two time constants:
+/// a short one (the current rate) and a long one (the baseline).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RateEwma {
+    short: f64,
+    long: f64,
+    last: Option<SystemTime>,
+}
+
+impl RateEwma {
+    pub(crate) fn record(&mut self, t: SystemTime, tau_short: f64, tau_long: f64) {
+        let dt = self.last.map(|l| since(t, l).as_secs_f64()).unwrap_or(0.0);
+        self.short = self.short * (-dt / tau_short).exp() + 1.0 / tau_short;
+        self.long = self.long * (-dt / tau_long).exp() + 1.0 / tau_long;
+        if self.last.is_none_or(|l| t > l) {
+            self.last = Some(t);
+        }
+    }
+
+    /// The short-term rate at `now`.
+    pub(crate) fn current(&self, now: SystemTime, tau_short: f64) -> f64 {
+        let dt = self
+            .last
+            .map(|l| since(now, l).as_secs_f64())
+            .unwrap_or(0.0);
+        self.short * (-dt / tau_short).exp()
+    }
+
+    /// The long-term rate at `now`, corrected for the ramp-up of a young series (`age`:
+    /// time since the first request).
+    pub(crate) fn baseline(&self, now: SystemTime, tau_long: f64, age: Duration) -> f64 {
+        let dt = self
+            .last
+            .map(|l| since(now, l).as_secs_f64())
+            .unwrap_or(0.0);
+        let raw = self.long * (-dt / tau_long).exp();
+        let ramp = 1.0 - (-age.as_secs_f64().max(1.0) / tau_long).exp();
+        raw / ramp
+    }
+}
+
+/// A ring of time buckets covering a window: `slots.len()` buckets of `bucket_secs`.
+#[derive(Clone, Debug)]
+pub(crate) struct Ring<T> {
+    slots: Box<[(u64, T)]>,
+    bucket_secs: u64,
+}
+
+impl<T: Default + Clone> Ring<T> {
+    pub(crate) fn new(window: Duration, buckets: usize) -> Self {
+        let buckets = buckets.max(1);
+        let bucket_secs = (window.as_secs() / buckets as u64).max(1);
+        Self {
+            slots: vec![(0, T::default()); buckets].into_boxed_slice(),
+            bucket_secs,
+        }
+    }
+
+    fn epoch(&self, t: SystemTime) -> u64 {
+        // Epoch 0 marks an unused slot; real times are far from it.
+        (unix_secs(t) as u64 / self.bucket_secs).max(1)
+    }
+
+    /// The bucket for time `t`; `None` when `t` is older than the ring.
+    pub(crate) fn at(&mut self, t: SystemTime) -> Option<&mut T> {
+        let e = self.epoch(t);
+        let n = self.slots.len() as u64;
+        let newest = self.slots.iter().map(|(e, _)| *e).max().unwrap_or(0);
+        if e + n <= newest {
+            return None;
+        }
+        let slot = &mut self.slots[(e % n) as usize];
+        if slot.0 != e {
+            *slot = (e, T::default());
+        }
+        Some(&mut slot.1)
+    }
+
+    /// Buckets within the window ending at `now`.
+    pub(crate) fn live(&self, now: SystemTime) -> impl Iterator<Item = &T> {
+        let e = self.epoch(now);
+        let n = self.slots.len() as u64;
+        self.slots
+            .iter()
+            .filter(move |(se, _)| *se != 0 && *se <= e && se + n > e)
+            .map(|(_, v)| v)
+    }
+}
+
+/// Counts of one session's time bucket.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counts {
+    pub requests: u32,
+    pub auth_failures: u32,
+    pub not_found: u32,
+}
+
+/// Distinct-value estimate (linear counting over a 256-bit bitmap) per time bucket:
+/// values themselves are never kept.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Bits([u64; 4]);
+
+impl Bits {
+    pub(crate) fn insert(&mut self, h: u64) {
+        let bit = (h & 255) as usize;
+        self.0[bit / 64] |= 1 << (bit % 64);
+    }
+}
+
+/// Estimated number of distinct values in the union of `bits`.
+pub(crate) fn distinct<'a>(bits: impl Iterator<Item = &'a Bits>) -> u64 {
+    let mut union = [0u64; 4];
+    for b in bits {
+        for (u, w) in union.iter_mut().zip(b.0) {
+            *u |= w;
+        }
+    }
+    let zeros: u32 = union.iter().map(|w| w.count_zeros()).sum();
+    let m = 256.0f64;
+    if zeros == 0 {
+        // Saturated: report the largest value the sketch can tell.
+        return (m * m.ln()) as u64;
+    }
+    (-m * (f64::from(zeros) / m).ln()).round() as u64
+}
+
+/// Requests seen with one value of a dimension (a network, a user agent).
+#[derive(Clone, Debug)]
+pub(crate) struct DimStat {
+    pub requests: u64,
+    pub first_seen: SystemTime,
+    pub last_seen: SystemTime,
+}
+
+impl DimStat {
+    pub(crate) fn new(t: SystemTime) -> Self {
+        Self {
+            requests: 0,
+            first_seen: t,
+            last_seen: t,
+        }
+    }
+
+    pub(crate) fn hit(&mut self, t: SystemTime) {
+        self.requests += 1;
+        self.last_seen = self.last_seen.max(t);
+        self.first_seen = self.first_seen.min(t);
+    }
+}
+
+/// Something with a last-seen time (for least-recently-seen eviction).
+pub(crate) trait Seen {
+    fn last_seen(&self) -> SystemTime;
+}
+
+impl Seen for DimStat {
+    fn last_seen(&self) -> SystemTime {
+        self.last_seen
+    }
+}
+
+/// A map of at most `cap` entries; inserting into a full map drops the least recently
+/// seen entry (counted in `dropped`).
+#[derive(Clone, Debug)]
+pub(crate) struct Bounded<K, V> {
+    pub map: HashMap<K, V>,
+    cap: usize,
+    pub dropped: u64,
+}
+
+impl<K: Hash + Eq + Clone, V: Seen> Bounded<K, V> {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            cap: cap.max(1),
+            dropped: 0,
+        }
+    }
+
+    pub(crate) fn entry(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
+        if !self.map.contains_key(&k) && self.map.len() >= self.cap {
+            let oldest = self
+                .map
+                .iter()
+                .min_by_key(|(_, v)| v.last_seen())
+                .map(|(k, _)| k.clone());
+            if let Some(old) = oldest {
+                self.map.remove(&old);
+                self.dropped += 1;
+            }
+        }
+        self.map.entry(k).or_insert_with(make)
+    }
+
+    /// Entries seen within `window` before `now`.
+    pub(crate) fn live(&self, now: SystemTime, window: Duration) -> impl Iterator<Item = (&K, &V)> {
+        self.map
+            .iter()
+            .filter(move |(_, v)| within(v.last_seen(), now, window))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: f64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs_f64(1_700_000_000.0 + s)
+    }
+
+    #[test]
+    fn ewma_tracks_rate() {
+        let mut r = RateEwma::default();
+        // 2 req/s for 10 minutes.
+        for i in 0..1200 {
+            r.record(at(f64::from(i) * 0.5), 10.0, 600.0);
+        }
+        let now = at(600.0);
+        assert!(
+            (r.current(now, 10.0) - 2.0).abs() < 0.2,
+            "{}",
+            r.current(now, 10.0)
+        );
+        let b = r.baseline(now, 600.0, Duration::from_secs(600));
+        assert!((b - 2.0).abs() < 0.2, "{b}");
+        // Decays when idle.
+        assert!(r.current(at(700.0), 10.0) < 0.01);
+    }
+
+    #[test]
+    fn ring_window() {
+        let mut ring: Ring<u32> = Ring::new(Duration::from_secs(100), 10);
+        *ring.at(at(0.0)).unwrap() += 1;
+        *ring.at(at(55.0)).unwrap() += 1;
+        assert_eq!(ring.live(at(60.0)).sum::<u32>(), 2);
+        assert_eq!(ring.live(at(140.0)).sum::<u32>(), 1);
+        assert_eq!(ring.live(at(200.0)).sum::<u32>(), 0);
+        // Too old to record once newer buckets exist.
+        *ring.at(at(300.0)).unwrap() += 1;
+        assert!(ring.at(at(100.0)).is_none());
+    }
+
+    #[test]
+    fn distinct_estimate() {
+        use std::hash::{BuildHasher, RandomState};
+        let rs = RandomState::new();
+        for n in [0u64, 1, 10, 60, 150] {
+            let mut b = Bits::default();
+            for i in 0..n {
+                b.insert(rs.hash_one(i));
+            }
+            let e = distinct(std::iter::once(&b));
+            let tolerance = (n as f64 * 0.25).max(2.0);
+            assert!((e as f64 - n as f64).abs() <= tolerance, "{n}: {e}");
+        }
+    }
+
+    #[test]
+    fn bounded_drops_least_recent() {
+        let mut b: Bounded<u32, DimStat> = Bounded::new(2);
+        b.entry(1, || DimStat::new(at(0.0))).hit(at(0.0));
+        b.entry(2, || DimStat::new(at(1.0))).hit(at(1.0));
+        b.entry(1, || DimStat::new(at(2.0))).hit(at(2.0));
+        b.entry(3, || DimStat::new(at(3.0))).hit(at(3.0));
+        assert!(b.map.contains_key(&1) && b.map.contains_key(&3));
+        assert_eq!(b.dropped, 1);
+        assert_eq!(b.live(at(3.0), Duration::from_secs(1)).count(), 2);
+    }
+}
