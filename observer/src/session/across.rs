@@ -14,14 +14,13 @@ use std::{
 
 use crate::score::{AcrossFacts, CredentialUse, ViewKind};
 
-use super::{
-    state::ID_BUCKETS,
-    window::{distinct, Bits, Bounded, Ring, Seen},
-};
+use super::window::{distinct, Bits, Bounded, Ring, Seen};
 use crate::clock::within;
 
 /// Most credentials remembered per view (least recently seen dropped).
 pub(crate) const MAX_CREDENTIALS: usize = 128;
+/// Buckets of the per-route distinct-id rings (sessions and views).
+pub(crate) const ID_BUCKETS: usize = 5;
 /// Most routes remembered per network view.
 const MAX_ROUTES: usize = 16;
 

@@ -48,14 +48,13 @@ use crate::{
     score::{self, Reason, ScoreConfig, TrustedNetworks, ViewKind},
 };
 
-use across::{AcrossStats, Use};
+use across::{AcrossStats, Use, ID_BUCKETS};
 pub use config::{SessionConfig, SessionTableConfig};
 pub use dims::{ClientIpMode, Network};
 use findings::{FindingKind, Findings};
 pub use freeze::{FreezeError, FREEZABLE};
 use state::{
-    class_index, mark, since, unix_secs, Limits, RouteStats, Session, ID_BUCKETS, MAX_LOCATIONS,
-    MAX_PROCESSES,
+    class_index, mark, since, unix_secs, Limits, RouteStats, Session, MAX_LOCATIONS, MAX_PROCESSES,
 };
 pub use view::{ListQuery, SessionDetail, SessionSummary, StateChange};
 

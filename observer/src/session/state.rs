@@ -168,7 +168,7 @@ pub(crate) struct Session {
 pub(crate) const MAX_LOCATIONS: usize = 4;
 pub(crate) const MAX_PROCESSES: usize = 4;
 pub(crate) const SESSION_BUCKETS: usize = 10;
-pub(crate) const ID_BUCKETS: usize = 5;
+
 pub(crate) const MAX_SWITCHES: usize = 16;
 
 /// Per-session limits, from the config.
