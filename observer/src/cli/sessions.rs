@@ -48,12 +48,35 @@ pub fn freeze(agent: &str, fingerprint: &str, frozen: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// `pro 45%` (use against the tier's tightest limit), `pro` when unlimited, `-` without
+/// a tier; `!` marks a consumer over its tier.
+fn tier_use(c: &Value) -> String {
+    let Some(tier) = c["tier"].as_str() else {
+        return "-".into();
+    };
+    let ratio = c["rate_ratio"]
+        .as_f64()
+        .into_iter()
+        .chain(c["quota_ratio"].as_f64())
+        .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+    let over = if c["over"].as_bool() == Some(true) {
+        "!"
+    } else {
+        ""
+    };
+    match ratio {
+        Some(r) => format!("{tier} {:.0}%{over}", r * 100.0),
+        None => tier.to_string(),
+    }
+}
+
 /// The table printed by `observer sessions`.
 pub fn render_table(sessions: &[Value]) -> String {
     let header = [
-        "SESSION", "DIR", "KIND", "STATE", "SCORE", "REQS", "RATE/S", "NETS", "AGENTS", "REASONS",
+        "SESSION", "DIR", "KIND", "STATE", "SCORE", "REQS", "RATE/S", "NETS", "AGENTS", "TIER",
+        "REASONS",
     ];
-    let rows: Vec<[String; 10]> = sessions
+    let rows: Vec<[String; 11]> = sessions
         .iter()
         .map(|s| {
             let text = |k: &str| s[k].as_str().unwrap_or("-").to_string();
@@ -83,6 +106,7 @@ pub fn render_table(sessions: &[Value]) -> String {
                     .unwrap_or_else(|| "-".into()),
                 num("networks"),
                 num("agents"),
+                tier_use(&s["consumption"]),
                 if reasons.is_empty() {
                     "-".into()
                 } else {
@@ -133,14 +157,19 @@ mod tests {
                "score":15,"requests":120,"rate":2.5,"networks":3,"agents":1,"frozen":false,
                "reasons":["multi_network","expired_jwt_accepted"]},
               {"id":"anon_0011aabbccdd","direction":"inbound","kind":"anonymous","state":"healthy",
-               "score":100,"requests":4,"rate":0.1,"networks":1,"agents":1,"frozen":true,"reasons":[]}
+               "score":100,"requests":4,"rate":0.1,"networks":1,"agents":1,"frozen":true,"reasons":[]},
+              {"id":"key_00aa11bb22cc","direction":"inbound","kind":"api_key","state":"suspicious",
+               "score":75,"requests":900,"rate":12.0,"networks":1,"agents":1,"frozen":false,
+               "reasons":["over_tier"],"consumption":{"tier":"free","rate_ratio":1.2,
+               "quota_ratio":0.09,"over":true}}
             ]"#,
         )
         .unwrap();
         let expected = "\
-SESSION            DIR      KIND       STATE             SCORE  REQS  RATE/S  NETS  AGENTS  REASONS
-tok_5f2c9a1e0b7d   inbound  bearer     unhealthy         15     120   2.50    3     1       multi_network,expired_jwt_accepted
-anon_0011aabbccdd  inbound  anonymous  healthy (frozen)  100    4     0.10    1     1       -
+SESSION            DIR      KIND       STATE             SCORE  REQS  RATE/S  NETS  AGENTS  TIER        REASONS
+tok_5f2c9a1e0b7d   inbound  bearer     unhealthy         15     120   2.50    3     1       -           multi_network,expired_jwt_accepted
+anon_0011aabbccdd  inbound  anonymous  healthy (frozen)  100    4     0.10    1     1       -           -
+key_00aa11bb22cc   inbound  api_key    suspicious        75     900   12.00   1     1       free 120%!  over_tier
 ";
         assert_eq!(render_table(&sessions), expected);
         assert_eq!(render_table(&[]).lines().last(), Some("(no sessions)"));

@@ -57,6 +57,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", get(get_session))
+        .route("/api/findings", get(list_findings))
         .route("/api/frozen", get(list_frozen))
         .route("/api/frozen/{fingerprint}", put(freeze).delete(unfreeze))
         .route("/api/purge", post(purge))
@@ -83,6 +84,12 @@ async fn get_session(State(state): State<Arc<AppState>>, Path(id): Path<String>)
         Some(detail) => Json(detail).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no session {id}")),
     }
+}
+
+/// `GET /api/findings`: facts about the APIs (credentials in plaintext or in query
+/// strings), once per host and route.
+async fn list_findings(State(state): State<Arc<AppState>>) -> Response {
+    Json(state.sessions().findings().list()).into_response()
 }
 
 async fn list_frozen(State(state): State<Arc<AppState>>) -> Response {

@@ -5,6 +5,10 @@
 //! - `api_observer_session_health_score{session}`: score of the K riskiest sessions only
 //!   (by session id: a fingerprint, never a raw identity); stale series are removed.
 //! - `api_observer_session_evictions_total`: sessions dropped (idle TTL or table size).
+//! - `api_observer_findings{finding}`: hosts/routes with a finding (plaintext credentials,
+//!   credentials in query strings).
+//! - `api_observer_session_tier_usage_ratio{session,tier}`: use against the access tier
+//!   (the larger of rate and daily quota ratios) of the K largest consumers only.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -12,7 +16,7 @@ use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registr
 
 use crate::score::{HealthState, Reason};
 
-use super::{Direction, SessionTable};
+use super::{findings::FindingKind, Direction, SessionTable};
 
 /// The session table's series. Call [`SessionMetrics::update`] after each scoring pass.
 pub struct SessionMetrics {
@@ -20,8 +24,11 @@ pub struct SessionMetrics {
     signals: IntCounterVec,
     health: GaugeVec,
     evictions: IntCounter,
+    findings: IntGaugeVec,
+    tier_usage: GaugeVec,
     top_k: usize,
     exported: HashSet<String>,
+    exported_usage: HashSet<(String, String)>,
     last_signals: BTreeMap<Reason, u64>,
     last_evictions: u64,
 }
@@ -53,6 +60,25 @@ impl SessionMetrics {
             "api_observer_session_evictions_total",
             "Sessions dropped for idleness or to bound the table.",
         )?;
+        let findings = IntGaugeVec::new(
+            Opts::new(
+                "api_observer_findings",
+                "Host/route pairs with a finding about the API or its transport.",
+            ),
+            &["finding"],
+        )?;
+        let tier_usage = GaugeVec::new(
+            Opts::new(
+                "api_observer_session_tier_usage_ratio",
+                "Use against the access tier (rate or daily quota, the larger; 1 = at the limit) of the largest consumers.",
+            ),
+            &["session", "tier"],
+        )?;
+        registry.register(Box::new(findings.clone()))?;
+        registry.register(Box::new(tier_usage.clone()))?;
+        for f in FindingKind::ALL {
+            findings.with_label_values(&[f.as_str()]);
+        }
         registry.register(Box::new(sessions.clone()))?;
         registry.register(Box::new(signals.clone()))?;
         registry.register(Box::new(health.clone()))?;
@@ -70,8 +96,11 @@ impl SessionMetrics {
             signals,
             health,
             evictions,
+            findings,
+            tier_usage,
             top_k,
             exported: HashSet::new(),
+            exported_usage: HashSet::new(),
             last_signals: BTreeMap::new(),
             last_evictions: 0,
         })
@@ -79,6 +108,23 @@ impl SessionMetrics {
 
     /// Bring the series up to date with the table.
     pub fn update(&mut self, table: &SessionTable) {
+        for f in FindingKind::ALL {
+            self.findings
+                .with_label_values(&[f.as_str()])
+                .set(table.findings().count(f) as i64);
+        }
+        let usage = table.top_consumers(self.top_k);
+        let now: HashSet<(String, String)> = usage
+            .iter()
+            .map(|(id, t, _)| (id.clone(), t.clone()))
+            .collect();
+        for (id, tier) in self.exported_usage.difference(&now) {
+            let _ = self.tier_usage.remove_label_values(&[id, tier]);
+        }
+        for (id, tier, ratio) in &usage {
+            self.tier_usage.with_label_values(&[id, tier]).set(*ratio);
+        }
+        self.exported_usage = now;
         let counts = table.state_counts();
         for st in HealthState::ALL {
             for d in Direction::ALL {

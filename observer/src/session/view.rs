@@ -267,6 +267,22 @@ impl SessionTable {
             .collect()
     }
 
+    /// The `k` consumers closest to (or over) their tier's limits: (id, tier, ratio).
+    pub fn top_consumers(&self, k: usize) -> Vec<(String, String, f64)> {
+        let mut v: Vec<(String, String, f64)> = self
+            .sessions
+            .values()
+            .filter_map(|s| {
+                let c = s.consumption(&self.tiers, &self.scoring, self.now)?;
+                Some((s.id.to_string(), c.tier.clone(), c.ratio()))
+            })
+            .filter(|(_, _, r)| *r > 0.0)
+            .collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+        v.truncate(k);
+        v
+    }
+
     /// Everything about one session (by id, e.g. `tok_5f2c9a1e0b7d` or `out:tok_…`).
     pub fn get(&self, id: &str) -> Option<SessionDetail> {
         let s = self.sessions.get(id).or_else(|| self.views.get(id))?;
