@@ -224,7 +224,7 @@ impl Default for ScoreConfig {
             jwt_leeway_secs: 60,
             // AWS WAF ATP: more than 10 failed logins per IP in 10 minutes; fail2ban 5 in
             // 10 minutes (counted per credential here, so higher).
-            stuffing_min_credentials: 10,
+            stuffing_min_credentials: 11,
             stuffing_ratio: 0.5,
             // CrowdSec's user-enumeration scenarios count distinct users per source.
             spraying_min_identities: 10,

@@ -64,9 +64,9 @@ fn stuffing_needs_many_failing_credentials_and_a_majority() {
         )),
         ..Default::default()
     };
-    assert_eq!(reasons(&view(10, 2)), vec![Reason::CredentialStuffing]);
-    assert_eq!(evaluate(&view(10, 2), &cfg()).state, HealthState::Unhealthy);
-    assert_eq!(reasons(&view(9, 0)), vec![]);
+    assert_eq!(reasons(&view(11, 2)), vec![Reason::CredentialStuffing]);
+    assert_eq!(evaluate(&view(11, 2), &cfg()).state, HealthState::Unhealthy);
+    assert_eq!(reasons(&view(10, 0)), vec![]);
     // A big office where a few users mistype: not stuffing.
     assert_eq!(reasons(&view(12, 40)), vec![]);
     // A failure followed by a success is a typo, not a guess.

@@ -488,3 +488,195 @@ fn zero_weight_disables_a_signal() {
     assert_eq!(reasons(&mut t, 1.0), vec![]);
     assert_eq!(t.list(&ListQuery::default())[0].score, 100);
 }
+
+#[test]
+fn custom_clients_are_told_apart() {
+    let mut t = table();
+    for (i, ua) in ["shop-app/2.1", "mobile/5.0", "client-1/1.0"]
+        .iter()
+        .enumerate()
+    {
+        obs(
+            &mut t,
+            ExchangeBuilder::new().bearer("T").ua(ua).at(i as f64),
+        );
+    }
+    assert_eq!(reasons(&mut t, 5.0), vec![Reason::MultiAgent]);
+    let id = t.list(&ListQuery::default())[0].id.clone();
+    let agents = serde_json::to_string(&t.get(&id).unwrap().agents).unwrap();
+    assert!(agents.contains("ua_"), "{agents}");
+    for raw in ["shop-app", "mobile", "client-1"] {
+        assert!(!agents.contains(raw), "{raw} kept raw: {agents}");
+    }
+
+    // Versions of one custom client are one client.
+    let mut t = table();
+    for (i, ua) in ["shop-app/2.1", "shop-app/2.2", "Shop-App/3.0"]
+        .iter()
+        .enumerate()
+    {
+        obs(
+            &mut t,
+            ExchangeBuilder::new().bearer("T").ua(ua).at(i as f64),
+        );
+    }
+    assert_eq!(reasons(&mut t, 5.0), vec![]);
+}
+
+fn basic(user: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:pw"))
+}
+
+/// The views across credentials listed by the table, with their reasons.
+fn views(t: &mut SessionTable, now: f64) -> Vec<(String, HealthState, Vec<Reason>)> {
+    t.score(at(now));
+    t.list(&ListQuery::default())
+        .into_iter()
+        .filter(|s| s.kind == "network" || s.kind == "route")
+        .map(|s| (s.id, s.state, s.reasons))
+        .collect()
+}
+
+#[test]
+fn stuffing_from_one_network_is_seen_across_credentials() {
+    let mut t = table();
+    for i in 0..60 {
+        obs(
+            &mut t,
+            ExchangeBuilder::new()
+                .header(
+                    "authorization",
+                    &format!("Basic {}", basic(&format!("user{i}"))),
+                )
+                .method("POST")
+                .path("/login")
+                .status(401)
+                .client("10.9.8.7:1000")
+                .at(f64::from(i) * 0.2),
+        );
+    }
+    let v = views(&mut t, 15.0);
+    let net = v.iter().find(|(id, ..)| id == "net:10.9.8.0/24").unwrap();
+    assert_eq!(net.1, HealthState::Unhealthy, "{v:?}");
+    assert_eq!(net.2, vec![Reason::CredentialStuffing]);
+    // Each credential alone failed once: its own session says nothing.
+    let one = t
+        .list(&ListQuery::default())
+        .into_iter()
+        .find(|s| s.kind == "basic")
+        .unwrap();
+    assert_eq!(one.state, HealthState::Healthy);
+}
+
+#[test]
+fn many_users_behind_one_address_stay_healthy() {
+    let mut t = table();
+    let ua = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+    for u in 0..30 {
+        for (j, p) in ["/account", "/items/17", "/items/42", "/orders", "/items/99"]
+            .iter()
+            .enumerate()
+        {
+            obs(
+                &mut t,
+                ExchangeBuilder::new()
+                    .bearer(&format!("user-token-{u}"))
+                    .ua(ua)
+                    .path(p)
+                    .client("10.1.2.3:4000")
+                    .at(f64::from(u) + j as f64 * 0.1),
+            );
+        }
+        // One user mistypes a password once.
+        if u == 3 {
+            obs(
+                &mut t,
+                ExchangeBuilder::new()
+                    .bearer("stale-token")
+                    .status(401)
+                    .client("10.1.2.3:4000")
+                    .at(f64::from(u)),
+            );
+        }
+    }
+    let v = views(&mut t, 40.0);
+    assert!(!v.is_empty());
+    assert!(
+        v.iter()
+            .all(|(_, st, r)| *st == HealthState::Healthy && r.is_empty()),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn rotating_tokens_walking_ids_are_seen_across_credentials() {
+    let mut t = table();
+    let mut id = 5000;
+    for tok in 0..40 {
+        for _ in 0..3 {
+            obs(
+                &mut t,
+                ExchangeBuilder::new()
+                    .bearer(&format!("fresh-{tok}"))
+                    .ua("python-requests/2.31")
+                    .path(&format!("/items/{id}"))
+                    .client("10.7.7.7:1000")
+                    .at(f64::from(tok) * 0.3),
+            );
+            id += 1;
+        }
+    }
+    let v = views(&mut t, 15.0);
+    let net = v.iter().find(|(id, ..)| id == "net:10.7.7.0/24").unwrap();
+    assert_eq!(net.2, vec![Reason::TokenRotation], "{v:?}");
+    assert_eq!(net.1, HealthState::Unhealthy);
+}
+
+#[test]
+fn spraying_over_several_networks_is_seen_on_the_route() {
+    let mut t = table();
+    for n in 0..3 {
+        for u in 0..10 {
+            obs(
+                &mut t,
+                ExchangeBuilder::new()
+                    .header(
+                        "authorization",
+                        &format!("Basic {}", basic(&format!("u{n}-{u}"))),
+                    )
+                    .method("POST")
+                    .path("/login")
+                    .status(401)
+                    .client(&format!("10.{n}.0.9:1000"))
+                    .at(f64::from(n * 10 + u)),
+            );
+        }
+    }
+    let v = views(&mut t, 40.0);
+    let route = v.iter().find(|(id, ..)| id == "route:POST /login").unwrap();
+    assert_eq!(route.2, vec![Reason::PasswordSpraying], "{v:?}");
+    // No single network saw enough to call it stuffing.
+    assert!(v
+        .iter()
+        .filter(|(id, ..)| id.starts_with("net:"))
+        .all(|(_, st, _)| *st == HealthState::Healthy));
+}
+
+#[test]
+fn plaintext_from_trusted_networks_is_a_finding_not_a_signal() {
+    let mut t = table();
+    obs(
+        &mut t,
+        ExchangeBuilder::new()
+            .bearer("T")
+            .tls(false)
+            .client("10.0.0.5:1")
+            .header("host", "api.internal"),
+    );
+    assert_eq!(reasons(&mut t, 1.0), vec![]);
+    let f = t.findings().list();
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].host, "api.internal");
+    assert_eq!((f[0].requests, f[0].untrusted_requests), (1, 0));
+}
