@@ -644,3 +644,13 @@ pub fn agent_json(agent: &Agent, path: &str) -> Result<Value> {
 pub fn agent_request(agent: &Agent, method: &str, path: &str) -> Result<(u16, String)> {
     http_request(agent.addr, method, path)
 }
+
+/// Percent-encode a path segment (session ids of views hold `/`, `:` and spaces).
+pub fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -89,7 +89,8 @@ fn planted_secrets_never_leave_the_agent() {
         .unwrap();
     }
 
-    // Wait until the traffic is in: sessions of every kind, scored, with an alert.
+    // Wait until the traffic is in: sessions of every kind, scored, and the credential in
+    // the query string reported (a finding: the client network is a trusted one).
     let sessions = wait_for(Duration::from_secs(15), || {
         let list = agent_json(&agent, "/api/sessions?direction=inbound").ok()?;
         let list = list.as_array()?.clone();
@@ -97,7 +98,8 @@ fn planted_secrets_never_leave_the_agent() {
         let ready = ["bearer", "api_key", "basic"]
             .iter()
             .all(|k| kinds.contains(k))
-            && std::fs::read_to_string(&alerts).is_ok_and(|a| a.contains("credential_in_query"));
+            && agent_json(&agent, "/api/findings")
+                .is_ok_and(|f| f.to_string().contains("credential_in_query"));
         ready.then_some(list)
     })
     .unwrap_or_else(|| {
@@ -115,6 +117,7 @@ fn planted_secrets_never_leave_the_agent() {
         "/api/sessions",
         "/api/sessions?direction=outbound",
         "/api/frozen",
+        "/api/findings",
         "/privacy",
         "/healthz",
         "/metrics",
@@ -124,7 +127,8 @@ fn planted_secrets_never_leave_the_agent() {
     }
     for s in &sessions {
         let id = s["id"].as_str().unwrap();
-        let (code, body) = http_get(agent.addr, &format!("/api/sessions/{id}")).unwrap();
+        let (code, body) =
+            http_get(agent.addr, &format!("/api/sessions/{}", encode_segment(id))).unwrap();
         assert_eq!(code, 200);
         outputs.push((format!("/api/sessions/{id}"), body));
     }

@@ -9,17 +9,14 @@ use e2e::*;
 use serde_json::Value;
 
 /// Test settings: score every second; a lower enumeration threshold so the test stays
-/// short; plaintext credentials from remote peers are expected here (the clients are in
-/// namespaces, the server has no TLS), so that signal is off to let the healthy client
-/// be healthy.
+/// short. Everything else is the default (plaintext credentials from the namespaces'
+/// private addresses are findings, not signals).
 const CONFIG: &str = r#"
 [output]
 alerts_jsonl = "ALERTS"
 [scoring]
 interval_secs = 1
 enumeration_min_ids = 40
-[scoring.weights]
-plaintext_credential = 0
 "#;
 
 struct World {
