@@ -55,6 +55,29 @@ fn bad_config_names_the_key() {
     std::fs::write(&file, "[capture]\ncapture_bytes = 0\n").unwrap();
     let err = failing_start(Command::new(agent_bin()).arg("--config").arg(&file));
     assert!(err.contains("capture.capture_bytes"), "{err}");
+    std::fs::write(
+        &file,
+        "[scoring]\ntrusted_networks = [\"10.0.0.0/8\", \"office-lan\"]\n",
+    )
+    .unwrap();
+    let err = failing_start(Command::new(agent_bin()).arg("--config").arg(&file));
+    assert!(
+        err.contains("scoring.trusted_networks") && err.contains("office-lan"),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        "[tiers]\ndefault = \"gold\"\n[tiers.levels.free]\nrate_per_sec = 1.0\n",
+    )
+    .unwrap();
+    let err = failing_start(Command::new(agent_bin()).arg("--config").arg(&file));
+    assert!(
+        err.contains("tiers.default") && err.contains("gold"),
+        "{err}"
+    );
+    std::fs::write(&file, "[tiers.levels.free]\nrate_per_sec = -3.0\n").unwrap();
+    let err = failing_start(Command::new(agent_bin()).arg("--config").arg(&file));
+    assert!(err.contains("tiers.levels.free.rate_per_sec"), "{err}");
     let err =
         failing_start(Command::new(agent_bin()).args(["--config", "/nonexistent/observer.toml"]));
     assert!(

@@ -160,10 +160,10 @@ fn traffic_is_attributed_to_its_container_and_pod() {
     std::thread::sleep(Duration::from_millis(200));
 }
 
-
 /// A Prometheus instant query's first value.
 fn query(prom: std::net::SocketAddr, q: &str) -> Option<f64> {
-    let (code, body) = http_get(prom, &format!("/api/v1/query?query={}", encode_segment(q))).ok()?;
+    let (code, body) =
+        http_get(prom, &format!("/api/v1/query?query={}", encode_segment(q))).ok()?;
     if code != 200 {
         return None;
     }
