@@ -117,7 +117,14 @@ impl SessionTable {
             "credential fingerprints (HMAC-SHA-256 with a per-host key, truncated to 48 bits)"
                 .to_string(),
             network,
-            "user-agent family and major version".into(),
+            "user-agent family and major version; other clients as a keyed fingerprint of their product name"
+                .into(),
+            "views per client network and per route: per-process keyed hashes of the credentials seen there, with request and failure counts"
+                .into(),
+            "findings: host and route templates where credentials travel in plaintext or in query strings, with counts"
+                .into(),
+            "the access tier name of a credential and its request counts per UTC day (when [tiers] is set)"
+                .into(),
             "route templates (method and path with ids replaced by {id})".into(),
             "request counts and rates, status classes, byte and latency totals, active UTC hours"
                 .into(),
