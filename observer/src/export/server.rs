@@ -6,7 +6,8 @@ use std::sync::{
 };
 
 use axum::{
-    extract::{Path, Query, State},
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post, put},
@@ -17,8 +18,12 @@ use serde_json::json;
 
 use crate::{
     capture::{tls::TargetStatus, ProbeStatus},
-    session::{ListQuery, SessionTable},
+    identity::MAX_CREDENTIAL,
+    session::{FreezeError, ListQuery, SessionTable},
 };
+
+/// Largest request body on the control socket (a credential and a little slack).
+pub const CONTROL_BODY_LIMIT: usize = MAX_CREDENTIAL + 1024;
 
 /// What the handlers share with the pipeline.
 pub struct AppState {
@@ -66,6 +71,90 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The control socket's router: everything [`router`] serves, plus the endpoints that
+/// take a raw credential in the request body. Never served on the TCP port.
+pub fn control_router(state: Arc<AppState>) -> Router {
+    let credential = Router::new()
+        .route("/api/lookup", post(lookup_credential))
+        .route("/api/freeze", post(freeze_credential))
+        .route("/api/unfreeze", post(unfreeze_credential))
+        .layer(DefaultBodyLimit::max(CONTROL_BODY_LIMIT))
+        .with_state(Arc::clone(&state));
+    router(state).merge(credential)
+}
+
+fn freeze_error(e: FreezeError) -> Response {
+    let code = match e {
+        FreezeError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error(code, e)
+}
+
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+/// The credential in a request body (UTF-8 text, one line). The body is not logged.
+fn credential_text(body: &Body) -> Result<&str, Response> {
+    let body = body.as_ref().map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("credential longer than {MAX_CREDENTIAL} bytes"),
+            )
+        } else {
+            error(StatusCode::BAD_REQUEST, r.body_text())
+        }
+    })?;
+    std::str::from_utf8(body)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "credential must be UTF-8 text"))
+}
+
+/// `POST /api/lookup` (control socket only): the sessions of a raw credential.
+async fn lookup_credential(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let text = match credential_text(&body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match state.sessions().lookup_credential(text) {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => freeze_error(e),
+    }
+}
+
+/// `POST /api/freeze` (control socket only): freeze a raw credential, durably.
+async fn freeze_credential(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let text = match credential_text(&body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match state.sessions().freeze_credential(text) {
+        Ok(report) => {
+            tracing::info!(
+                kinds = report.matches.len(),
+                changed = ?report.changed,
+                "credential frozen over the control socket"
+            );
+            Json(report).into_response()
+        }
+        Err(e) => freeze_error(e),
+    }
+}
+
+/// `POST /api/unfreeze` (control socket only).
+async fn unfreeze_credential(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let text = match credential_text(&body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match state.sessions().unfreeze_credential(text) {
+        Ok(report) => {
+            tracing::info!(changed = ?report.changed, "credential unfrozen over the control socket");
+            Json(report).into_response()
+        }
+        Err(e) => freeze_error(e),
+    }
+}
+
 fn error(code: StatusCode, message: impl std::fmt::Display) -> Response {
     (code, Json(json!({ "error": message.to_string() }))).into_response()
 }
@@ -102,7 +191,7 @@ async fn freeze(State(state): State<Arc<AppState>>, Path(fp): Path<String>) -> R
         Ok(changed) => {
             Json(json!({ "fingerprint": fp, "frozen": true, "changed": changed })).into_response()
         }
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => freeze_error(e),
     }
 }
 
@@ -132,7 +221,7 @@ async fn unfreeze(State(state): State<Arc<AppState>>, Path(fp): Path<String>) ->
         Ok(changed) => {
             Json(json!({ "fingerprint": fp, "frozen": false, "changed": changed })).into_response()
         }
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => freeze_error(e),
     }
 }
 

@@ -154,12 +154,21 @@ impl SessionTable {
             retention: Retention {
                 idle_ttl_secs: c.idle_ttl_secs,
                 max_age_secs: c.max_age_secs,
-                storage: match &self.key_file {
-                    Some(path) => format!(
-                        "sessions in memory only; the fingerprint key in {}",
-                        path.display()
-                    ),
-                    None => "memory only".into(),
+                storage: {
+                    let mut text = match &self.key_file {
+                        Some(path) => format!(
+                            "sessions in memory only; the fingerprint key in {}",
+                            path.display()
+                        ),
+                        None => "memory only".into(),
+                    };
+                    if let Some(dir) = &self.state_dir {
+                        text.push_str(&format!(
+                            "; frozen credentials as keyed hashes (never the credential) in {}",
+                            dir.display()
+                        ));
+                    }
+                    text
                 },
             },
             rotation: Rotation {
