@@ -94,26 +94,30 @@ fn freeze_error(e: FreezeError) -> Response {
 type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 /// The credential in a request body (UTF-8 text, one line). The body is not logged.
-fn credential_text(body: &Body) -> Result<&str, Response> {
+fn credential_text(body: &Body) -> Result<&str, Box<Response>> {
     let body = body.as_ref().map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Box::new(if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             error(
                 StatusCode::BAD_REQUEST,
                 format!("credential longer than {MAX_CREDENTIAL} bytes"),
             )
         } else {
             error(StatusCode::BAD_REQUEST, r.body_text())
-        }
+        })
     })?;
-    std::str::from_utf8(body)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "credential must be UTF-8 text"))
+    std::str::from_utf8(body).map_err(|_| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "credential must be UTF-8 text",
+        ))
+    })
 }
 
 /// `POST /api/lookup` (control socket only): the sessions of a raw credential.
 async fn lookup_credential(State(state): State<Arc<AppState>>, body: Body) -> Response {
     let text = match credential_text(&body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.sessions().lookup_credential(text) {
         Ok(report) => Json(report).into_response(),
@@ -125,7 +129,7 @@ async fn lookup_credential(State(state): State<Arc<AppState>>, body: Body) -> Re
 async fn freeze_credential(State(state): State<Arc<AppState>>, body: Body) -> Response {
     let text = match credential_text(&body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.sessions().freeze_credential(text) {
         Ok(report) => {
@@ -144,7 +148,7 @@ async fn freeze_credential(State(state): State<Arc<AppState>>, body: Body) -> Re
 async fn unfreeze_credential(State(state): State<Arc<AppState>>, body: Body) -> Response {
     let text = match credential_text(&body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.sessions().unfreeze_credential(text) {
         Ok(report) => {

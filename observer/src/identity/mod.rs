@@ -545,7 +545,7 @@ impl Keys<'_> {
 pub const MAX_CREDENTIAL: usize = 8192;
 
 /// Why a credential typed by an operator was refused. Never holds the credential.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CredentialInputError {
     #[error("empty credential")]
     Empty,
@@ -629,7 +629,8 @@ pub fn credential_candidates(input: &str) -> Result<Vec<Candidate>, CredentialIn
         Some((name, rest)) if name.trim().eq_ignore_ascii_case("authorization") => rest.trim(),
         _ => v,
     };
-    if v.is_empty() {
+    // Empty, or a scheme without its credential.
+    if v.is_empty() || v.eq_ignore_ascii_case("bearer") || v.eq_ignore_ascii_case("basic") {
         return Err(CredentialInputError::Empty);
     }
     if let Some((scheme, rest)) = v.split_once(char::is_whitespace) {

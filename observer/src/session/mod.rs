@@ -19,6 +19,8 @@ pub mod dims;
 pub mod durable;
 pub mod findings;
 pub mod freeze;
+#[cfg(test)]
+mod freeze_tests;
 pub mod metrics;
 pub mod privacy;
 #[cfg(test)]
