@@ -99,6 +99,13 @@ pub fn credential(
     json: bool,
 ) -> anyhow::Result<()> {
     let mut credential = read_credential(std::io::stdin().lock())?.into_bytes();
+    if credential.len() > crate::identity::MAX_CREDENTIAL {
+        credential.fill(0);
+        bail!(
+            "credential longer than {} bytes",
+            crate::identity::MAX_CREDENTIAL
+        );
+    }
     let result = request_unix(socket, "POST", action.path(), &credential);
     credential.fill(0);
     let (status, body) = result?;
@@ -151,6 +158,24 @@ pub fn render_credential(report: &Value) -> String {
         out.push_str(&render_table(&sessions));
     }
     out
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    #[test]
+    fn credential_from_stdin() {
+        assert_eq!(
+            read_credential(&b"Bearer abc\r\nmore\n"[..]).unwrap(),
+            "Bearer abc"
+        );
+        assert!(read_credential(&b"\n"[..]).is_err());
+        assert!(read_credential(&b""[..]).is_err());
+        assert!(check_credential_arg("-").is_ok());
+        let e = check_credential_arg("my-token").unwrap_err().to_string();
+        assert!(!e.contains("my-token"), "{e}");
+    }
 }
 
 /// `pro 45%` (use against the tier's tightest limit), `pro` when unlimited, `-` without

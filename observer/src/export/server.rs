@@ -265,3 +265,86 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     };
     (code, Json(health)).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cli::client::{request, request_unix},
+        identity::FingerprintKey,
+        session::SessionTableConfig,
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn credential_endpoints_only_on_the_control_socket() {
+        let table = SessionTable::new(
+            SessionTableConfig::default(),
+            FingerprintKey::random().unwrap(),
+        );
+        let state = Arc::new(AppState::new(Registry::new(), Arc::new(Mutex::new(table))));
+        let dir = std::env::temp_dir().join(format!("observer-server-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sock = dir.join("control.sock");
+        let (unix, _guard) = crate::export::control::bind(&sock).unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent = format!("http://{}", tcp.local_addr().unwrap());
+        let app = control_router(Arc::clone(&state));
+        tokio::spawn(async move { axum::serve(unix, app).await });
+        let app = router(Arc::clone(&state));
+        tokio::spawn(async move { axum::serve(tcp, app).await });
+
+        let out = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for path in ["/api/lookup", "/api/freeze", "/api/unfreeze"] {
+                out.push((path, "tcp", request(&agent, "POST", path).unwrap()));
+            }
+            let big = vec![b'x'; MAX_CREDENTIAL + 10];
+            let huge = vec![b'x'; CONTROL_BODY_LIMIT + 100];
+            for (name, body) in [
+                ("empty", &b""[..]),
+                ("blank", &b" \n"[..]),
+                ("big", &big[..]),
+                ("huge", &huge[..]),
+                ("lookup", &b"Bearer SRV-SECRET-1\n"[..]),
+            ] {
+                out.push((
+                    "/api/lookup",
+                    name,
+                    request_unix(&sock, "POST", "/api/lookup", body).unwrap(),
+                ));
+            }
+            out.push((
+                "/api/freeze",
+                "freeze",
+                request_unix(&sock, "POST", "/api/freeze", b"SRV-SECRET-1").unwrap(),
+            ));
+            out.push((
+                "/api/frozen",
+                "list",
+                request_unix(&sock, "GET", "/api/frozen", b"").unwrap(),
+            ));
+            out
+        })
+        .await
+        .unwrap();
+        for (path, how, (code, body)) in &out {
+            match *how {
+                "tcp" => assert_eq!(*code, 404, "{path} on TCP: {body}"),
+                "empty" | "blank" => {
+                    assert_eq!(*code, 400, "{how}: {body}");
+                    assert!(body.contains("empty credential"), "{body}");
+                }
+                "big" | "huge" => {
+                    assert_eq!(*code, 400, "{how}: {body}");
+                    assert!(body.contains("longer than"), "{body}");
+                }
+                _ => assert_eq!(*code, 200, "{how}: {body}"),
+            }
+            assert!(!body.contains("SRV-SECRET-1"), "{how}: {body}");
+        }
+        let list: serde_json::Value = serde_json::from_str(&out.last().unwrap().2 .1).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+        assert!(list[0]["id"].as_str().unwrap().starts_with("frz_"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
