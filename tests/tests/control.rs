@@ -119,7 +119,10 @@ fn freeze_by_credential_over_the_socket_survives_restart() {
     assert!(!out.contains(TOKEN), "{out}");
     get(port, 1);
     let s = token_session(&agent, 3, |s| s["state"] == "unhealthy");
-    assert!(s["reasons"].to_string().contains("frozen_credential"), "{s}");
+    assert!(
+        s["reasons"].to_string().contains("frozen_credential"),
+        "{s}"
+    );
     let frozen = agent_json(&agent, "/api/frozen").unwrap();
     let frz = frozen[0]["id"].as_str().unwrap().to_string();
     assert!(frz.starts_with("frz_"), "{frozen}");
@@ -135,7 +138,10 @@ fn freeze_by_credential_over_the_socket_survives_restart() {
     assert_eq!(frozen[0]["id"], frz.as_str(), "{frozen}");
     get(port, 1);
     let s = token_session(&agent, 1, |s| s["state"] == "unhealthy");
-    assert!(s["reasons"].to_string().contains("frozen_credential"), "{s}");
+    assert!(
+        s["reasons"].to_string().contains("frozen_credential"),
+        "{s}"
+    );
     let frozen = agent_json(&agent, "/api/frozen").unwrap();
     assert_eq!(frozen[0]["fingerprint"], s["id"], "{frozen}");
     assert!(!agent.stderr().contains(TOKEN));
