@@ -16,7 +16,7 @@ use crate::{
     clock::Clock,
     config::Config,
     conn::{ConnOutput, ConnTable},
-    export::{jsonl::JsonLines, metrics::RequestMetrics, server},
+    export::{control, jsonl::JsonLines, metrics::RequestMetrics, server},
     http::{HeaderAllowlist, ParserLimits},
     identity::FingerprintKey,
     session::{metrics::SessionMetrics, SessionTable, SessionTableConfig},
@@ -112,6 +112,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
 
+    // The control socket too (a raw credential is accepted only there).
+    let control = if config.control_socket.as_os_str().is_empty() {
+        None
+    } else {
+        Some(control::bind(&config.control_socket)?)
+    };
+
     let registry = Registry::new();
     let capture_metrics = CaptureMetrics::register(&registry)?;
     let request_metrics = RequestMetrics::register(&registry)?;
@@ -122,7 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )?;
     registry.register(Box::new(ignored.clone()))?;
     let key = FingerprintKey::from_config(&config.identity).context("fingerprint key")?;
-    let table = SessionTable::new(
+    let mut table = SessionTable::new(
         SessionTableConfig {
             identity: config.identity.clone(),
             sessions: config.sessions.clone(),
@@ -132,6 +139,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         key,
     );
+    let loaded = table.open_state().context("state directory")?;
+    if let Some(dir) = &config.state_dir {
+        tracing::info!(
+            "state directory {}: {loaded} durable freezes loaded",
+            dir.display()
+        );
+    }
     // Request headers the parsers keep: the built-in list, the configured extras, and
     // every header the identity stage reads credentials from.
     let allowlist = HeaderAllowlist::new(
@@ -218,6 +232,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let app = server::router(Arc::clone(&state));
     let server_task = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (control_task, control_socket) = match control {
+        Some((unix, guard)) => {
+            let app = server::control_router(Arc::clone(&state));
+            tracing::info!("control socket on {}", guard.path().display());
+            (
+                Some(tokio::spawn(async move { axum::serve(unix, app).await })),
+                Some(guard),
+            )
+        }
+        None => (None, None),
+    };
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!("observer running; HTTP endpoint on {}", config.listen);
 
@@ -282,6 +307,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     state.ready.store(false, Ordering::Relaxed);
     server_task.abort();
+    if let Some(t) = control_task {
+        t.abort();
+    }
+    drop(control_socket);
     scoring_task.abort();
     drop(ring);
     drop(capture);

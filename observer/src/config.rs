@@ -18,6 +18,9 @@ use crate::{
     workload::KubernetesConfig,
 };
 
+/// Default path of the control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/observer/control.sock";
+
 /// Every setting, with its default.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -36,6 +39,10 @@ pub struct Config {
     /// Directory for durable state (frozen credentials), created with mode 0700; absent:
     /// nothing is written and freezes last as long as the process.
     pub state_dir: Option<PathBuf>,
+    /// Unix socket of the local control channel: the JSON API plus the endpoints that take
+    /// a raw credential (`observer lookup/freeze --credential -`). Its directory is made
+    /// with mode 0700 if missing, the socket has mode 0600. Empty: no control socket.
+    pub control_socket: PathBuf,
 }
 
 impl Default for Config {
@@ -52,6 +59,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             tiers: TierConfig::default(),
             state_dir: None,
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
         }
     }
 }

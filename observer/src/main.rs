@@ -5,7 +5,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use observer::{agent, cli, config::Config};
+use observer::{
+    agent,
+    cli::{self, sessions::CredentialAction},
+    config::{Config, DEFAULT_CONTROL_SOCKET},
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "observer", version, about = "eBPF API traffic observer")]
@@ -42,18 +46,53 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9464")]
         agent: String,
     },
-    /// Freeze a credential fingerprint: any later use of it makes its session unhealthy.
+    /// Freeze a credential: any later use of it makes its session unhealthy. By
+    /// fingerprint (`tok_…`), or by the credential itself with `--credential -` (read
+    /// from stdin, sent only over the control socket).
     Freeze {
-        fingerprint: String,
+        #[arg(required_unless_present = "credential", conflicts_with = "credential")]
+        fingerprint: Option<String>,
+        #[command(flatten)]
+        credential: CredentialArgs,
         #[arg(long, default_value = "http://127.0.0.1:9464")]
         agent: String,
     },
-    /// Unfreeze a credential fingerprint.
+    /// Unfreeze a credential: by fingerprint, durable id (`frz_…`) or `--credential -`.
     Unfreeze {
-        fingerprint: String,
+        #[arg(required_unless_present = "credential", conflicts_with = "credential")]
+        fingerprint: Option<String>,
+        #[command(flatten)]
+        credential: CredentialArgs,
         #[arg(long, default_value = "http://127.0.0.1:9464")]
         agent: String,
     },
+    /// Find the sessions of a credential given on stdin (`--credential -`): one line, a
+    /// bare value, `Bearer xyz`, `Basic base64` or `user:password`.
+    Lookup {
+        #[command(flatten)]
+        credential: CredentialArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct CredentialArgs {
+    /// `-`: read the raw credential from stdin (one line).
+    #[arg(long, value_name = "-")]
+    credential: Option<String>,
+    /// The agent's control socket.
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+    socket: PathBuf,
+    /// Print the JSON the agent returned.
+    #[arg(long)]
+    json: bool,
+}
+
+impl CredentialArgs {
+    fn run(&self, action: CredentialAction) -> anyhow::Result<()> {
+        let arg = self.credential.as_deref().unwrap_or_default();
+        cli::sessions::check_credential_arg(arg)?;
+        cli::sessions::credential(&self.socket, action, self.json)
+    }
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -73,6 +112,9 @@ struct RunArgs {
     /// Client addresses in sessions and outputs: full, truncate (default) or drop.
     #[arg(long, value_parser = ["full", "truncate", "drop"])]
     client_ip: Option<String>,
+    /// Unix socket of the local control channel (empty: none).
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info", env = "OBSERVER_LOG")]
     log_level: String,
@@ -93,6 +135,9 @@ impl RunArgs {
         if let Some(mode) = &self.client_ip {
             config.sessions.client_ip =
                 serde_json::from_value(serde_json::json!(mode)).context("--client-ip")?;
+        }
+        if let Some(path) = &self.control_socket {
+            config.control_socket = path.clone();
         }
         if let Some(target) = &self.exchanges_jsonl {
             config.output.exchanges_jsonl = Some(target.clone());
@@ -137,11 +182,27 @@ fn main() -> anyhow::Result<()> {
             cli::sessions::list(&agent, &query.join("&"), json)
         }
         Some(Command::Privacy { agent }) => cli::sessions::privacy(&agent),
-        Some(Command::Freeze { fingerprint, agent }) => {
-            cli::sessions::freeze(&agent, &fingerprint, true)
-        }
-        Some(Command::Unfreeze { fingerprint, agent }) => {
-            cli::sessions::freeze(&agent, &fingerprint, false)
+        Some(Command::Freeze {
+            fingerprint,
+            credential,
+            agent,
+        }) => match fingerprint {
+            Some(fp) => cli::sessions::freeze(&agent, &fp, true),
+            None => credential.run(CredentialAction::Freeze),
+        },
+        Some(Command::Unfreeze {
+            fingerprint,
+            credential,
+            agent,
+        }) => match fingerprint {
+            Some(fp) => cli::sessions::freeze(&agent, &fp, false),
+            None => credential.run(CredentialAction::Unfreeze),
+        },
+        Some(Command::Lookup { credential }) => {
+            if credential.credential.is_none() {
+                anyhow::bail!("observer lookup needs --credential - (the credential on stdin)");
+            }
+            credential.run(CredentialAction::Lookup)
         }
     }
 }

@@ -2,8 +2,10 @@
 //! cluster address), enough for the CLI without another dependency.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{Read, Write},
     net::{TcpStream, ToSocketAddrs as _},
+    os::unix::net::UnixStream,
+    path::Path,
     time::Duration,
 };
 
@@ -28,10 +30,41 @@ pub fn request(agent: &str, method: &str, path: &str) -> anyhow::Result<(u16, St
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connecting to the agent at {agent} (is it running?)"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    send(&mut stream, host, method, path, b"")
+}
+
+/// Send a request with `body` over the agent's control socket; return (status, body).
+/// The body is written once to the socket and not kept.
+pub fn request_unix(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    let mut stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to the agent's control socket {} (is the agent running, and are you root?)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    send(&mut stream, "localhost", method, path, body)
+}
+
+fn send(
+    stream: &mut (impl Read + Write),
+    host: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
     )?;
+    stream.write_all(body)?;
+    stream.flush()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse_response(&raw)

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 
-use super::client::request;
+use super::client::{request, request_unix};
 
 /// Fetch and print the session table.
 pub fn list(agent: &str, query: &str, json: bool) -> anyhow::Result<()> {
@@ -46,6 +46,136 @@ pub fn freeze(agent: &str, fingerprint: &str, frozen: bool) -> anyhow::Result<()
     }
     println!("{body}");
     Ok(())
+}
+
+/// What to do with a credential read from stdin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialAction {
+    Lookup,
+    Freeze,
+    Unfreeze,
+}
+
+impl CredentialAction {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Lookup => "/api/lookup",
+            Self::Freeze => "/api/freeze",
+            Self::Unfreeze => "/api/unfreeze",
+        }
+    }
+}
+
+/// The credential is only ever read from stdin (`--credential -`): on the command line it
+/// would be in the shell history and in `ps`.
+pub fn check_credential_arg(arg: &str) -> anyhow::Result<()> {
+    if arg != "-" {
+        bail!("pass the credential on stdin, with --credential - (never on the command line)");
+    }
+    Ok(())
+}
+
+/// The first line of `input`, without its line end. Refuses an empty one.
+pub fn read_credential(mut input: impl std::io::BufRead) -> anyhow::Result<String> {
+    let mut line = String::new();
+    input
+        .read_line(&mut line)
+        .context("reading the credential from stdin")?;
+    let trimmed = line.trim_end_matches(['\n', '\r']);
+    if trimmed.trim().is_empty() {
+        bail!("no credential on stdin (expected one line)");
+    }
+    let out = trimmed.to_string();
+    // Best effort: the line buffer held the credential.
+    line.clear();
+    line.shrink_to_fit();
+    Ok(out)
+}
+
+/// Look up, freeze or unfreeze a credential (read from stdin) over the control socket.
+pub fn credential(
+    socket: &std::path::Path,
+    action: CredentialAction,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut credential = read_credential(std::io::stdin().lock())?.into_bytes();
+    if credential.len() > crate::identity::MAX_CREDENTIAL {
+        credential.fill(0);
+        bail!(
+            "credential longer than {} bytes",
+            crate::identity::MAX_CREDENTIAL
+        );
+    }
+    let result = request_unix(socket, "POST", action.path(), &credential);
+    credential.fill(0);
+    let (status, body) = result?;
+    if status != 200 {
+        let message = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(String::from))
+            .unwrap_or(body);
+        bail!("the agent answered {status}: {message}");
+    }
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let report: Value = serde_json::from_str(&body).context("decoding the agent's answer")?;
+    print!("{}", render_credential(&report));
+    Ok(())
+}
+
+/// The text printed for a credential lookup / freeze.
+pub fn render_credential(report: &Value) -> String {
+    let mut out = String::new();
+    if let Some(changed) = report["changed"].as_bool() {
+        out.push_str(if changed { "changed\n" } else { "unchanged\n" });
+    }
+    let empty = Vec::new();
+    let matches = report["matches"].as_array().unwrap_or(&empty);
+    let mut sessions = Vec::new();
+    for m in matches {
+        let fps: Vec<&str> = m["fingerprints"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "as {}: {} {}{}\n",
+            m["kind"].as_str().unwrap_or("-"),
+            fps.join(" "),
+            m["freeze_id"].as_str().unwrap_or("-"),
+            if m["frozen"].as_bool() == Some(true) {
+                " (frozen)"
+            } else {
+                ""
+            }
+        ));
+        sessions.extend(m["sessions"].as_array().into_iter().flatten().cloned());
+    }
+    if sessions.is_empty() {
+        out.push_str("(no live session uses this credential)\n");
+    } else {
+        out.push_str(&render_table(&sessions));
+    }
+    out
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    #[test]
+    fn credential_from_stdin() {
+        assert_eq!(
+            read_credential(&b"Bearer abc\r\nmore\n"[..]).unwrap(),
+            "Bearer abc"
+        );
+        assert!(read_credential(&b"\n"[..]).is_err());
+        assert!(read_credential(&b""[..]).is_err());
+        assert!(check_credential_arg("-").is_ok());
+        let e = check_credential_arg("my-token").unwrap_err().to_string();
+        assert!(!e.contains("my-token"), "{e}");
+    }
 }
 
 /// `pro 45%` (use against the tier's tightest limit), `pro` when unlimited, `-` without

@@ -103,13 +103,13 @@ impl Drop for FingerprintKey {
     }
 }
 
-fn random_bytes() -> Result<[u8; KEY_BYTES], KeyError> {
+pub(crate) fn random_bytes() -> Result<[u8; KEY_BYTES], KeyError> {
     let mut bytes = [0u8; KEY_BYTES];
     getrandom::fill(&mut bytes).map_err(|e| KeyError::Random(e.to_string()))?;
     Ok(bytes)
 }
 
-fn parse_hex_key(s: &str) -> Option<[u8; KEY_BYTES]> {
+pub(crate) fn parse_hex_key(s: &str) -> Option<[u8; KEY_BYTES]> {
     let s = s.trim();
     if s.len() != KEY_BYTES * 2 {
         return None;
@@ -134,7 +134,7 @@ pub(crate) fn to_hex(bytes: &[u8]) -> String {
 }
 
 /// Write `bytes` as hex to `path` with mode 0600 (via a temporary file and a rename).
-fn write_key_file(path: &Path, bytes: &[u8; KEY_BYTES]) -> Result<(), KeyError> {
+pub(crate) fn write_key_file(path: &Path, bytes: &[u8; KEY_BYTES]) -> Result<(), KeyError> {
     let io_err = |source| KeyError::Io {
         path: path.to_path_buf(),
         source,

@@ -10,6 +10,7 @@
 //! `Authorization: Bearer` (JWT or opaque), `Authorization: Basic` (user part only),
 //! API-key headers, credentials in the query string, session cookies.
 
+pub mod durable;
 pub mod jwt;
 pub mod key;
 pub mod tier;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::exchange::Exchange;
 
+pub use durable::{DurableHash, FreezeKey};
 pub use jwt::{JwtClaims, JwtError};
 pub use key::{Fingerprint, FingerprintKey, KeyError};
 pub use tier::{TierConfig, TierLimits, TierRules};
@@ -219,6 +221,9 @@ pub struct Identity {
     /// Access tier (`[tiers]`), when tiers are configured.
     #[serde(skip)]
     pub tier: Option<Arc<str>>,
+    /// Hash under the freeze key, when asked for ([`Extractor::extract_durable`]).
+    #[serde(skip)]
+    pub durable: Option<DurableHash>,
 }
 
 impl Identity {
@@ -305,6 +310,33 @@ impl Extractor {
 
     /// Every credential in the exchange, primary first, fingerprinted with `key`.
     pub fn extract(&self, ex: &Exchange, key: &FingerprintKey) -> Vec<Identity> {
+        self.extract_with(
+            ex,
+            &Keys {
+                fp: key,
+                freeze: None,
+            },
+        )
+    }
+
+    /// As [`Self::extract`], with each identity's durable hash under `freeze` too (one
+    /// more HMAC per credential: done once per session, when it is made).
+    pub fn extract_durable(
+        &self,
+        ex: &Exchange,
+        key: &FingerprintKey,
+        freeze: &FreezeKey,
+    ) -> Vec<Identity> {
+        self.extract_with(
+            ex,
+            &Keys {
+                fp: key,
+                freeze: Some(freeze),
+            },
+        )
+    }
+
+    fn extract_with(&self, ex: &Exchange, key: &Keys<'_>) -> Vec<Identity> {
         let mut out: Vec<Identity> = Vec::new();
         let mut push = |id: Identity| {
             if out.len() < MAX_IDENTITIES && !out.iter().any(|o| o.fingerprint == id.fingerprint) {
@@ -371,17 +403,19 @@ impl Extractor {
                 if v.is_empty() {
                     continue;
                 }
+                let (fingerprint, durable) = key.identify(
+                    CredentialKind::Cookie.prefix(),
+                    CredentialKind::Cookie.domain(),
+                    v.as_bytes(),
+                );
                 push(Identity {
-                    fingerprint: key.fingerprint(
-                        CredentialKind::Cookie.prefix(),
-                        CredentialKind::Cookie.domain(),
-                        v.as_bytes(),
-                    ),
+                    fingerprint,
                     kind: CredentialKind::Cookie,
                     source: CredentialSource::Cookie,
                     location: Arc::clone(name),
                     format: TokenFormat::Opaque,
                     tier: None,
+                    durable,
                 });
             }
         }
@@ -392,7 +426,7 @@ impl Extractor {
         out
     }
 
-    fn authorization(&self, value: &str, key: &FingerprintKey) -> Option<Identity> {
+    fn authorization(&self, value: &str, key: &Keys<'_>) -> Option<Identity> {
         let value = value.trim();
         let (scheme, rest) = value.split_once(char::is_whitespace)?;
         let rest = rest.trim();
@@ -423,10 +457,10 @@ impl Extractor {
         source: CredentialSource,
         location: &Arc<str>,
         raw: &[u8],
-        key: &FingerprintKey,
+        key: &Keys<'_>,
     ) -> Identity {
         let text = std::str::from_utf8(raw).ok();
-        let (kind, format) = match text.map(|t| jwt::decode(t, key)) {
+        let (kind, format) = match text.map(|t| jwt::decode(t, key.fp)) {
             Some(Ok(claims)) => (CredentialKind::Bearer, TokenFormat::Jwt(Box::new(claims))),
             Some(Err(JwtError::NotJwt)) | None => (kind, TokenFormat::Opaque),
             // Only a bearer token is expected to be a JWT; for keys a dotted value is opaque.
@@ -436,31 +470,33 @@ impl Extractor {
         let tier = self
             .tiers
             .tier_of(raw, kind == CredentialKind::ApiKey, format.jwt());
+        let (fingerprint, durable) = key.identify(kind.prefix(), kind.domain(), raw);
         Identity {
-            fingerprint: key.fingerprint(kind.prefix(), kind.domain(), raw),
+            fingerprint,
             kind,
             source,
             location: Arc::clone(location),
             format,
             tier,
+            durable,
         }
     }
 }
 
-fn basic(b64: &str, location: &Arc<str>, key: &FingerprintKey) -> Identity {
+fn basic(b64: &str, location: &Arc<str>, key: &Keys<'_>) -> Identity {
     let kind = CredentialKind::Basic;
     let decoded = STANDARD
         .decode(b64)
         .or_else(|_| STANDARD_NO_PAD.decode(b64.trim_end_matches('=')));
-    let (fingerprint, format) = match decoded {
+    let ((fingerprint, durable), format) = match decoded {
         Ok(mut bytes) => {
             let result = match bytes.iter().position(|&b| b == b':') {
                 Some(colon) => (
-                    key.fingerprint(kind.prefix(), kind.domain(), &bytes[..colon]),
+                    key.identify(kind.prefix(), kind.domain(), &bytes[..colon]),
                     TokenFormat::BasicUser,
                 ),
                 None => (
-                    key.fingerprint(kind.prefix(), "basic-raw", b64.as_bytes()),
+                    key.identify(kind.prefix(), "basic-raw", b64.as_bytes()),
                     TokenFormat::BasicMalformed(BasicError::NoColon),
                 ),
             };
@@ -470,7 +506,7 @@ fn basic(b64: &str, location: &Arc<str>, key: &FingerprintKey) -> Identity {
             result
         }
         Err(_) => (
-            key.fingerprint(kind.prefix(), "basic-raw", b64.as_bytes()),
+            key.identify(kind.prefix(), "basic-raw", b64.as_bytes()),
             TokenFormat::BasicMalformed(BasicError::BadBase64),
         ),
     };
@@ -481,7 +517,157 @@ fn basic(b64: &str, location: &Arc<str>, key: &FingerprintKey) -> Identity {
         location: Arc::clone(location),
         format,
         tier: None,
+        durable,
     }
+}
+
+/// The keys one extraction hashes with.
+struct Keys<'a> {
+    fp: &'a FingerprintKey,
+    freeze: Option<&'a FreezeKey>,
+}
+
+impl Keys<'_> {
+    fn identify(
+        &self,
+        prefix: &str,
+        domain: &str,
+        raw: &[u8],
+    ) -> (Fingerprint, Option<DurableHash>) {
+        (
+            self.fp.fingerprint(prefix, domain, raw),
+            self.freeze.map(|k| k.hash(domain, raw)),
+        )
+    }
+}
+
+/// Longest credential accepted from an operator (lookup, freeze by credential).
+pub const MAX_CREDENTIAL: usize = 8192;
+
+/// Why a credential typed by an operator was refused. Never holds the credential.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CredentialInputError {
+    #[error("empty credential")]
+    Empty,
+    #[error("credential longer than {MAX_CREDENTIAL} bytes")]
+    TooLong,
+    #[error("credential must be one line")]
+    MultiLine,
+    #[error("Basic credentials must be base64 of user:password")]
+    BadBasic,
+}
+
+/// One way a credential typed by an operator can appear in traffic: its kind and the
+/// bytes its fingerprint is made of. The bytes are overwritten when dropped; `Debug`
+/// shows only the kind.
+pub struct Candidate {
+    pub kind: CredentialKind,
+    raw: Vec<u8>,
+}
+
+impl fmt::Debug for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Candidate")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        self.raw.fill(0);
+        std::hint::black_box(&self.raw);
+    }
+}
+
+impl Candidate {
+    fn new(kind: CredentialKind, raw: &[u8]) -> Self {
+        Self {
+            kind,
+            raw: raw.to_vec(),
+        }
+    }
+
+    /// The fingerprints this credential has under `key`: a bearer token's hex digits
+    /// are shared with the same text as an API key (`tok_`/`key_`).
+    pub fn fingerprints(&self, key: &FingerprintKey) -> Vec<Fingerprint> {
+        let domain = self.kind.domain();
+        let prefixes: &[CredentialKind] = match self.kind {
+            CredentialKind::Bearer | CredentialKind::ApiKey => {
+                &[CredentialKind::Bearer, CredentialKind::ApiKey]
+            }
+            k => std::slice::from_ref(match k {
+                CredentialKind::Basic => &CredentialKind::Basic,
+                _ => &CredentialKind::Cookie,
+            }),
+        };
+        prefixes
+            .iter()
+            .map(|k| key.fingerprint(k.prefix(), domain, &self.raw))
+            .collect()
+    }
+
+    /// Its durable hash (the same as the one computed from traffic).
+    pub fn durable(&self, key: &FreezeKey) -> DurableHash {
+        key.hash(self.kind.domain(), &self.raw)
+    }
+}
+
+/// The ways an operator's credential can appear in traffic. Accepted: a bare value (a
+/// token, API key or cookie value; with a `:`, also the user of Basic `user:password`),
+/// an `Authorization` value (`Bearer xyz`, `Basic base64`), optionally after
+/// `Authorization:`.
+pub fn credential_candidates(input: &str) -> Result<Vec<Candidate>, CredentialInputError> {
+    let v = input.trim();
+    if v.len() > MAX_CREDENTIAL {
+        return Err(CredentialInputError::TooLong);
+    }
+    if v.contains(['\n', '\r']) {
+        return Err(CredentialInputError::MultiLine);
+    }
+    let v = match v.split_once(':') {
+        Some((name, rest)) if name.trim().eq_ignore_ascii_case("authorization") => rest.trim(),
+        _ => v,
+    };
+    // Empty, or a scheme without its credential.
+    if v.is_empty() || v.eq_ignore_ascii_case("bearer") || v.eq_ignore_ascii_case("basic") {
+        return Err(CredentialInputError::Empty);
+    }
+    if let Some((scheme, rest)) = v.split_once(char::is_whitespace) {
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            if rest.is_empty() {
+                return Err(CredentialInputError::Empty);
+            }
+            return Ok(vec![Candidate::new(
+                CredentialKind::Bearer,
+                rest.as_bytes(),
+            )]);
+        }
+        if scheme.eq_ignore_ascii_case("basic") {
+            let mut bytes = STANDARD
+                .decode(rest)
+                .or_else(|_| STANDARD_NO_PAD.decode(rest.trim_end_matches('=')))
+                .map_err(|_| CredentialInputError::BadBasic)?;
+            let out = match bytes.iter().position(|&b| b == b':') {
+                Some(colon) if colon > 0 => {
+                    Ok(vec![Candidate::new(CredentialKind::Basic, &bytes[..colon])])
+                }
+                _ => Err(CredentialInputError::BadBasic),
+            };
+            bytes.fill(0);
+            std::hint::black_box(&bytes);
+            return out;
+        }
+    }
+    let mut out = vec![
+        Candidate::new(CredentialKind::Bearer, v.as_bytes()),
+        Candidate::new(CredentialKind::Cookie, v.as_bytes()),
+    ];
+    if let Some((user, _)) = v.split_once(':').filter(|(u, _)| !u.is_empty()) {
+        out.push(Candidate::new(CredentialKind::Basic, user.as_bytes()));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

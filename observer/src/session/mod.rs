@@ -16,8 +16,11 @@
 pub(crate) mod across;
 pub mod config;
 pub mod dims;
+pub mod durable;
 pub mod findings;
 pub mod freeze;
+#[cfg(test)]
+mod freeze_tests;
 pub mod metrics;
 pub mod privacy;
 #[cfg(test)]
@@ -42,8 +45,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     exchange::{Exchange, Role},
     identity::{
-        CredentialSource, Extractor, Fingerprint, FingerprintKey, KeyError, TierConfig, TierRules,
-        TokenFormat,
+        CredentialSource, DurableHash, Extractor, Fingerprint, FingerprintKey, FreezeKey, KeyError,
+        TierConfig, TierRules, TokenFormat,
     },
     score::{self, Reason, ScoreConfig, TrustedNetworks, ViewKind},
 };
@@ -51,8 +54,9 @@ use crate::{
 use across::{AcrossStats, Use, ID_BUCKETS};
 pub use config::{SessionConfig, SessionTableConfig};
 pub use dims::{ClientIpMode, Network};
+pub use durable::StateError;
 use findings::{FindingKind, Findings};
-pub use freeze::{FreezeError, FREEZABLE};
+pub use freeze::{CredentialReport, FreezeError, FrozenItem, FREEZABLE};
 use state::{
     class_index, mark, since, unix_secs, Limits, RouteStats, Session, MAX_LOCATIONS, MAX_PROCESSES,
 };
@@ -144,7 +148,15 @@ pub struct SessionTable {
     sessions: HashMap<Arc<str>, Session>,
     /// Views across credentials (per network, per route), bounded by `MAX_VIEWS`.
     views: HashMap<Arc<str>, Session>,
+    /// Frozen fingerprints under the current key (the per-request check).
     frozen: HashSet<Fingerprint>,
+    /// Durable freezes by durable hash (see [`freeze`]).
+    durable: BTreeMap<DurableHash, durable::DurableEntry>,
+    /// Key of durable hashes: from `state_dir/freeze.key`, else random per run.
+    freeze_key: FreezeKey,
+    state_dir: Option<std::path::PathBuf>,
+    /// `state_dir/frozen.json`, once [`SessionTable::open_state`] loaded it.
+    frozen_file: Option<std::path::PathBuf>,
     findings: Findings,
     /// Keyed per process: hashes of path ids and credentials in views are never linkable
     /// across runs.
@@ -197,6 +209,14 @@ impl SessionTable {
             sessions: HashMap::new(),
             views: HashMap::new(),
             frozen: HashSet::new(),
+            durable: BTreeMap::new(),
+            // With a state directory, replaced by its key in `open_state`.
+            freeze_key: FreezeKey::random().unwrap_or_else(|e| {
+                tracing::warn!("no randomness for the freeze key ({e}); using a fixed one");
+                FreezeKey::from_bytes([0x5a; 32])
+            }),
+            state_dir: config.state_dir.clone(),
+            frozen_file: None,
             findings: Findings::default(),
             id_hasher: RandomState::new(),
             agent_cache: HashMap::new(),
@@ -278,6 +298,7 @@ impl SessionTable {
         id: &Arc<str>,
         direction: Direction,
         fingerprint: Option<&Fingerprint>,
+        durable: Option<DurableHash>,
         t: SystemTime,
     ) {
         if self.sessions.contains_key(id) {
@@ -294,6 +315,7 @@ impl SessionTable {
             &self.limits,
         );
         s.frozen = fingerprint.is_some_and(|f| self.frozen.contains(f));
+        s.durable = durable;
         self.sessions.insert(Arc::clone(id), s);
         self.counters.sessions_created += 1;
     }
@@ -355,6 +377,22 @@ impl SessionTable {
             Direction::Inbound => Arc::from(base_id),
             Direction::Outbound => Arc::from(format!("{OUTBOUND_PREFIX}{base_id}")),
         };
+        // A new session: its credentials' durable hashes, once (a durable freeze made
+        // under an earlier key, or before a restart, is linked to the new fingerprint).
+        let mut durable = None;
+        if !self.sessions.contains_key(&id) && primary.is_some() {
+            let with_durable = self
+                .extractor
+                .extract_durable(ex, &self.key, &self.freeze_key);
+            durable = with_durable.first().and_then(|i| i.durable);
+            if !self.durable.is_empty() {
+                for i in &with_durable {
+                    if let Some(h) = &i.durable {
+                        self.link(h, &i.fingerprint);
+                    }
+                }
+            }
+        }
         let frozen_hit = identities.iter().any(|i| {
             self.frozen.contains(&i.fingerprint)
                 || i.jwt()
@@ -419,7 +457,7 @@ impl SessionTable {
             }
         }
 
-        self.ensure_session(&id, direction, primary.map(|p| &p.fingerprint), t);
+        self.ensure_session(&id, direction, primary.map(|p| &p.fingerprint), durable, t);
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -622,20 +660,20 @@ impl SessionTable {
         n
     }
 
-    /// Rotate the fingerprint key. Sessions and frozen fingerprints were made with the old
-    /// key and can no longer match: they are dropped (the count of dropped freezes is
-    /// returned, so the caller can report it).
+    /// Rotate the fingerprint key. Sessions were made with the old key and can no longer
+    /// match: they are dropped. Durable freezes stay (their fingerprints under the new key
+    /// are learnt on the credential's next use); plain fingerprint freezes (no live
+    /// session when frozen, JWT subjects) are dropped, and their count returned.
     pub fn rotate_key(&mut self) -> Result<usize, KeyError> {
         self.key.rotate()?;
         self.purge();
-        let frozen = self.frozen.len();
+        let frozen = self.unlink_all();
         if frozen > 0 {
             tracing::warn!(
                 frozen,
-                "fingerprint key rotated: frozen fingerprints dropped"
+                "fingerprint key rotated: frozen fingerprints without a durable hash dropped"
             );
         }
-        self.frozen.clear();
         Ok(frozen)
     }
 }

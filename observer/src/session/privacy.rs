@@ -161,12 +161,21 @@ impl SessionTable {
             retention: Retention {
                 idle_ttl_secs: c.idle_ttl_secs,
                 max_age_secs: c.max_age_secs,
-                storage: match &self.key_file {
-                    Some(path) => format!(
-                        "sessions in memory only; the fingerprint key in {}",
-                        path.display()
-                    ),
-                    None => "memory only".into(),
+                storage: {
+                    let mut text = match &self.key_file {
+                        Some(path) => format!(
+                            "sessions in memory only; the fingerprint key in {}",
+                            path.display()
+                        ),
+                        None => "memory only".into(),
+                    };
+                    if let Some(dir) = &self.state_dir {
+                        text.push_str(&format!(
+                            "; frozen credentials as keyed hashes (never the credential) in {}",
+                            dir.display()
+                        ));
+                    }
+                    text
                 },
             },
             rotation: Rotation {
@@ -270,9 +279,9 @@ mod tests {
         );
         let report = t.maybe_rotate(at(3600.0)).unwrap().expect("rotated");
         assert_eq!(report.sessions_dropped, 1);
-        assert_eq!(report.frozen_dropped, 1);
+        assert_eq!(report.frozen_dropped, 0, "the freeze is durable");
         assert_eq!(report.key_generation, t.key_generation());
-        assert!(t.is_empty() && t.frozen().is_empty());
+        assert!(t.is_empty() && t.frozen().len() == 1);
         t.observe(
             &with_token("same-token-cccccccc", "10.0.0.1", 3700.0),
             at(3700.0),

@@ -153,6 +153,8 @@ pub(crate) struct Session {
     pub marks: Marks,
     pub frozen: bool,
     pub frozen_uses: u64,
+    /// The credential's durable hash (computed once, when the session was made).
+    pub durable: Option<crate::identity::DurableHash>,
     /// Access tier of the credential (`[tiers]`).
     pub tier: Option<Arc<str>>,
     /// Requests per UTC day: (day number, count) of the current day.
@@ -220,6 +222,7 @@ impl Session {
             marks: Marks::default(),
             frozen: false,
             frozen_uses: 0,
+            durable: None,
             tier: None,
             day: (0, 0),
             score: 100,

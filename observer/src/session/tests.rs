@@ -393,11 +393,23 @@ fn purge_and_rotation() {
     obs(&mut t, ExchangeBuilder::new().bearer("ROT"));
     let before = only_id(&t);
     t.freeze(&before).unwrap();
+    // A freeze of a fingerprint with no live session is not durable: dropped.
+    t.freeze("tok_0123456789ab").unwrap();
     assert_eq!(t.rotate_key().unwrap(), 1);
-    assert!(t.is_empty() && t.frozen().is_empty());
+    // The live session's freeze is durable: kept, its fingerprint unknown until next use.
+    assert!(t.is_empty());
+    let f = t.frozen();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].durable && f[0].fingerprint.is_none() && f[0].id.starts_with("frz_"));
     assert_eq!(t.key_generation(), 1);
     obs(&mut t, ExchangeBuilder::new().bearer("ROT").at(1.0));
     assert_ne!(only_id(&t), before);
+    assert_eq!(
+        t.frozen()[0].fingerprint.as_ref().map(|f| f.to_string()),
+        Some(only_id(&t))
+    );
+    assert!(t.list(&ListQuery::default())[0].frozen);
+    assert_eq!(t.counters().frozen_uses, 1);
     assert_eq!(t.purge(), 1);
     assert_eq!(t.counters().purged, 2);
 }
