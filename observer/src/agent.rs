@@ -112,13 +112,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
 
-    // The control socket too (a raw credential is accepted only there).
-    let control = if config.control_socket.as_os_str().is_empty() {
-        None
-    } else {
-        Some(control::bind(&config.control_socket)?)
-    };
-
     let registry = Registry::new();
     let capture_metrics = CaptureMetrics::register(&registry)?;
     let request_metrics = RequestMetrics::register(&registry)?;
@@ -165,6 +158,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let mut capture = Capture::start(&config.capture, config.tls.filtered())?;
+    // The control socket (a raw credential is accepted only there), once the privileged
+    // part has started: missing privileges are reported as such first.
+    let control = if config.control_socket.as_os_str().is_empty() {
+        None
+    } else {
+        Some(control::bind(&config.control_socket)?)
+    };
     for p in &capture.probes {
         capture_metrics
             .probes

@@ -182,11 +182,25 @@ impl Agent {
         let dir = scratch_dir("agent");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let jsonl = dir.join("exchanges.jsonl");
+        // Each agent its own control socket (unless the test chose one), so tests never
+        // meet another agent's socket, or one running on the host.
+        let config_sets_socket = extra
+            .iter()
+            .position(|a| *a == "--config")
+            .and_then(|i| extra.get(i + 1))
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .is_some_and(|text| text.contains("control_socket"));
+        let mut own_socket = Vec::new();
+        if !config_sets_socket && !extra.contains(&"--control-socket") {
+            own_socket.push("--control-socket".to_string());
+            own_socket.push(dir.join("control.sock").display().to_string());
+        }
         let child = Command::new(agent_bin())
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--exchanges-jsonl")
             .arg(&jsonl)
+            .args(&own_socket)
             .args(extra)
             .stdout(std::fs::File::create(dir.join("stdout"))?)
             .stderr(std::fs::File::create(dir.join("stderr"))?)

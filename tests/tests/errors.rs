@@ -181,6 +181,8 @@ fn root_agent_mounts_tracefs_when_missing() {
         .args(["--listen", &format!("127.0.0.1:{agent_port}")])
         .arg("--exchanges-jsonl")
         .arg(&jsonl)
+        .arg("--control-socket")
+        .arg(dir.join("control.sock"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
         .spawn()

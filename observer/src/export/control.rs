@@ -32,6 +32,18 @@ impl Drop for ControlSocket {
     }
 }
 
+/// `what` failed with `e`; a refusal says what is missing.
+fn refused(e: std::io::Error, what: String) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        anyhow::anyhow!(
+            "{what}: {e}: missing privileges (run as root, or set control_socket to a path \
+             this user may write, or to \"\" to turn the control socket off)"
+        )
+    } else {
+        anyhow::Error::new(e).context(what)
+    }
+}
+
 /// Bind the control socket at `path` (see the module documentation).
 pub fn bind(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, ControlSocket)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -40,8 +52,11 @@ pub fn bind(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, ControlSoc
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .with_context(|| {
-                    format!("creating the control socket directory {}", dir.display())
+                .map_err(|e| {
+                    refused(
+                        e,
+                        format!("creating the control socket directory {}", dir.display()),
+                    )
                 })?;
         }
     }
@@ -63,8 +78,12 @@ pub fn bind(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, ControlSoc
         ),
         Err(_) => {}
     }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("cannot listen on the control socket {}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
+        refused(
+            e,
+            format!("cannot listen on the control socket {}", path.display()),
+        )
+    })?;
     let guard = ControlSocket {
         path: path.to_path_buf(),
     };
