@@ -138,6 +138,8 @@ pub struct Outcome {
     pub findings: Option<Vec<Value>>,
     pub traffic: Duration,
     pub waited: Duration,
+    /// Sessions the agent listed that hold other traffic of the host (not judged).
+    pub foreign_sessions: usize,
 }
 
 impl Outcome {
@@ -154,6 +156,7 @@ impl Outcome {
             findings,
             traffic: Duration::ZERO,
             waited: Duration::ZERO,
+            foreign_sessions: 0,
         }
     }
 
@@ -352,14 +355,53 @@ impl World {
         Ok(played)
     }
 
-    /// Every inbound session and view the agent lists.
-    pub fn sessions(&self) -> Result<Vec<Seen>> {
-        let list = agent_json(&self.agent, "/api/sessions?direction=inbound&limit=1000")?;
-        list.as_array()
-            .context("the session list is not an array")?
+    /// The client networks of this world's namespaces (`10.200.41.0/24`, ...).
+    pub fn networks(&self) -> Vec<String> {
+        self.ns
             .iter()
-            .map(Seen::from_json)
+            .map(|n| {
+                let prefix = n.ns_ip.rsplit_once('.').map(|(p, _)| p).unwrap_or_default();
+                format!("{prefix}.0/24")
+            })
             .collect()
+    }
+
+    /// Every inbound session and view the agent lists that holds traffic of this world's
+    /// namespaces, and how many others it lists.
+    ///
+    /// The agent sees the whole host: on a shared machine other test runs' traffic shows
+    /// up in its list too. A session or view is this world's when one of its networks
+    /// (`GET /api/sessions/{id}`) is one of the namespaces' networks; on an isolated host
+    /// that is every inbound session. A view whose detail cannot be read counts as ours
+    /// when its id names one of our networks, or when it is a route view.
+    pub fn sessions(&self) -> Result<(Vec<Seen>, usize)> {
+        let list = agent_json(&self.agent, "/api/sessions?direction=inbound&limit=1000")?;
+        let ours = self.networks();
+        let mut seen = Vec::new();
+        let mut foreign = 0;
+        for v in list
+            .as_array()
+            .context("the session list is not an array")?
+        {
+            let s = Seen::from_json(v)?;
+            let detail = agent_json(&self.agent, &format!("/api/sessions/{}", encode(&s.id)));
+            let mine = match detail {
+                Ok(d) => d["networks"].as_array().is_some_and(|nets| {
+                    nets.iter().any(|n| {
+                        n["value"]
+                            .as_str()
+                            .is_some_and(|n| ours.iter().any(|o| o == n))
+                    })
+                }),
+                Err(_) => s.kind == "route" || ours.iter().any(|o| s.id.contains(o.as_str())),
+            };
+            if mine {
+                seen.push(s);
+            } else {
+                foreign += 1;
+            }
+        }
+        Ok((seen, foreign))
     }
 
     /// `GET /api/findings`, `None` when it is not there.
@@ -378,12 +420,22 @@ impl World {
             .collect()
     }
 
+    /// What the agent says now. Alert lines count when they name one of this world's
+    /// sessions (or name no session).
     pub fn outcome(&self) -> Result<Outcome> {
-        Ok(Outcome::new(
-            self.sessions()?,
-            self.alerts(),
-            self.findings(),
-        ))
+        let (sessions, foreign) = self.sessions()?;
+        let alerts = self
+            .alerts()
+            .into_iter()
+            .filter(|a| {
+                a["session_id"]
+                    .as_str()
+                    .is_none_or(|id| sessions.iter().any(|s| s.id == id))
+            })
+            .collect();
+        let mut o = Outcome::new(sessions, alerts, self.findings());
+        o.foreign_sessions = foreign;
+        Ok(o)
     }
 }
 
@@ -568,6 +620,19 @@ pub const BATCH_UA: &str = "sync-job/3.2";
 /// The one account `POST /login` accepts (see tests/servers/api.py).
 pub const KNOWN_USER: &str = "alice";
 pub const KNOWN_PASSWORD: &str = "wonderland-42";
+
+/// Percent-encoding of everything but unreserved characters (for ids in a URL path).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
 
 /// A deterministic, opaque-looking secret (hex) for `tag` and `i`.
 pub fn secret(tag: &str, i: u64, len: usize) -> String {
@@ -1092,6 +1157,7 @@ fn frozen_credential_used(w: &World) -> Result<()> {
         let s = w
             .sessions()
             .ok()?
+            .0
             .into_iter()
             .find(|s| s.kind == "bearer" && s.requests >= 5)?;
         Some(s.fingerprint.unwrap_or(s.id))
