@@ -30,6 +30,14 @@ pub enum Which {
         #[arg(long, default_value = "both")]
         case: String,
     },
+    /// Session verdicts of the labelled scenarios (tests/src/scenarios.rs) with the
+    /// default scoring calibration: a row per scenario, the confusion matrix, precision
+    /// and recall of `unhealthy`, alerts over healthy scenarios. Needs root.
+    Verdicts {
+        /// Only the scenarios whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 const NGINX_PORT: u16 = 18_080;
@@ -225,6 +233,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(which: Which, bin: &Path) -> Result<()> {
     match which {
+        Which::Verdicts { only } => crate::verdicts::run(bin, only.as_deref()),
         Which::Overhead {
             rounds,
             seconds,

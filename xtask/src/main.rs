@@ -6,6 +6,7 @@ mod bench;
 mod peers;
 mod testrun;
 mod toolchain;
+mod verdicts;
 
 use std::process::Command;
 
