@@ -21,8 +21,8 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use crate::{
-    agent_json, agent_request, free_port, python_api_server, scratch_dir, wait_for, workspace_root,
-    Agent, Netns, Proc,
+    agent_json, agent_request, encode_segment, free_port, python_api_server, scratch_dir, wait_for,
+    workspace_root, Agent, Netns, Proc,
 };
 
 /// The agent's configuration for every scenario: defaults, scored every second.
@@ -384,7 +384,10 @@ impl World {
             .context("the session list is not an array")?
         {
             let s = Seen::from_json(v)?;
-            let detail = agent_json(&self.agent, &format!("/api/sessions/{}", encode(&s.id)));
+            let detail = agent_json(
+                &self.agent,
+                &format!("/api/sessions/{}", encode_segment(&s.id)),
+            );
             let mine = match detail {
                 Ok(d) => d["networks"].as_array().is_some_and(|nets| {
                     nets.iter().any(|n| {
@@ -622,17 +625,6 @@ pub const KNOWN_USER: &str = "alice";
 pub const KNOWN_PASSWORD: &str = "wonderland-42";
 
 /// Percent-encoding of everything but unreserved characters (for ids in a URL path).
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
 
 /// A deterministic, opaque-looking secret (hex) for `tag` and `i`.
 pub fn secret(tag: &str, i: u64, len: usize) -> String {
@@ -830,6 +822,21 @@ pub fn all() -> Vec<Scenario> {
             &["token_rotation"],
             rotating_token_scraper,
         ),
+        Scenario {
+            namespaces: 2,
+            ..unhealthy(
+                "shared_token_two_networks",
+                "bearer",
+                &["concurrent_networks"],
+                shared_token_two_networks,
+            )
+        },
+        unhealthy(
+            "login_form_guessing",
+            "anonymous",
+            &["brute_force"],
+            login_form_guessing,
+        ),
     ]
 }
 
@@ -1015,6 +1022,45 @@ fn shared_token(w: &World) -> Result<()> {
     let plays: Vec<(usize, &Plan)> = plans.iter().enumerate().collect();
     w.play_together(&plays)?;
     Ok(())
+}
+
+/// One token used by two parties at once, from two networks (the minimum of sharing).
+fn shared_token_two_networks(w: &World) -> Result<()> {
+    let token = bearer(&secret("pair", 3, 40));
+    let plans: Vec<Plan> = (0..2)
+        .map(|n| {
+            Plan::one(
+                Conn::new(
+                    &[("Authorization", token.as_str()), ("User-Agent", SCRIPT_UA)],
+                    app_mix(10, 0.7),
+                )
+                .start(0.35 * n as f64),
+            )
+        })
+        .collect();
+    let plays: Vec<(usize, &Plan)> = plans.iter().enumerate().collect();
+    w.play_together(&plays)?;
+    Ok(())
+}
+
+/// A login form guessed from one client: the credentials travel in the body, so no
+/// credential is seen, only an anonymous client failing again and again.
+fn login_form_guessing(w: &World) -> Result<()> {
+    let requests = (0..60)
+        .map(|i| {
+            Req::post(
+                "/login",
+                &format!("{{\"user\":\"alice\",\"password\":\"guess-{i}\"}}"),
+            )
+            .header("Content-Type", "application/json".to_string())
+            .pause(0.03)
+        })
+        .collect();
+    let played = w.play(
+        0,
+        &Plan::one(Conn::new(&[("User-Agent", SCRIPT_UA)], requests)),
+    )?;
+    played.expect(401, 60)
 }
 
 /// Credential stuffing: 60 leaked user:password pairs, one attempt each, from one

@@ -105,6 +105,16 @@ fn rotating_token_scraper() {
     check("rotating_token_scraper");
 }
 
+#[test]
+fn shared_token_two_networks() {
+    check("shared_token_two_networks");
+}
+
+#[test]
+fn login_form_guessing() {
+    check("login_form_guessing");
+}
+
 /// Every scenario has its test above.
 #[test]
 fn every_scenario_has_a_test() {
@@ -125,6 +135,8 @@ fn every_scenario_has_a_test() {
         "credential_in_query",
         "frozen_credential_used",
         "rotating_token_scraper",
+        "shared_token_two_networks",
+        "login_form_guessing",
     ];
     let mut all: Vec<&str> = scenarios::all().iter().map(|s| s.name).collect();
     all.sort_unstable();

@@ -98,6 +98,8 @@ reasons! {
         "Consumption above the credential's access tier (rate or daily quota).";
     AuthFailures / auth_failures => "auth_failures", 30,
         "A burst of 401/403 responses.";
+    BruteForce / brute_force => "brute_force", 60,
+        "Sustained guessing: many 401/403 responses (`brute_force_min` in the window) making up most of the requests, e.g. a login form tried over and over.";
     Enumeration / enumeration => "enumeration", 55,
         "Many distinct object ids requested on one route.";
     NotFoundRatio / not_found_ratio => "not_found_ratio", 25,
@@ -139,7 +141,7 @@ pub struct ScoreConfig {
     /// `concurrent_networks`: within this many seconds...
     pub concurrent_secs: u64,
     /// ...the credential's network changed at least this many times between at least two
-    /// networks. A client that moves changes once.
+    /// networks, or at least three networks were used. A client that moves changes once.
     pub concurrent_min_switches: u32,
     /// Distinct user-agent families within the window that make `multi_agent`.
     pub multi_agent_min: usize,
@@ -164,6 +166,9 @@ pub struct ScoreConfig {
     pub auth_failures_min: u64,
     /// ...when they are at least this share of the window's requests.
     pub auth_failures_ratio: f64,
+    /// 401/403 within the window that make `brute_force`, when they are at least half of
+    /// the window's requests.
+    pub brute_force_min: u64,
     /// Distinct ids on one route within the window that make `enumeration`.
     pub enumeration_min_ids: u64,
     /// Requests within the window before `not_found_ratio` is considered...
@@ -206,7 +211,7 @@ impl Default for ScoreConfig {
             window_secs: 300,
             multi_network_min: 3,
             concurrent_secs: 60,
-            concurrent_min_switches: 4,
+            concurrent_min_switches: 3,
             multi_agent_min: 3,
             switch_min_requests: 10,
             rate_short_secs: 10.0,
@@ -218,6 +223,9 @@ impl Default for ScoreConfig {
             rate_limit: 200.0,
             auth_failures_min: 10,
             auth_failures_ratio: 0.2,
+            // fail2ban: 5 failures in 10 minutes bans; AWS WAF ATP: >10 failed logins per
+            // IP in 10 minutes. Ten times that within one session is guessing, not typos.
+            brute_force_min: 50,
             enumeration_min_ids: 100,
             not_found_min_requests: 20,
             not_found_ratio: 0.5,
@@ -449,8 +457,9 @@ pub fn signals(input: &ScoreInput, cfg: &ScoreConfig) -> Vec<Reason> {
         out.push(Reason::MultiNetwork);
     }
     if inbound
-        && input.recent_networks >= 2
-        && input.network_switches >= cfg.concurrent_min_switches.max(2)
+        && ((input.recent_networks >= 2
+            && input.network_switches >= cfg.concurrent_min_switches.max(2))
+            || input.recent_networks >= 3)
     {
         out.push(Reason::ConcurrentNetworks);
     }
@@ -478,6 +487,11 @@ pub fn signals(input: &ScoreInput, cfg: &ScoreConfig) -> Vec<Reason> {
         && share(input.auth_failures, requests) >= cfg.auth_failures_ratio
     {
         out.push(Reason::AuthFailures);
+    }
+    if input.auth_failures >= cfg.brute_force_min.max(1)
+        && share(input.auth_failures, requests) >= 0.5
+    {
+        out.push(Reason::BruteForce);
     }
     if input.max_route_ids >= cfg.enumeration_min_ids.max(1) {
         out.push(Reason::Enumeration);

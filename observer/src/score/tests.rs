@@ -30,7 +30,13 @@ fn concurrent_networks_needs_back_and_forth() {
     };
     // One move is a client that moved.
     assert_eq!(reasons(&i), vec![]);
-    i.network_switches = 4;
+    i.network_switches = 2;
+    assert_eq!(reasons(&i), vec![]);
+    // Three networks within seconds: nobody travels that fast.
+    i.recent_networks = 3;
+    assert_eq!(reasons(&i), vec![Reason::ConcurrentNetworks]);
+    i.recent_networks = 2;
+    i.network_switches = 3;
     let a = evaluate(&i, &cfg());
     assert_eq!(a.reasons, vec![Reason::ConcurrentNetworks]);
     assert_eq!(a.state, HealthState::Unhealthy);
@@ -163,4 +169,25 @@ fn trusted_networks_are_validated() {
     assert_eq!(c.validate().unwrap_err().0, "scoring.trusted_networks");
     c.trusted_networks.clear();
     assert!(c.validate().is_ok());
+}
+
+#[test]
+fn brute_force_is_sustained_guessing() {
+    let i = |failures: u64, requests: u64| ScoreInput {
+        requests,
+        auth_failures: failures,
+        ..Default::default()
+    };
+    assert_eq!(
+        evaluate(&i(60, 70), &cfg()).reasons,
+        vec![Reason::AuthFailures, Reason::BruteForce]
+    );
+    assert_eq!(evaluate(&i(60, 70), &cfg()).state, HealthState::Unhealthy);
+    // A burst of a dozen: suspicious, not yet guessing.
+    assert_eq!(evaluate(&i(12, 12), &cfg()).state, HealthState::Suspicious);
+    // Many failures within much successful traffic: only the burst signal.
+    assert_eq!(
+        evaluate(&i(60, 300), &cfg()).reasons,
+        vec![Reason::AuthFailures]
+    );
 }

@@ -450,6 +450,8 @@ impl SessionTable {
                     v.last_seen = v.last_seen.max(t);
                     v.requests += 1;
                     v.status[class_index(ex.status)] += 1;
+                    // The networks a view covers (bounded like a session's).
+                    v.hit_network(network, t);
                     if let Some(a) = v.across.as_mut() {
                         a.record(&u, t);
                     }

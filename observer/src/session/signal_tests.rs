@@ -44,9 +44,22 @@ fn multi_network() {
         .iter()
         .enumerate()
     {
-        obs(&mut t, tok().client(ip).at(i as f64 * 10.0));
+        // Minutes apart: three places in five minutes, never two at once.
+        obs(&mut t, tok().client(ip).at(i as f64 * 90.0));
     }
-    assert_eq!(reasons(&mut t, 30.0), vec![Reason::MultiNetwork]);
+    assert_eq!(reasons(&mut t, 200.0), vec![Reason::MultiNetwork]);
+    // The same three within seconds: at once.
+    let mut t = table();
+    for (i, ip) in ["10.1.0.1:1", "10.2.0.1:1", "10.3.0.1:1"]
+        .iter()
+        .enumerate()
+    {
+        obs(&mut t, tok().client(ip).at(i as f64 * 5.0));
+    }
+    assert_eq!(
+        reasons(&mut t, 15.0),
+        vec![Reason::MultiNetwork, Reason::ConcurrentNetworks]
+    );
 
     // Near miss: two networks, or the first use outside the window.
     let mut t = table();
