@@ -147,7 +147,7 @@ fn dashboard_and_rules_use_only_metrics_a_real_agent_exports() {
     if !prerequisites() {
         return;
     }
-    // A real agent, after traffic with a risky credential use (in the query string: only
+    // A real agent, after traffic with a risky credential use (an unsigned JWT: only
     // sessions below 100 get a health-score series) and a scoring pass.
     let agent = Agent::start(&[]).unwrap();
     let port = free_port();
@@ -155,6 +155,9 @@ fn dashboard_and_rules_use_only_metrics_a_real_agent_exports() {
     curl(&[
         "-o",
         "/dev/null",
+        // {"alg":"none"}.{"sub":"dashboard-check"}. with no signature.
+        "-H",
+        "Authorization: Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJkYXNoYm9hcmQtY2hlY2sifQ.",
         &format!("http://127.0.0.1:{port}/items/3?api_key=dashboard-check-key"),
     ])
     .unwrap();
