@@ -121,7 +121,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "Exchanges dropped unseen by the privacy off switch (processes, hosts, routes).",
     )?;
     registry.register(Box::new(ignored.clone()))?;
-    let key = FingerprintKey::from_config(&config.identity).context("fingerprint key")?;
+    let key = FingerprintKey::from_config(
+        &config.identity,
+        config.state_dir.as_deref(),
+        SystemTime::now(),
+    )
+    .context("fingerprint key")?;
+    if key.is_fleet() {
+        tracing::info!(
+            epoch = key.generation(),
+            "fleet fingerprint key: derived from the shared secret, same on every node"
+        );
+    }
     let mut table = SessionTable::new(
         SessionTableConfig {
             identity: config.identity.clone(),

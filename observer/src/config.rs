@@ -246,6 +246,15 @@ impl Config {
         self.tiers
             .validate()
             .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
+        let id = &self.identity;
+        if id.shared_secret_file.is_some() && (id.key.is_some() || id.key_file.is_some()) {
+            return Err(ConfigError::Invalid {
+                key: "identity.shared_secret_file".into(),
+                why: "fleet keys are derived from the shared secret; remove identity.key and \
+                      identity.key_file"
+                    .into(),
+            });
+        }
         Ok(())
     }
 }
@@ -319,5 +328,11 @@ mod tests {
         );
         let err = Config::from_toml("listen = \"nope\"\n").unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
+        let err = Config::from_toml("[identity]\nshared_secret_file = \"/s\"\nkey_file = \"/k\"\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("identity.shared_secret_file"),
+            "{err}"
+        );
     }
 }

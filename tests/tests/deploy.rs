@@ -55,12 +55,17 @@ fn kubernetes_manifests_fit_together_and_validate() {
         .arg("check_kustomization.py")
         .current_dir(&dir));
     let rendered = String::from_utf8_lossy(&out.stdout);
+    // The script also checks that the fleet Secret is mounted read-only (mode 0400) where
+    // shared_secret_file points, the startupProbe, read-only tracefs and that the
+    // NetworkPolicy admits only the metrics port from selected namespaces.
     for kind in [
         "DaemonSet",
         "Service",
         "ServiceMonitor",
         "PrometheusRule",
         "ConfigMap",
+        "Secret",
+        "NetworkPolicy",
     ] {
         assert!(
             rendered.contains(&format!("kind: {kind}")),
@@ -77,8 +82,98 @@ fn kubernetes_manifests_fit_together_and_validate() {
             "configmap.yaml",
             "daemonset.yaml",
             "service.yaml",
+            "secret.yaml",
+            "networkpolicy.yaml",
         ])
         .current_dir(&dir));
+}
+
+#[test]
+fn fleet_secret_probe_and_network_policy_are_in_place() {
+    if !require_tools(&["python3"]) {
+        return;
+    }
+    let dir = deploy().join("kubernetes");
+    // Independently of the script: the rendered objects, as JSON.
+    let script = "import json,sys,yaml\n\
+        docs=[d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d]\n\
+        print(json.dumps(docs))";
+    let out = run(Command::new("python3")
+        .args(["-c", script])
+        .args([
+            "daemonset.yaml",
+            "networkpolicy.yaml",
+            "secret.yaml",
+            "configmap.yaml",
+        ])
+        .current_dir(&dir));
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let of = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let pod = &of("DaemonSet")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["startupProbe"]["httpGet"]["path"], "/healthz");
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    let tracefs = mounts
+        .iter()
+        .find(|m| m["mountPath"] == "/sys/kernel/tracing")
+        .unwrap();
+    assert_eq!(tracefs["readOnly"], true);
+    let secret_name = of("Secret")["metadata"]["name"].clone();
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v.to_string().contains(&format!("\"name\":{secret_name}")))
+        .expect("a volume with the Secret");
+    let mount = mounts
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("the Secret's volume is mounted");
+    assert_eq!(mount["readOnly"], true);
+    let item = volume.to_string();
+    assert!(item.contains("fleet-secret/fleet.secret"), "{item}");
+    assert!(item.contains("\"mode\":256"), "mode 0400: {item}");
+    let toml = of("ConfigMap")["data"]["observer.toml"].as_str().unwrap();
+    assert!(
+        toml.contains("shared_secret_file = \"/etc/observer/fleet-secret/fleet.secret\""),
+        "{toml}"
+    );
+    // The placeholder is refused by the agent (too short), never a usable secret.
+    let placeholder = of("Secret")["stringData"]["fleet.secret"].as_str().unwrap();
+    assert!(placeholder.len() < 32, "{placeholder}");
+    let np = &of("NetworkPolicy")["spec"];
+    assert_eq!(np["policyTypes"], serde_json::json!(["Ingress"]));
+    let rules = np["ingress"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{np}");
+    assert_eq!(
+        rules[0]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": "metrics"}])
+    );
+    assert!(
+        rules[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            .is_string()
+    );
+}
+
+#[test]
+fn systemd_unit_keeps_state_and_can_read_the_fleet_secret() {
+    let unit = std::fs::read_to_string(deploy().join("systemd/observer.service")).unwrap();
+    for line in [
+        "StateDirectory=observer",
+        "StateDirectoryMode=0700",
+        "ProtectSystem=strict",
+    ] {
+        assert!(unit.lines().any(|l| l.trim() == line), "{line} missing");
+    }
+    // /etc stays readable under ProtectSystem=strict; nothing may hide it.
+    for bad in ["InaccessiblePaths=/etc", "TemporaryFileSystem=/etc"] {
+        assert!(!unit.contains(bad), "{bad}");
+    }
+    assert!(unit.contains("/etc/observer/fleet.secret"));
 }
 
 #[test]

@@ -6,6 +6,10 @@
 //! library is attached once however many processes map it; a program's probes are
 //! released when the last process running it exits. Failures are reported in the status
 //! and the log, never fatal.
+//!
+//! Analyses are cached by [`FileKey`]: device, inode, size, modification time and the
+//! ELF build id, so a file rewritten in place (same inode) is analysed again and its
+//! probes moved to the new offsets.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -313,6 +317,91 @@ impl FileId {
     }
 }
 
+/// What an analysis is valid for: the inode plus what changes when the file is
+/// rewritten in place (size, modification time, build id).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct FileKey {
+    id: FileId,
+    size: u64,
+    mtime_ns: i128,
+    /// GNU build-id note or Go build id note, when the file has one.
+    build_id: Option<Box<[u8]>>,
+}
+
+impl FileKey {
+    fn of(meta: &fs::Metadata, path: &Path) -> Self {
+        Self {
+            id: FileId::of(meta),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            build_id: build_id(path).map(Vec::into_boxed_slice),
+        }
+    }
+}
+
+/// `NT_GNU_BUILD_ID` (note name `GNU`).
+const NT_GNU_BUILD_ID: u32 = 3;
+/// Go's build id note type (note name `Go`, section `.note.go.buildid`).
+const NT_GO_BUILD_ID: u32 = 4;
+
+/// The build id in the notes of a 64-bit ELF file (only its headers and notes are read).
+fn build_id(path: &Path) -> Option<Vec<u8>> {
+    use object::read::elf::{FileHeader as _, ProgramHeader as _};
+    let file = fs::File::open(path).ok()?;
+    let data = object::ReadCache::new(file);
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(&data).ok()?;
+    let endian = header.endian().ok()?;
+    let mut go = None;
+    for segment in header.program_headers(endian, &data).ok()? {
+        let Ok(Some(mut notes)) = segment.notes(endian, &data) else {
+            continue;
+        };
+        while let Ok(Some(note)) = notes.next() {
+            match (note.name(), note.n_type(endian)) {
+                (b"GNU", NT_GNU_BUILD_ID) => return Some(note.desc().to_vec()),
+                (b"Go", NT_GO_BUILD_ID) => go = Some(note.desc().to_vec()),
+                _ => {}
+            }
+        }
+    }
+    go
+}
+
+/// Analyses of files by inode, each valid for one [`FileKey`]: a file rewritten in
+/// place gets a new key, and is analysed again.
+#[derive(Default)]
+struct AnalysisCache {
+    by_inode: HashMap<FileId, (FileKey, Option<Arc<Analysis>>)>,
+}
+
+impl AnalysisCache {
+    /// The key of `open` now and its analysis (cached, or made by `analyze`). `None`
+    /// when the file cannot be looked at.
+    fn lookup(
+        &mut self,
+        open: &Path,
+        analyze: impl FnOnce(&Path) -> anyhow::Result<Option<Analysis>>,
+    ) -> Option<(FileKey, Option<Arc<Analysis>>)> {
+        let meta = fs::metadata(open).ok()?;
+        let key = FileKey::of(&meta, open);
+        if let Some((cached, analysis)) = self.by_inode.get(&key.id) {
+            if *cached == key {
+                return Some((key, analysis.clone()));
+            }
+        }
+        let analysis = match analyze(open) {
+            Ok(a) => a.map(Arc::new),
+            Err(e) => {
+                tracing::debug!("tls: cannot read {}: {e:#}", open.display());
+                None
+            }
+        };
+        self.by_inode
+            .insert(key.id, (key.clone(), analysis.clone()));
+        Some((key, analysis))
+    }
+}
+
 /// Prometheus view of the attachments.
 struct TlsMetrics {
     processes: IntGaugeVec,
@@ -373,10 +462,10 @@ pub struct TlsProbes {
     /// The agent's root directory: a process with another one is in another mount
     /// namespace and its files are opened through `/proc/<pid>/root`.
     own_root: Option<FileId>,
-    analyses: HashMap<FileId, Option<Arc<Analysis>>>,
-    targets: HashMap<FileId, Target>,
+    analyses: AnalysisCache,
+    targets: HashMap<FileKey, Target>,
     /// Targets each process is counted in.
-    covered: HashMap<u32, Vec<FileId>>,
+    covered: HashMap<u32, Vec<FileKey>>,
     /// Processes let through the kernel's filter (`TLS_PIDS`).
     allowed: BTreeSet<u32>,
     rescans: Vec<(u32, Instant, usize)>,
@@ -405,7 +494,7 @@ impl TlsProbes {
             config,
             agent_pid: std::process::id(),
             own_root: fs::metadata("/proc/self/root").ok().map(|m| FileId::of(&m)),
-            analyses: HashMap::new(),
+            analyses: AnalysisCache::default(),
             targets: HashMap::new(),
             covered: HashMap::new(),
             allowed: BTreeSet::new(),
@@ -533,41 +622,57 @@ impl TlsProbes {
         }
     }
 
-    /// Look at one file (cached by inode); attach when it has TLS code; count `pid`.
+    /// Look at one file (cached by inode, size, mtime and build id); attach when it has
+    /// TLS code; count `pid`.
     fn consider(&mut self, ebpf: &mut Ebpf, open: &Path, shown: &Path, pid: Option<u32>) {
-        let Ok(meta) = fs::metadata(open) else {
+        let Some((key, analysis)) = self.analyses.lookup(open, analyze) else {
             return;
-        };
-        let id = FileId::of(&meta);
-        let analysis = match self.analyses.get(&id) {
-            Some(a) => a.clone(),
-            None => {
-                let a = match analyze(open) {
-                    Ok(a) => a.map(Arc::new),
-                    Err(e) => {
-                        tracing::debug!("tls: cannot read {}: {e:#}", shown.display());
-                        None
-                    }
-                };
-                self.analyses.insert(id, a.clone());
-                a
-            }
         };
         let Some(analysis) = analysis else {
             return;
         };
-        if !self.targets.contains_key(&id) {
-            let target = self.attach(ebpf, open, shown, &analysis, pid.is_none());
+        if !self.targets.contains_key(&key) {
+            // The file was rewritten in place: the probes of its old content sit at
+            // stale offsets. Move its processes to the new target.
+            let stale = self
+                .targets
+                .keys()
+                .find(|k| k.id == key.id)
+                .cloned()
+                .and_then(|k| self.targets.remove(&k).map(|t| (k, t)));
+            if let Some((_, old)) = &stale {
+                tracing::info!("tls: {} changed on disk; probes moved", old.status.path);
+                let _ = self
+                    .metrics
+                    .processes
+                    .remove_label_values(&[old.status.library.as_str(), old.status.path.as_str()]);
+            }
+            let stale = stale.map(|(k, mut old)| {
+                detach_links(ebpf, std::mem::take(&mut old.links));
+                (k, old)
+            });
+            let mut target = self.attach(ebpf, open, shown, &analysis, pid.is_none());
+            if let Some((old_key, old)) = stale {
+                target.status.system |= old.status.system;
+                for p in &old.status.pids {
+                    if let Some(keys) = self.covered.get_mut(p) {
+                        keys.retain(|k| *k != old_key);
+                        keys.push(key.clone());
+                    }
+                }
+                target.status.pids.extend(old.status.pids);
+                self.metrics.show(&target.status);
+            }
             if pid.is_some() {
                 log_target(&target.status);
             }
-            self.targets.insert(id, target);
+            self.targets.insert(key.clone(), target);
             self.changed = true;
         }
         let Some(pid) = pid else { return };
-        let target = self.targets.get_mut(&id).expect("inserted above");
+        let target = self.targets.get_mut(&key).expect("inserted above");
         if target.status.pids.insert(pid) {
-            self.covered.entry(pid).or_default().push(id);
+            self.covered.entry(pid).or_default().push(key);
             self.changed = true;
             self.metrics.show(&target.status);
         }
@@ -932,6 +1037,115 @@ mod tests {
             ]
         );
         assert!(entries.iter().all(|(_, offset)| *offset > 0));
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tls-cache-{}-{name}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Overwrite `path` in place (same inode) with `bytes`.
+    fn rewrite_in_place(path: &Path, bytes: &[u8]) {
+        use std::io::Write as _;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+        f.sync_all().unwrap();
+    }
+
+    fn ino(path: &Path) -> u64 {
+        fs::metadata(path).unwrap().ino()
+    }
+
+    #[test]
+    fn a_file_rewritten_in_place_is_analysed_again() {
+        let dir = scratch("rewrite");
+        let path = dir.join("prog");
+        // A real ELF file first (this test program), then other content, same inode.
+        let exe = fs::read(std::env::current_exe().unwrap()).unwrap();
+        fs::write(&path, &exe).unwrap();
+        let inode = ino(&path);
+        let mut cache = AnalysisCache::default();
+        let calls = std::cell::Cell::new(0);
+        let count = |p: &Path| {
+            calls.set(calls.get() + 1);
+            analyze(p)
+        };
+        let (k1, a1) = cache.lookup(&path, count).unwrap();
+        assert_eq!(a1, None, "a Rust program has no TLS code");
+        cache.lookup(&path, count).unwrap();
+        assert_eq!(calls.get(), 1, "unchanged: served from the cache");
+        let fake = OPENSSL_SYMBOLS
+            .iter()
+            .map(|(s, _)| (*s, 0x1000))
+            .collect::<Vec<_>>();
+        // Cache a (fake) OpenSSL analysis for this content ...
+        cache.by_inode.insert(
+            k1.id,
+            (
+                k1.clone(),
+                Some(Arc::new(Analysis::OpenSsl { entries: fake })),
+            ),
+        );
+        // ... then rewrite the file in place with different content.
+        rewrite_in_place(&path, b"#!/bin/sh\necho no TLS here\n");
+        assert_eq!(ino(&path), inode, "same inode");
+        let (k2, a2) = cache.lookup(&path, count).unwrap();
+        assert_ne!(k1, k2);
+        assert_eq!(a2, None, "the stale OpenSSL analysis is not returned");
+        assert_eq!(calls.get(), 2);
+        assert_eq!(cache.by_inode.len(), 1, "one entry per inode");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_build_id_is_part_of_the_key() {
+        let dir = scratch("buildid");
+        let path = dir.join("prog");
+        let mut exe = fs::read(std::env::current_exe().unwrap()).unwrap();
+        fs::write(&path, &exe).unwrap();
+        let Some(id) = build_id(&path) else {
+            eprintln!("SKIPPED the_build_id_is_part_of_the_key: test binary has no build id");
+            return;
+        };
+        assert!(id.len() >= 8, "{id:?}");
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        let mut cache = AnalysisCache::default();
+        let (k1, _) = cache.lookup(&path, |_| Ok(None)).unwrap();
+        assert_eq!(k1.build_id.as_deref(), Some(id.as_slice()));
+        // Same size, same mtime (restored), another build id: still a miss.
+        let at = exe
+            .windows(id.len())
+            .position(|w| w == id.as_slice())
+            .unwrap();
+        exe[at] ^= 0xff;
+        rewrite_in_place(&path, &exe);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let mut analysed = false;
+        let (k2, _) = cache
+            .lookup(&path, |_| {
+                analysed = true;
+                Ok(None)
+            })
+            .unwrap();
+        assert_eq!((k1.id, k1.size, k1.mtime_ns), (k2.id, k2.size, k2.mtime_ns));
+        assert_ne!(k1.build_id, k2.build_id);
+        assert!(analysed, "a new build id is analysed again");
+        assert_eq!(build_id(Path::new("/nonexistent")), None);
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -4,14 +4,22 @@
 //! and shown as 12 hex digits after a prefix naming the kind (`tok_5f2c9a1e0b7d`). Without
 //! the key a fingerprint cannot be recomputed from a guessed credential; after
 //! [`FingerprintKey::rotate`] new fingerprints cannot be linked to old ones.
+//!
+//! Fleet mode (`[identity] shared_secret_file`): the key of epoch `N` (`N = floor(unix
+//! time / rotate_every_secs)`, always 0 without rotation) is
+//! `HKDF-SHA-256(ikm = secret, salt = FLEET_SALT, info = N as big-endian u64)`, so every
+//! agent holding the same secret makes the same fingerprints within an epoch, and all of
+//! them change key at the same wall-clock instant without talking to each other.
 
 use std::{
     fmt, fs,
     io::{self, Write as _},
     path::{Path, PathBuf},
     sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
 };
 
+use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use serde::{Serialize, Serializer};
 use sha2::Sha256;
@@ -20,6 +28,12 @@ use sha2::Sha256;
 pub const FINGERPRINT_HEX: usize = 12;
 /// Bytes of key material.
 pub const KEY_BYTES: usize = 32;
+/// Fewest bytes of a fleet shared secret.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// HKDF salt of fleet keys (a fixed label: changing it changes every fleet fingerprint).
+const FLEET_SALT: &[u8] = b"observer fingerprint key v1";
+/// File name of the per-host key inside `state_dir` (when no key is configured).
+pub const STATE_KEY_FILE: &str = "fingerprint.key";
 
 /// A keyed hash of a credential (or of a JWT `sub`/`jti`), e.g. `tok_5f2c9a1e0b7d`.
 /// Cheap to clone; safe to print and export.
@@ -77,15 +91,91 @@ pub enum KeyError {
     Io { path: PathBuf, source: io::Error },
     #[error("fingerprint key file {path}: must hold {} hex digits", KEY_BYTES * 2)]
     BadFile { path: PathBuf },
+    #[error("fleet shared secret file {path}: {problem}")]
+    BadSecret { path: PathBuf, problem: String },
 }
 
-/// The per-host HMAC key. Never printed (its `Debug` shows only the generation).
+/// The fleet's shared secret (HKDF input) and the epoch length. Never printed.
+struct Fleet {
+    secret: Vec<u8>,
+    /// 0: a single epoch 0.
+    epoch_secs: u64,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.secret.fill(0);
+    }
+}
+
+/// Epoch number of `now` for epochs of `epoch_secs` seconds (0: always epoch 0; times
+/// before 1970 count as epoch 0).
+pub fn epoch_of(now: SystemTime, epoch_secs: u64) -> u64 {
+    if epoch_secs == 0 {
+        return 0;
+    }
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / epoch_secs)
+        .unwrap_or(0)
+}
+
+/// The key of `epoch` derived from a fleet secret.
+fn derive_epoch_key(secret: &[u8], epoch: u64) -> [u8; KEY_BYTES] {
+    let hk = Hkdf::<Sha256>::new(Some(FLEET_SALT), secret);
+    let mut out = [0u8; KEY_BYTES];
+    hk.expand(&epoch.to_be_bytes(), &mut out)
+        .expect("32 bytes is a valid HKDF-SHA-256 output length");
+    out
+}
+
+/// Read a fleet secret: the file must exist, hold at least [`MIN_SECRET_BYTES`] bytes
+/// (used exactly as they are, newline included) and be readable by its owner only.
+pub fn read_shared_secret(path: &Path) -> Result<Vec<u8>, KeyError> {
+    let bad = |problem: String| KeyError::BadSecret {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let meta = fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(bad(format!(
+                "mode {mode:04o} lets group or others read it; chmod 600 (or 400) it"
+            )));
+        }
+    }
+    let secret = fs::read(path).map_err(|e| bad(e.to_string()))?;
+    if secret.len() < MIN_SECRET_BYTES {
+        let n = secret.len();
+        let mut secret = secret;
+        secret.fill(0);
+        return Err(bad(format!(
+            "holds {n} bytes, at least {MIN_SECRET_BYTES} are needed \
+             (e.g. head -c 32 /dev/urandom > {})",
+            path.display()
+        )));
+    }
+    Ok(secret)
+}
+
+/// The HMAC key (per host, or per epoch of a fleet secret). Never printed (its `Debug`
+/// shows only the generation, the key file and whether it is a fleet key).
 pub struct FingerprintKey {
     bytes: [u8; KEY_BYTES],
-    /// Incremented by every rotation.
+    /// Per host: incremented by every rotation. Fleet: the epoch number.
     generation: u64,
     /// File the key was loaded from; rotation writes the new key there.
     path: Option<PathBuf>,
+    /// Set in fleet mode: keys are derived per epoch, never random.
+    fleet: Option<Fleet>,
+    /// When a key loaded from a file was written (its modification time): the scheduled
+    /// rotation counts from it, so a restart does not extend the key's life.
+    written: Option<SystemTime>,
 }
 
 impl fmt::Debug for FingerprintKey {
@@ -93,6 +183,7 @@ impl fmt::Debug for FingerprintKey {
         f.debug_struct("FingerprintKey")
             .field("generation", &self.generation)
             .field("path", &self.path)
+            .field("fleet", &self.fleet.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -173,7 +264,55 @@ impl FingerprintKey {
             bytes,
             generation: 0,
             path: None,
+            fleet: None,
+            written: None,
         }
+    }
+
+    /// The fleet key of the epoch `now` falls in (epochs of `epoch_secs`; 0: one epoch).
+    pub fn from_shared_secret(secret: Vec<u8>, epoch_secs: u64, now: SystemTime) -> Self {
+        let epoch = epoch_of(now, epoch_secs);
+        Self {
+            bytes: derive_epoch_key(&secret, epoch),
+            generation: epoch,
+            path: None,
+            fleet: Some(Fleet { secret, epoch_secs }),
+            written: None,
+        }
+    }
+
+    /// Fleet mode: the epoch `now` falls in. `None` for a per-host key.
+    pub fn fleet_epoch_at(&self, now: SystemTime) -> Option<u64> {
+        self.fleet.as_ref().map(|f| epoch_of(now, f.epoch_secs))
+    }
+
+    /// Whether the key is derived from a fleet secret.
+    pub fn is_fleet(&self) -> bool {
+        self.fleet.is_some()
+    }
+
+    /// When the key in the key file was written, if it came from one.
+    pub fn written(&self) -> Option<SystemTime> {
+        self.written
+    }
+
+    /// File the per-host key is kept in, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Fleet mode: switch to the key of `epoch` (the generation becomes `epoch`). Returns
+    /// whether the key changed; always `false` for a per-host key.
+    pub fn enter_epoch(&mut self, epoch: u64) -> bool {
+        let Some(fleet) = &self.fleet else {
+            return false;
+        };
+        if epoch == self.generation {
+            return false;
+        }
+        self.bytes = derive_epoch_key(&fleet.secret, epoch);
+        self.generation = epoch;
+        true
     }
 
     /// A key given as 64 hex digits (e.g. from the config file).
@@ -203,33 +342,71 @@ impl FingerprintKey {
                 })
             }
         };
+        let written = fs::metadata(path).and_then(|m| m.modified()).ok();
         Ok(Self {
             bytes,
             generation: 0,
             path: Some(path.to_path_buf()),
+            fleet: None,
+            written,
         })
     }
 
-    /// The key the identity config asks for: `key` if given, else `key_file`, else random.
-    pub fn from_config(config: &super::IdentityConfig) -> Result<Self, KeyError> {
+    /// The key the identity config asks for: the fleet key of the epoch of `now` if
+    /// `shared_secret_file` is set, else `key`, else `key_file`, else
+    /// `state_dir/fingerprint.key` when there is a state directory, else random.
+    pub fn from_config(
+        config: &super::IdentityConfig,
+        state_dir: Option<&Path>,
+        now: SystemTime,
+    ) -> Result<Self, KeyError> {
+        if let Some(path) = &config.shared_secret_file {
+            let secret = read_shared_secret(path)?;
+            return Ok(Self::from_shared_secret(
+                secret,
+                config.rotate_every_secs,
+                now,
+            ));
+        }
         if let Some(secret) = &config.key {
             return Self::from_hex(secret.expose());
         }
         if let Some(path) = &config.key_file {
             return Self::load_or_create(path);
         }
+        if let Some(dir) = state_dir {
+            let mut builder = fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt as _;
+                builder.mode(0o700);
+            }
+            builder.create(dir).map_err(|source| KeyError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            return Self::load_or_create(&dir.join(STATE_KEY_FILE));
+        }
         Self::random()
     }
 
     /// Replace the key with a new random one (and rewrite the key file if the key came
     /// from one). Fingerprints made after this cannot be linked to those made before.
+    /// A fleet key moves to the next epoch instead (never random: see
+    /// [`FingerprintKey::enter_epoch`]).
     pub fn rotate(&mut self) -> Result<(), KeyError> {
+        if self.fleet.is_some() {
+            self.enter_epoch(self.generation.wrapping_add(1));
+            return Ok(());
+        }
         let bytes = random_bytes()?;
         if let Some(path) = &self.path {
             write_key_file(path, &bytes)?;
         }
         self.bytes = bytes;
         self.generation += 1;
+        self.written = self.path.as_ref().map(|_| SystemTime::now());
         Ok(())
     }
 
@@ -355,6 +532,146 @@ mod tests {
             Err(KeyError::BadFile { .. })
         ));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_secs(secs)
+    }
+
+    const SECRET: &[u8; 40] = b"0123456789abcdef0123456789abcdef-fleet-1";
+
+    #[test]
+    fn fleet_same_secret_same_epoch_same_fingerprint() {
+        let a = FingerprintKey::from_shared_secret(SECRET.to_vec(), 3600, at(7200));
+        let b = FingerprintKey::from_shared_secret(SECRET.to_vec(), 3600, at(10_799));
+        assert_eq!(a.generation(), 2);
+        assert_eq!(b.generation(), 2);
+        assert!(a.is_fleet());
+        assert_eq!(
+            a.fingerprint("tok", "cred", b"x"),
+            b.fingerprint("tok", "cred", b"x")
+        );
+        // Another epoch, another secret: other fingerprints.
+        let c = FingerprintKey::from_shared_secret(SECRET.to_vec(), 3600, at(10_800));
+        assert_eq!(c.generation(), 3);
+        assert_ne!(
+            a.fingerprint("tok", "cred", b"x"),
+            c.fingerprint("tok", "cred", b"x")
+        );
+        let mut other = SECRET.to_vec();
+        other[0] ^= 1;
+        let d = FingerprintKey::from_shared_secret(other, 3600, at(7200));
+        assert_ne!(
+            a.fingerprint("tok", "cred", b"x"),
+            d.fingerprint("tok", "cred", b"x")
+        );
+        // No rotation: one epoch, 0, whatever the time.
+        let e = FingerprintKey::from_shared_secret(SECRET.to_vec(), 0, at(1));
+        let f = FingerprintKey::from_shared_secret(SECRET.to_vec(), 0, at(1_000_000_000));
+        assert_eq!(e.generation(), 0);
+        assert_eq!(
+            e.fingerprint("tok", "cred", b"x"),
+            f.fingerprint("tok", "cred", b"x")
+        );
+        // Debug shows neither the secret nor the key.
+        let printed = format!("{a:?}");
+        assert!(!printed.contains("0123456789"), "{printed}");
+    }
+
+    #[test]
+    fn fleet_key_is_hkdf_of_the_epoch() {
+        let key = FingerprintKey::from_shared_secret(SECRET.to_vec(), 60, at(125));
+        let hk = Hkdf::<Sha256>::new(Some(b"observer fingerprint key v1"), SECRET);
+        let mut expected = [0u8; KEY_BYTES];
+        hk.expand(&2u64.to_be_bytes(), &mut expected).unwrap();
+        assert_eq!(key.bytes, expected);
+    }
+
+    #[test]
+    fn fleet_enter_epoch_switches_only_on_change() {
+        let mut key = FingerprintKey::from_shared_secret(SECRET.to_vec(), 60, at(0));
+        let fresh = |e: u64| FingerprintKey::from_shared_secret(SECRET.to_vec(), 60, at(e * 60));
+        assert_eq!(key.fleet_epoch_at(at(59)), Some(0));
+        assert!(!key.enter_epoch(0));
+        assert_eq!(key.fleet_epoch_at(at(60)), Some(1));
+        assert!(key.enter_epoch(1));
+        assert_eq!(key.generation(), 1);
+        assert_eq!(key.bytes, fresh(1).bytes);
+        key.rotate().unwrap();
+        assert_eq!(
+            key.generation(),
+            2,
+            "a fleet rotation moves to the next epoch"
+        );
+        assert_eq!(key.bytes, fresh(2).bytes);
+        let mut host = FingerprintKey::from_bytes([1; KEY_BYTES]);
+        assert_eq!(host.fleet_epoch_at(at(60)), None);
+        assert!(!host.enter_epoch(5));
+    }
+
+    #[test]
+    fn bad_secret_files_name_the_path() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tmpdir("secret");
+        let write = |name: &str, bytes: &[u8], mode: u32| {
+            let path = dir.join(name);
+            fs::write(&path, bytes).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            path
+        };
+        let check = |path: &Path, phrase: &str| {
+            let err = read_shared_secret(path).unwrap_err().to_string();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains(phrase), "{err}");
+            assert!(!err.contains("0123456789"), "{err}");
+        };
+        check(&dir.join("missing.secret"), "No such file");
+        check(&write("short.secret", &SECRET[..31], 0o600), "31 bytes");
+        check(&write("open.secret", SECRET, 0o644), "0644");
+        check(&write("group.secret", SECRET, 0o640), "0640");
+        let good = write("good.secret", SECRET, 0o400);
+        assert_eq!(read_shared_secret(&good).unwrap(), SECRET.to_vec());
+        let config = super::super::IdentityConfig {
+            shared_secret_file: Some(dir.join("open.secret")),
+            ..Default::default()
+        };
+        let err = FingerprintKey::from_config(&config, None, at(0)).unwrap_err();
+        assert!(matches!(err, KeyError::BadSecret { .. }), "{err}");
+        let config = super::super::IdentityConfig {
+            shared_secret_file: Some(good),
+            rotate_every_secs: 100,
+            ..Default::default()
+        };
+        let key = FingerprintKey::from_config(&config, Some(&dir), at(250)).unwrap();
+        assert!(key.is_fleet() && key.generation() == 2 && key.path().is_none());
+        assert!(
+            !dir.join(STATE_KEY_FILE).exists(),
+            "no per-host key in fleet mode"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn per_host_key_kept_in_the_state_dir() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tmpdir("state").join("state");
+        let config = super::super::IdentityConfig::default();
+        let k1 = FingerprintKey::from_config(&config, Some(&dir), SystemTime::now()).unwrap();
+        let path = dir.join(STATE_KEY_FILE);
+        assert_eq!(k1.path(), Some(path.as_path()));
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(k1.written().is_some());
+        let k2 = FingerprintKey::from_config(&config, Some(&dir), SystemTime::now()).unwrap();
+        assert_eq!(
+            k1.fingerprint("tok", "cred", b"x"),
+            k2.fingerprint("tok", "cred", b"x"),
+            "the same key after a restart"
+        );
+        // Without a state directory: random per run.
+        let k3 = FingerprintKey::from_config(&config, None, SystemTime::now()).unwrap();
+        assert!(k3.path().is_none());
+        fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[test]

@@ -45,13 +45,20 @@ pub struct IdentityConfig {
     /// Cookie names holding a session id (any case).
     pub session_cookies: Vec<String>,
     /// File holding the fingerprint key (64 hex digits); created with mode 0600 and a
-    /// random key if missing. Without it (and without `key`) the key is random per run.
+    /// random key if missing. Without it (and without `key` or `shared_secret_file`) the
+    /// key is kept in `state_dir/fingerprint.key` when `state_dir` is set, else random per
+    /// run. A kept key's rotation period counts from when the file was written.
     pub key_file: Option<PathBuf>,
     /// The fingerprint key itself (64 hex digits). Never printed.
     pub key: Option<KeySecret>,
     /// Replace the fingerprint key this often, seconds (0: never). After a rotation new
-    /// fingerprints cannot be linked to old ones.
+    /// fingerprints cannot be linked to old ones. With `shared_secret_file`, the period
+    /// is an epoch on the wall clock (unix time / period): every agent switches together.
     pub rotate_every_secs: u64,
+    /// Fleet mode: a file (at least 32 bytes, mode 0600 or 0400) holding a secret shared
+    /// by every agent. The key of each epoch is derived from it (HKDF-SHA-256), so all
+    /// agents make the same fingerprints; `key` and `key_file` are then ignored.
+    pub shared_secret_file: Option<PathBuf>,
 }
 
 impl Default for IdentityConfig {
@@ -71,6 +78,7 @@ impl Default for IdentityConfig {
             key_file: None,
             key: None,
             rotate_every_secs: 86_400,
+            shared_secret_file: None,
         }
     }
 }
@@ -881,7 +889,7 @@ mod tests {
         assert_eq!(cfg.query_params, vec!["sig"]);
         let printed = format!("{cfg:?} {}", serde_json::to_string(&cfg).unwrap());
         assert!(!printed.contains("0001"), "{printed}");
-        assert!(FingerprintKey::from_config(&cfg).is_ok());
+        assert!(FingerprintKey::from_config(&cfg, None, std::time::SystemTime::now()).is_ok());
         assert!(toml::from_str::<IdentityConfig>("nope = 1").is_err());
         let empty: IdentityConfig = toml::from_str("").unwrap();
         assert_eq!(empty, IdentityConfig::default());

@@ -171,7 +171,6 @@ pub struct SessionTable {
     /// When the key last rotated.
     last_rotation: Option<SystemTime>,
     rotate_every: Duration,
-    key_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SessionTable {
@@ -196,7 +195,6 @@ impl SessionTable {
         let trusted = TrustedNetworks::parse(&config.scoring.trusted_networks).unwrap_or_default();
         Self {
             rotate_every: Duration::from_secs(config.identity.rotate_every_secs),
-            key_file: config.identity.key_file.clone(),
             key_since: None,
             last_rotation: None,
             extractor: Extractor::new(&config.identity).with_tiers(TierRules::new(&config.tiers)),
@@ -259,7 +257,7 @@ impl SessionTable {
         &self.findings
     }
 
-    /// Generation of the fingerprint key (rotations so far).
+    /// Generation of the fingerprint key: rotations so far, or the epoch in fleet mode.
     pub fn key_generation(&self) -> u64 {
         self.key.generation()
     }
@@ -668,6 +666,12 @@ impl SessionTable {
     /// session when frozen, JWT subjects) are dropped, and their count returned.
     pub fn rotate_key(&mut self) -> Result<usize, KeyError> {
         self.key.rotate()?;
+        Ok(self.forget_old_key())
+    }
+
+    /// After the key changed: drop what was made with the old one; returns the plain
+    /// fingerprint freezes dropped.
+    fn forget_old_key(&mut self) -> usize {
         self.purge();
         let frozen = self.unlink_all();
         if frozen > 0 {
@@ -676,7 +680,7 @@ impl SessionTable {
                 "fingerprint key rotated: frozen fingerprints without a durable hash dropped"
             );
         }
-        Ok(frozen)
+        frozen
     }
 }
 

@@ -41,11 +41,21 @@ pub struct Retention {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Rotation {
+    /// `per_host` (a key of this agent's own) or `fleet` (derived from a secret shared
+    /// by every agent: the same fingerprints on every node within an epoch).
+    pub mode: &'static str,
     /// 0: never.
     pub every_secs: u64,
     /// Unix seconds of the last rotation, if any since start.
     pub last_rotated: Option<f64>,
+    /// Rotations since start (per host) or the current epoch number (fleet).
     pub key_generation: u64,
+    /// Fleet mode: the current epoch (`floor(unix time / every_secs)`, 0 without
+    /// rotation) and the unix second the next one starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_rotation: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -73,25 +83,37 @@ pub struct PrivacyReport {
 }
 
 impl SessionTable {
-    /// Rotate the fingerprint key when `identity.rotate_every_secs` has passed since the
-    /// current key came into use (the first call starts the clock).
+    /// Rotate the fingerprint key on schedule.
+    ///
+    /// Per-host key: when `identity.rotate_every_secs` has passed since the current key
+    /// came into use (a key kept in a file: since the file was written; else the first
+    /// call starts the clock). Fleet key: exactly when the epoch number of `now` differs
+    /// from the key's, to the key derived for that epoch, so every agent with the same
+    /// secret switches at the same instant.
     ///
     /// Sessions straddling a rotation are dropped, with the frozen fingerprints: what
     /// was learned under the old key cannot be linked to the new fingerprints, by design.
     pub fn maybe_rotate(&mut self, now: SystemTime) -> Result<Option<RotationReport>, KeyError> {
-        if self.rotate_every.is_zero() {
-            return Ok(None);
-        }
-        let Some(since_key) = self.key_since else {
+        if let Some(epoch) = self.key.fleet_epoch_at(now) {
+            if !self.key.enter_epoch(epoch) {
+                return Ok(None);
+            }
+        } else {
+            if self.rotate_every.is_zero() {
+                return Ok(None);
+            }
+            let Some(since_key) = self.key_since else {
+                self.key_since = Some(self.key.written().map_or(now, |w| w.min(now)));
+                return self.maybe_rotate(now);
+            };
+            if since(now, since_key) < self.rotate_every {
+                return Ok(None);
+            }
+            self.key.rotate()?;
             self.key_since = Some(now);
-            return Ok(None);
-        };
-        if since(now, since_key) < self.rotate_every {
-            return Ok(None);
         }
         let sessions_dropped = self.sessions.len();
-        let frozen_dropped = self.rotate_key()?;
-        self.key_since = Some(now);
+        let frozen_dropped = self.forget_old_key();
         self.last_rotation = Some(now);
         self.counters.rotations += 1;
         Ok(Some(RotationReport {
@@ -113,9 +135,14 @@ impl SessionTable {
             ClientIpMode::Full => "client address in full (client_ip = \"full\")".into(),
             ClientIpMode::Drop => "no client address (client_ip = \"drop\")".into(),
         };
+        let fleet = self.key.is_fleet();
         let collected = vec![
-            "credential fingerprints (HMAC-SHA-256 with a per-host key, truncated to 48 bits)"
-                .to_string(),
+            if fleet {
+                "credential fingerprints (HMAC-SHA-256 with a fleet-wide key derived per epoch from a shared secret, truncated to 48 bits: the same on every node within an epoch)"
+            } else {
+                "credential fingerprints (HMAC-SHA-256 with a per-host key, truncated to 48 bits)"
+            }
+            .to_string(),
             network,
             "user-agent family and major version; other clients as a keyed fingerprint of their product name"
                 .into(),
@@ -162,7 +189,7 @@ impl SessionTable {
                 idle_ttl_secs: c.idle_ttl_secs,
                 max_age_secs: c.max_age_secs,
                 storage: {
-                    let mut text = match &self.key_file {
+                    let mut text = match self.key.path() {
                         Some(path) => format!(
                             "sessions in memory only; the fingerprint key in {}",
                             path.display()
@@ -178,10 +205,19 @@ impl SessionTable {
                     text
                 },
             },
-            rotation: Rotation {
-                every_secs: self.rotate_every.as_secs(),
-                last_rotated: self.last_rotation.map(unix_secs),
-                key_generation: self.key.generation(),
+            rotation: {
+                let every_secs = self.rotate_every.as_secs();
+                let epoch = fleet.then(|| self.key.generation());
+                Rotation {
+                    mode: if fleet { "fleet" } else { "per_host" },
+                    every_secs,
+                    last_rotated: self.last_rotation.map(unix_secs),
+                    key_generation: self.key.generation(),
+                    epoch,
+                    next_rotation: epoch
+                        .filter(|_| every_secs > 0)
+                        .map(|e| (e.saturating_add(1).saturating_mul(every_secs)) as f64),
+                }
             },
             counts: HeldCounts {
                 sessions: self.sessions.len(),
@@ -205,7 +241,7 @@ mod tests {
         exchange::Exchange,
         identity::{FingerprintKey, IdentityConfig},
         session::{
-            testutil::{at, ExchangeBuilder},
+            testutil::{at, ExchangeBuilder, T0},
             SessionConfig, SessionTableConfig,
         },
     };
@@ -293,6 +329,92 @@ mod tests {
         assert_eq!(t.counters().rotations, 1);
         assert_eq!(t.maybe_rotate(at(7199.0)).unwrap(), None);
         assert!(t.maybe_rotate(at(7200.0)).unwrap().is_some());
+    }
+
+    fn fleet_table(secret: &[u8], rotate_every_secs: u64, start: f64) -> SessionTable {
+        SessionTable::new(
+            SessionTableConfig {
+                identity: IdentityConfig {
+                    rotate_every_secs,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            FingerprintKey::from_shared_secret(secret.to_vec(), rotate_every_secs, at(start)),
+        )
+    }
+
+    const FLEET: &[u8] = b"a fleet secret of at least thirty-two bytes";
+
+    #[test]
+    fn fleet_rotation_at_the_epoch_boundary() {
+        // `at(s)` is T0 + s: work in hours from the epoch T0 falls in.
+        let e0 = crate::identity::key::epoch_of(at(0.0), 3600);
+        let h = |epoch: u64, secs: f64| (epoch * 3600) as f64 - T0 as f64 + secs;
+        // Started mid-epoch: the first call does not restart a clock.
+        let mut t = fleet_table(FLEET, 3600, h(e0 + 2, 1800.0));
+        assert_eq!(t.key_generation(), e0 + 2);
+        assert_eq!(t.maybe_rotate(at(h(e0 + 2, 1800.0))).unwrap(), None);
+        let s = h(e0 + 2, 1801.0);
+        t.observe(&with_token("fleet-token-ffffffff", "10.0.0.1", s), at(s));
+        let before = t.list(&Default::default())[0].id.clone();
+        assert_eq!(
+            t.maybe_rotate(at(h(e0 + 2, 3599.0))).unwrap(),
+            None,
+            "still the same epoch"
+        );
+        let r = t
+            .maybe_rotate(at(h(e0 + 3, 0.0)))
+            .unwrap()
+            .expect("the next epoch begins");
+        assert_eq!(r.key_generation, e0 + 3);
+        assert_eq!(r.sessions_dropped, 1);
+        assert!(t.is_empty());
+        assert_eq!(t.maybe_rotate(at(h(e0 + 3, 1.0))).unwrap(), None);
+        let s = h(e0 + 3, 2.0);
+        t.observe(&with_token("fleet-token-ffffffff", "10.0.0.1", s), at(s));
+        let after = t.list(&Default::default())[0].id.clone();
+        assert_ne!(before, after);
+        // Another agent started later in the same epoch makes the same fingerprint.
+        let s = h(e0 + 3, 1000.0);
+        let mut other = fleet_table(FLEET, 3600, s);
+        other.observe(&with_token("fleet-token-ffffffff", "10.0.0.9", s), at(s));
+        assert_eq!(other.list(&Default::default())[0].id, after);
+        // A jump over several epochs switches straight to the current one.
+        let r = t
+            .maybe_rotate(at(h(e0 + 10, 5.0)))
+            .unwrap()
+            .expect("a later epoch");
+        assert_eq!(r.key_generation, e0 + 10);
+        let report = t.privacy_report(at(h(e0 + 10, 6.0)));
+        assert_eq!(report.rotation.mode, "fleet");
+        assert_eq!(report.rotation.epoch, Some(e0 + 10));
+        assert_eq!(
+            report.rotation.next_rotation,
+            Some(((e0 + 11) * 3600) as f64)
+        );
+        assert!(
+            report.collected[0].contains("fleet"),
+            "{:?}",
+            report.collected
+        );
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains("\"mode\":\"fleet\""), "{json}");
+        assert!(!json.contains("fleet secret"), "{json}");
+    }
+
+    #[test]
+    fn fleet_without_period_never_rotates() {
+        let mut t = fleet_table(FLEET, 0, 5.0);
+        for s in [0.0, 1e6, 1e9] {
+            assert_eq!(t.maybe_rotate(at(s)).unwrap(), None);
+        }
+        let r = t.privacy_report(at(1e9));
+        assert_eq!(r.rotation.epoch, Some(0));
+        assert_eq!(r.rotation.next_rotation, None);
+        let host = table(SessionConfig::default(), 60).privacy_report(at(0.0));
+        assert_eq!(host.rotation.mode, "per_host");
+        assert_eq!(host.rotation.epoch, None);
     }
 
     #[test]
