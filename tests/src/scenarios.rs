@@ -624,8 +624,6 @@ pub const BATCH_UA: &str = "sync-job/3.2";
 pub const KNOWN_USER: &str = "alice";
 pub const KNOWN_PASSWORD: &str = "wonderland-42";
 
-/// Percent-encoding of everything but unreserved characters (for ids in a URL path).
-
 /// A deterministic, opaque-looking secret (hex) for `tag` and `i`.
 pub fn secret(tag: &str, i: u64, len: usize) -> String {
     let mut x = tag.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -1050,7 +1048,7 @@ fn login_form_guessing(w: &World) -> Result<()> {
         .map(|i| {
             Req::post(
                 "/login",
-                &format!("{{\"user\":\"alice\",\"password\":\"guess-{i}\"}}"),
+                format!("{{\"user\":\"alice\",\"password\":\"guess-{i}\"}}"),
             )
             .header("Content-Type", "application/json".to_string())
             .pause(0.03)
