@@ -16,7 +16,7 @@ use crate::{
     clock::Clock,
     config::Config,
     conn::{ConnOutput, ConnTable},
-    export::{control, jsonl::JsonLines, metrics::RequestMetrics, server},
+    export::{audit::Audit, control, jsonl::JsonLines, metrics::RequestMetrics, server, surface},
     http::{HeaderAllowlist, ParserLimits},
     identity::FingerprintKey,
     session::{metrics::SessionMetrics, SessionTable, SessionTableConfig},
@@ -162,7 +162,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let sessions = Arc::new(Mutex::new(table));
     let mut app_state = server::AppState::new(registry, Arc::clone(&sessions));
     app_state.capture_privacy = capture_privacy(&config, &allowlist);
+    let audit_target = config.output.audit_jsonl.clone().or_else(|| {
+        config
+            .state_dir
+            .as_ref()
+            .map(|d| d.join("audit.jsonl").display().to_string())
+    });
+    app_state.audit = Some(Arc::new(
+        Audit::new(audit_target.as_deref(), &app_state.registry).context("audit stream")?,
+    ));
     let state = Arc::new(app_state);
+    // The TCP control listener's token: checked before anything touches the kernel.
+    let control_tcp = match (&config.control.listen, &config.control.token_file) {
+        (Some(addr), Some(file)) => {
+            let access = surface::load_token(file)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("control.listen: cannot listen on {addr}"))?;
+            Some((listener, access))
+        }
+        _ => None,
+    };
+    let control_gid = match &config.control.group {
+        Some(g) => Some(control::group_id(g)?),
+        None => None,
+    };
     let alerts = match &config.output.alerts_jsonl {
         Some(target) => Some(JsonLines::open(target)?),
         None => None,
@@ -171,10 +195,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut capture = Capture::start(&config.capture, config.tls.filtered())?;
     // The control socket (a raw credential is accepted only there), once the privileged
     // part has started: missing privileges are reported as such first.
-    let control = if config.control_socket.as_os_str().is_empty() {
+    let socket_path = config.control_socket_path();
+    let control = if socket_path.as_os_str().is_empty() {
         None
     } else {
-        Some(control::bind(&config.control_socket)?)
+        Some(control::bind_with_group(socket_path, control_gid)?)
     };
     for p in &capture.probes {
         capture_metrics
@@ -229,7 +254,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         execs: Vec::new(),
     };
     let scoring_task = tokio::spawn(scoring_loop(
-        Arc::clone(&sessions),
+        Arc::clone(&state),
         session_metrics,
         Duration::from_secs(config.scoring.interval_secs),
         alerts,
@@ -242,18 +267,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let app = server::router(Arc::clone(&state));
-    let server_task = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server_task = tokio::spawn(server::serve(listener, app));
     let (control_task, control_socket) = match control {
         Some((unix, guard)) => {
-            let app = server::control_router(Arc::clone(&state));
+            let access = surface::Access::Uids(config.control.uids.clone());
+            let app = server::control_router(Arc::clone(&state), surface::Guard::control(access));
             tracing::info!("control socket on {}", guard.path().display());
-            (
-                Some(tokio::spawn(async move { axum::serve(unix, app).await })),
-                Some(guard),
-            )
+            (Some(tokio::spawn(server::serve(unix, app))), Some(guard))
         }
         None => (None, None),
     };
+    let control_tcp_task = control_tcp.map(|(listener, access)| {
+        tracing::info!(
+            "control listener on {} (bearer token required)",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        let app = server::control_router(Arc::clone(&state), surface::Guard::control(access));
+        tokio::spawn(server::serve(listener, app))
+    });
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!("observer running; HTTP endpoint on {}", config.listen);
 
@@ -310,6 +344,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = sigusr1.recv() => {
                 let purged = sessions.lock().unwrap_or_else(|e| e.into_inner()).purge();
                 tracing::info!("SIGUSR1: purged {purged} sessions");
+                state.republish.notify_one();
             }
         }
         if server_task.is_finished() {
@@ -319,6 +354,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     state.ready.store(false, Ordering::Relaxed);
     server_task.abort();
     if let Some(t) = control_task {
+        t.abort();
+    }
+    if let Some(t) = control_tcp_task {
         t.abort();
     }
     drop(control_socket);
@@ -377,17 +415,26 @@ fn capture_privacy(config: &Config, allowlist: &HeaderAllowlist) -> serde_json::
     })
 }
 
-/// Score every session on a period; report state changes as alerts.
+/// Score every session on a period; report state changes as alerts; publish the snapshot
+/// the API reads (after each pass, and when a write asks for it).
 async fn scoring_loop(
-    sessions: Arc<Mutex<SessionTable>>,
+    state: Arc<server::AppState>,
     mut metrics: SessionMetrics,
     period: Duration,
     mut alerts: Option<JsonLines>,
 ) {
+    let sessions = Arc::clone(&state.sessions);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.republish.notified() => {
+                let table = sessions.lock().unwrap_or_else(|e| e.into_inner());
+                state.publish(&table);
+                continue;
+            }
+        }
         let now = SystemTime::now();
         let changes = {
             let mut table = sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -407,6 +454,7 @@ async fn scoring_loop(
                 tracing::debug!("{expired} idle sessions expired");
             }
             metrics.update(&table);
+            state.publish(&table);
             changes
         };
         for change in &changes {

@@ -39,10 +39,12 @@ pub struct Config {
     /// Directory for durable state (frozen credentials), created with mode 0700; absent:
     /// nothing is written and freezes last as long as the process.
     pub state_dir: Option<PathBuf>,
-    /// Unix socket of the local control channel: the JSON API plus the endpoints that take
-    /// a raw credential (`observer lookup/freeze --credential -`). Its directory is made
-    /// with mode 0700 if missing, the socket has mode 0600. Empty: no control socket.
-    pub control_socket: PathBuf,
+    /// Older spelling of `control.socket` (kept working; do not set both).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<PathBuf>,
+    /// `[control]`: where the JSON API is served (socket, optional TCP listener) and who
+    /// may use it.
+    pub control: crate::export::control::ControlConfig,
 }
 
 impl Default for Config {
@@ -59,7 +61,8 @@ impl Default for Config {
             tls: TlsConfig::default(),
             tiers: TierConfig::default(),
             state_dir: None,
-            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            control_socket: None,
+            control: Default::default(),
         }
     }
 }
@@ -97,6 +100,9 @@ pub struct OutputConfig {
     pub exchanges_jsonl: Option<String>,
     /// Write a JSON line to this file (`-` for stdout) each time a session changes state.
     pub alerts_jsonl: Option<String>,
+    /// Audit stream: one JSON line per API call on the control channel. Default:
+    /// `<state_dir>/audit.jsonl` when `state_dir` is set, else the log.
+    pub audit_jsonl: Option<String>,
 }
 
 /// `[privacy]`: traffic that is never observed (a per-tenant off switch). Matching
@@ -255,7 +261,29 @@ impl Config {
                     .into(),
             });
         }
+        if self
+            .control_socket
+            .as_ref()
+            .is_some_and(|p| *p != self.control.socket)
+            && self.control.socket != Path::new(DEFAULT_CONTROL_SOCKET)
+        {
+            return Err(ConfigError::Invalid {
+                key: "control_socket".into(),
+                why: "set either control_socket or control.socket, not both".into(),
+            });
+        }
+        self.control
+            .validate()
+            .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
         Ok(())
+    }
+
+    /// The control socket's path (`control.socket`, or the older `control_socket`);
+    /// empty: none.
+    pub fn control_socket_path(&self) -> &Path {
+        self.control_socket
+            .as_deref()
+            .unwrap_or(&self.control.socket)
     }
 }
 

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use observer::{
     agent,
-    cli::{self, sessions::CredentialAction},
+    cli::{self, client::Target, sessions::CredentialAction},
     config::{Config, DEFAULT_CONTROL_SOCKET},
 };
 
@@ -26,9 +26,8 @@ enum Command {
     Run(RunArgs),
     /// Print the session table of a running agent, riskiest first.
     Sessions {
-        /// The agent's HTTP endpoint.
-        #[arg(long, default_value = "http://127.0.0.1:9464")]
-        agent: String,
+        #[command(flatten)]
+        to: ControlArgs,
         /// Only sessions in this state (healthy, suspicious, unhealthy).
         #[arg(long)]
         state: Option<String>,
@@ -43,19 +42,22 @@ enum Command {
     },
     /// Print what the agent collects, its precision, retention and current counts.
     Privacy {
-        #[arg(long, default_value = "http://127.0.0.1:9464")]
-        agent: String,
+        #[command(flatten)]
+        to: ControlArgs,
+    },
+    /// Print the facts found about the APIs (credentials in plaintext or in query strings).
+    Findings {
+        #[command(flatten)]
+        to: ControlArgs,
     },
     /// Freeze a credential: any later use of it makes its session unhealthy. By
     /// fingerprint (`tok_…`), or by the credential itself with `--credential -` (read
-    /// from stdin, sent only over the control socket).
+    /// from stdin).
     Freeze {
         #[arg(required_unless_present = "credential", conflicts_with = "credential")]
         fingerprint: Option<String>,
         #[command(flatten)]
         credential: CredentialArgs,
-        #[arg(long, default_value = "http://127.0.0.1:9464")]
-        agent: String,
     },
     /// Unfreeze a credential: by fingerprint, durable id (`frz_…`) or `--credential -`.
     Unfreeze {
@@ -63,8 +65,6 @@ enum Command {
         fingerprint: Option<String>,
         #[command(flatten)]
         credential: CredentialArgs,
-        #[arg(long, default_value = "http://127.0.0.1:9464")]
-        agent: String,
     },
     /// Find the sessions of a credential given on stdin (`--credential -`): one line, a
     /// bare value, `Bearer xyz`, `Basic base64` or `user:password`.
@@ -74,14 +74,39 @@ enum Command {
     },
 }
 
+/// Where the CLI reaches the agent: its control socket (default), or its TCP control
+/// listener with a bearer token.
+#[derive(clap::Args, Debug)]
+struct ControlArgs {
+    /// The agent's control socket.
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+    socket: PathBuf,
+    /// The agent's TCP control listener (`http://host:port`, `[control] listen`);
+    /// needs --token-file.
+    #[arg(long)]
+    agent: Option<String>,
+    /// File holding the TCP control listener's bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    fn target(&self) -> anyhow::Result<Target> {
+        Target::new(
+            &self.socket,
+            self.agent.as_deref(),
+            self.token_file.as_deref(),
+        )
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct CredentialArgs {
     /// `-`: read the raw credential from stdin (one line).
     #[arg(long, value_name = "-")]
     credential: Option<String>,
-    /// The agent's control socket.
-    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-    socket: PathBuf,
+    #[command(flatten)]
+    to: ControlArgs,
     /// Print the JSON the agent returned.
     #[arg(long)]
     json: bool,
@@ -91,7 +116,7 @@ impl CredentialArgs {
     fn run(&self, action: CredentialAction) -> anyhow::Result<()> {
         let arg = self.credential.as_deref().unwrap_or_default();
         cli::sessions::check_credential_arg(arg)?;
-        cli::sessions::credential(&self.socket, action, self.json)
+        cli::sessions::credential(&self.to.target()?, action, self.json)
     }
 }
 
@@ -100,7 +125,7 @@ struct RunArgs {
     /// TOML configuration file (see deploy/observer.toml).
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
-    /// Address of the HTTP endpoint (/metrics, /healthz, JSON API).
+    /// Address of the metrics port (/metrics and /healthz only).
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Bytes captured from each read/write (1..=8192).
@@ -137,7 +162,8 @@ impl RunArgs {
                 serde_json::from_value(serde_json::json!(mode)).context("--client-ip")?;
         }
         if let Some(path) = &self.control_socket {
-            config.control_socket = path.clone();
+            config.control_socket = None;
+            config.control.socket = path.clone();
         }
         if let Some(target) = &self.exchanges_jsonl {
             config.output.exchanges_jsonl = Some(target.clone());
@@ -163,7 +189,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
         Some(Command::Sessions {
-            agent,
+            to,
             state,
             direction,
             limit,
@@ -179,23 +205,22 @@ fn main() -> anyhow::Result<()> {
             if let Some(l) = limit {
                 query.push(format!("limit={l}"));
             }
-            cli::sessions::list(&agent, &query.join("&"), json)
+            cli::sessions::list(&to.target()?, &query.join("&"), json)
         }
-        Some(Command::Privacy { agent }) => cli::sessions::privacy(&agent),
+        Some(Command::Privacy { to }) => cli::sessions::privacy(&to.target()?),
+        Some(Command::Findings { to }) => cli::sessions::findings(&to.target()?),
         Some(Command::Freeze {
             fingerprint,
             credential,
-            agent,
         }) => match fingerprint {
-            Some(fp) => cli::sessions::freeze(&agent, &fp, true),
+            Some(fp) => cli::sessions::freeze(&credential.to.target()?, &fp, true),
             None => credential.run(CredentialAction::Freeze),
         },
         Some(Command::Unfreeze {
             fingerprint,
             credential,
-            agent,
         }) => match fingerprint {
-            Some(fp) => cli::sessions::freeze(&agent, &fp, false),
+            Some(fp) => cli::sessions::freeze(&credential.to.target()?, &fp, false),
             None => credential.run(CredentialAction::Unfreeze),
         },
         Some(Command::Lookup { credential }) => {

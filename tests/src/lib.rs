@@ -174,9 +174,12 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 /// The agent under test, writing its exchange stream to a file.
 pub struct Agent {
     child: Child,
+    /// The metrics port (`/metrics`, `/healthz`).
     pub addr: SocketAddr,
     pub dir: PathBuf,
     jsonl: PathBuf,
+    /// The control socket (the JSON API).
+    pub socket: PathBuf,
 }
 
 impl Agent {
@@ -186,17 +189,27 @@ impl Agent {
         let jsonl = dir.join("exchanges.jsonl");
         // Each agent its own control socket (unless the test chose one), so tests never
         // meet another agent's socket, or one running on the host.
-        let config_sets_socket = extra
+        let config_socket = extra
             .iter()
             .position(|a| *a == "--config")
             .and_then(|i| extra.get(i + 1))
             .and_then(|f| std::fs::read_to_string(f).ok())
-            .is_some_and(|text| text.contains("control_socket"));
+            .and_then(|text| configured_socket(&text));
+        let flag_socket = extra
+            .iter()
+            .position(|a| *a == "--control-socket")
+            .and_then(|i| extra.get(i + 1))
+            .map(PathBuf::from);
         let mut own_socket = Vec::new();
-        if !config_sets_socket && !extra.contains(&"--control-socket") {
-            own_socket.push("--control-socket".to_string());
-            own_socket.push(dir.join("control.sock").display().to_string());
-        }
+        let socket = match (flag_socket, config_socket) {
+            (Some(s), _) | (None, Some(s)) => s,
+            (None, None) => {
+                let s = dir.join("control.sock");
+                own_socket.push("--control-socket".to_string());
+                own_socket.push(s.display().to_string());
+                s
+            }
+        };
         let child = Command::new(agent_bin())
             .arg("--listen")
             .arg(addr.to_string())
@@ -213,6 +226,7 @@ impl Agent {
             addr,
             dir,
             jsonl,
+            socket,
         };
         let healthy = wait_for(Duration::from_secs(30), || {
             if let Ok(Some(_)) = agent.child.try_wait() {
@@ -293,6 +307,56 @@ impl Drop for Agent {
             let _ = self.stop();
         }
     }
+}
+
+/// The control socket a configuration file sets (`control_socket = "..."` at the top,
+/// or `socket = "..."` in `[control]`).
+fn configured_socket(text: &str) -> Option<PathBuf> {
+    text.lines().find_map(|l| {
+        let (key, value) = l.split_once('=')?;
+        matches!(key.trim(), "control_socket" | "socket")
+            .then(|| PathBuf::from(value.trim().trim_matches('"')))
+    })
+}
+
+/// A minimal HTTP/1.0 request over a Unix socket with `headers` and `body`; returns
+/// (status, body).
+pub fn unix_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String)> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: agent\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&String::from_utf8_lossy(&raw))
+}
+
+fn parse_response(text: &str) -> Result<(u16, String)> {
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 pub fn server_port(e: &Value) -> Option<u16> {
@@ -647,18 +711,18 @@ impl Drop for Netns {
     }
 }
 
-/// GET a JSON document from the agent.
+/// GET a JSON document from the agent's API (over its control socket).
 pub fn agent_json(agent: &Agent, path: &str) -> Result<Value> {
-    let (code, body) = http_get(agent.addr, path)?;
+    let (code, body) = agent_request(agent, "GET", path)?;
     if code != 200 {
         bail!("{path}: {code} {body}");
     }
     Ok(serde_json::from_str(&body)?)
 }
 
-/// Send a request with a method other than GET to the agent; returns (status, body).
+/// Send a request to the agent's API (over its control socket); returns (status, body).
 pub fn agent_request(agent: &Agent, method: &str, path: &str) -> Result<(u16, String)> {
-    http_request(agent.addr, method, path)
+    unix_request(&agent.socket, method, path, &[], b"")
 }
 
 /// Percent-encode a path segment (session ids of views hold `/`, `:` and spaces).

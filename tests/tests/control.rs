@@ -97,7 +97,7 @@ fn freeze_by_credential_over_the_socket_survives_restart() {
 
     // The TCP port does not take credentials.
     for path in ["/api/lookup", "/api/freeze"] {
-        let (code, _) = agent_request(&agent, "POST", path).unwrap();
+        let (code, _) = http_request(agent.addr, "POST", path).unwrap();
         assert_eq!(code, 404, "{path} must not be served on TCP");
     }
 

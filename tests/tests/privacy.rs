@@ -122,13 +122,21 @@ fn planted_secrets_never_leave_the_agent() {
         "/healthz",
         "/metrics",
     ] {
-        let (_, body) = http_get(agent.addr, path).unwrap();
+        let (_, body) = if path.starts_with("/healthz") || path.starts_with("/metrics") {
+            http_get(agent.addr, path).unwrap()
+        } else {
+            agent_request(&agent, "GET", path).unwrap()
+        };
         outputs.push((path.to_string(), body));
     }
     for s in &sessions {
         let id = s["id"].as_str().unwrap();
-        let (code, body) =
-            http_get(agent.addr, &format!("/api/sessions/{}", encode_segment(id))).unwrap();
+        let (code, body) = agent_request(
+            &agent,
+            "GET",
+            &format!("/api/sessions/{}", encode_segment(id)),
+        )
+        .unwrap();
         assert_eq!(code, 200);
         outputs.push((format!("/api/sessions/{id}"), body));
     }
@@ -204,7 +212,9 @@ fn privacy_report_states_what_is_kept() {
         .to_string()
         .contains("authorization"));
     let cli = Command::new(agent_bin())
-        .args(["privacy", "--agent", &format!("http://{}", agent.addr)])
+        .arg("privacy")
+        .arg("--socket")
+        .arg(&agent.socket)
         .output()
         .unwrap();
     assert!(cli.status.success());

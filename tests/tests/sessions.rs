@@ -320,13 +320,10 @@ fn frozen_token_is_unhealthy_on_its_next_use() {
         "api_observer_session_health_score{{session=\"{id}\"}} 0"
     )));
     let cli = Command::new(agent_bin())
-        .args([
-            "sessions",
-            "--agent",
-            &format!("http://{}", w.agent.addr),
-            "--state",
-            "unhealthy",
-        ])
+        .arg("sessions")
+        .arg("--socket")
+        .arg(&w.agent.socket)
+        .args(["--state", "unhealthy"])
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&cli.stdout);

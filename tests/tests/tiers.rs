@@ -92,7 +92,9 @@ fn consumers_are_shown_against_their_tier() {
         "{metrics}"
     );
     let out = Command::new(agent_bin())
-        .args(["sessions", "--agent", &format!("http://{}", agent.addr)])
+        .arg("sessions")
+        .arg("--socket")
+        .arg(&agent.socket)
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
@@ -110,7 +112,7 @@ fn consumers_are_shown_against_their_tier() {
 }
 
 fn sessions_text(agent: &Agent) -> String {
-    http_get(agent.addr, "/api/sessions")
+    agent_request(agent, "GET", "/api/sessions")
         .map(|(_, b)| b)
         .unwrap_or_default()
 }

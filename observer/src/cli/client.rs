@@ -1,11 +1,11 @@
-//! A minimal HTTP/1.1 client for the agent's own endpoint (plain HTTP on a local or
-//! cluster address), enough for the CLI without another dependency.
+//! A minimal HTTP/1.1 client for the agent's control channel (its Unix socket, or its TCP
+//! control listener with a bearer token), enough for the CLI without another dependency.
 
 use std::{
     io::{Read, Write},
     net::{TcpStream, ToSocketAddrs as _},
     os::unix::net::UnixStream,
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -19,8 +19,67 @@ pub fn authority(agent: &str) -> anyhow::Result<&str> {
     Ok(rest.trim_end_matches('/'))
 }
 
-/// Send a request; return (status, body).
+/// Where the CLI sends its requests.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The agent's control socket (the default).
+    Socket(PathBuf),
+    /// A TCP control listener (`http://host:port`) and its bearer token.
+    Tcp { agent: String, token: String },
+}
+
+impl Target {
+    /// `--agent URL --token-file F`, else `--socket PATH`.
+    pub fn new(
+        socket: &Path,
+        agent: Option<&str>,
+        token_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        match (agent, token_file) {
+            (None, None) => Ok(Self::Socket(socket.to_path_buf())),
+            (Some(agent), Some(file)) => {
+                authority(agent)?;
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading the token file {}", file.display()))?;
+                let token = text.lines().next().unwrap_or_default().trim().to_string();
+                if token.is_empty() {
+                    bail!("the token file {} is empty", file.display());
+                }
+                Ok(Self::Tcp {
+                    agent: agent.to_string(),
+                    token,
+                })
+            }
+            (Some(_), None) => bail!(
+                "--agent (the TCP control listener) needs --token-file; without them the CLI \
+                 uses the control socket (--socket)"
+            ),
+            (None, Some(_)) => bail!("--token-file goes with --agent http://host:port"),
+        }
+    }
+
+    /// Send a request with `body`; return (status, body).
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
+        match self {
+            Self::Socket(socket) => request_unix(socket, method, path, body),
+            Self::Tcp { agent, token } => request_with(agent, method, path, body, Some(token)),
+        }
+    }
+}
+
+/// Send a request without credentials over TCP; return (status, body).
 pub fn request(agent: &str, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    request_with(agent, method, path, b"", None)
+}
+
+/// Send a request over TCP, with a bearer token when given; return (status, body).
+pub fn request_with(
+    agent: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let host = authority(agent)?;
     let addr = host
         .to_socket_addrs()
@@ -29,8 +88,8 @@ pub fn request(agent: &str, method: &str, path: &str) -> anyhow::Result<(u16, St
         .with_context(|| format!("no address for {host}"))?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connecting to the agent at {agent} (is it running?)"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    send(&mut stream, host, method, path, b"")
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    send(&mut stream, host, method, path, body, token)
 }
 
 /// Send a request with `body` over the agent's control socket; return (status, body).
@@ -47,8 +106,8 @@ pub fn request_unix(
             socket.display()
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    send(&mut stream, "localhost", method, path, body)
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    send(&mut stream, "localhost", method, path, body, None)
 }
 
 fn send(
@@ -57,10 +116,14 @@ fn send(
     method: &str,
     path: &str,
     body: &[u8],
+    token: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )?;
     stream.write_all(body)?;

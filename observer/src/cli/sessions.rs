@@ -1,19 +1,19 @@
-//! `observer sessions` (the session table of a running agent) and `observer freeze` /
-//! `observer unfreeze`.
+//! `observer sessions` (the session table of a running agent), `observer freeze` /
+//! `observer unfreeze`, `lookup`, `privacy` and `findings`, over the control channel.
 
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 
-use super::client::{request, request_unix};
+use super::client::Target;
 
 /// Fetch and print the session table.
-pub fn list(agent: &str, query: &str, json: bool) -> anyhow::Result<()> {
+pub fn list(agent: &Target, query: &str, json: bool) -> anyhow::Result<()> {
     let path = if query.is_empty() {
         "/api/sessions".to_string()
     } else {
         format!("/api/sessions?{query}")
     };
-    let (status, body) = request(agent, "GET", &path)?;
+    let (status, body) = agent.request("GET", &path, b"")?;
     if status != 200 {
         bail!("the agent answered {status}: {body}");
     }
@@ -27,20 +27,29 @@ pub fn list(agent: &str, query: &str, json: bool) -> anyhow::Result<()> {
 }
 
 /// Print the agent's privacy report (pretty JSON).
-pub fn privacy(agent: &str) -> anyhow::Result<()> {
-    let (status, body) = request(agent, "GET", "/privacy")?;
+pub fn privacy(agent: &Target) -> anyhow::Result<()> {
+    print_json(agent, "/privacy")
+}
+
+/// Print the agent's findings (pretty JSON).
+pub fn findings(agent: &Target) -> anyhow::Result<()> {
+    print_json(agent, "/api/findings")
+}
+
+fn print_json(agent: &Target, path: &str) -> anyhow::Result<()> {
+    let (status, body) = agent.request("GET", path, b"")?;
     if status != 200 {
         bail!("the agent answered {status}: {body}");
     }
-    let value: Value = serde_json::from_str(&body).context("decoding the privacy report")?;
+    let value: Value = serde_json::from_str(&body).context("decoding the agent's answer")?;
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(())
 }
 
 /// Freeze (or unfreeze) a fingerprint.
-pub fn freeze(agent: &str, fingerprint: &str, frozen: bool) -> anyhow::Result<()> {
+pub fn freeze(agent: &Target, fingerprint: &str, frozen: bool) -> anyhow::Result<()> {
     let method = if frozen { "PUT" } else { "DELETE" };
-    let (status, body) = request(agent, method, &format!("/api/frozen/{fingerprint}"))?;
+    let (status, body) = agent.request(method, &format!("/api/frozen/{fingerprint}"), b"")?;
     if status != 200 {
         bail!("the agent answered {status}: {body}");
     }
@@ -92,12 +101,8 @@ pub fn read_credential(mut input: impl std::io::BufRead) -> anyhow::Result<Strin
     Ok(out)
 }
 
-/// Look up, freeze or unfreeze a credential (read from stdin) over the control socket.
-pub fn credential(
-    socket: &std::path::Path,
-    action: CredentialAction,
-    json: bool,
-) -> anyhow::Result<()> {
+/// Look up, freeze or unfreeze a credential (read from stdin) over the control channel.
+pub fn credential(agent: &Target, action: CredentialAction, json: bool) -> anyhow::Result<()> {
     let mut credential = read_credential(std::io::stdin().lock())?.into_bytes();
     if credential.len() > crate::identity::MAX_CREDENTIAL {
         credential.fill(0);
@@ -106,7 +111,7 @@ pub fn credential(
             crate::identity::MAX_CREDENTIAL
         );
     }
-    let result = request_unix(socket, "POST", action.path(), &credential);
+    let result = agent.request("POST", action.path(), &credential);
     credential.fill(0);
     let (status, body) = result?;
     if status != 200 {

@@ -1,8 +1,10 @@
 //! The local control channel: a Unix socket serving the JSON API plus the endpoints that
 //! take a raw credential ([`super::server::control_router`]).
 //!
-//! Its directory is created with mode 0700 when missing; the socket file gets mode 0600
-//! (only its owner, root for the agent, can connect). A socket file left by an agent that
+//! Its directory is created with mode 0700 when missing (0750 and the control group when
+//! `control.group` is set); the socket file gets mode 0600 (only its owner, root for the
+//! agent, can connect), or 0660 with the control group. Who may then use the API is
+//! decided per connection from the caller's uid (`SO_PEERCRED`, see [`super::surface`]). A socket file left by an agent that
 //! died is removed at start; one that still answers is another agent, and an error. The
 //! file is removed again when the agent stops ([`ControlSocket`]'s `Drop`).
 
@@ -13,6 +15,72 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+
+use crate::config::DEFAULT_CONTROL_SOCKET;
+
+/// `[control]`: the control channel (every API endpoint besides `/metrics` and
+/// `/healthz`), and who may use it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Unix socket (mode 0600; its directory 0700 when made). Empty: no control socket.
+    pub socket: PathBuf,
+    /// A group that may connect to the socket (mode 0660, group-owned). Its members still
+    /// need their uid in `uids`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Uids besides root (0) that may use the socket; any other caller gets 403.
+    pub uids: Vec<u32>,
+    /// Optional TCP control listener (e.g. `0.0.0.0:9465`), requiring
+    /// `Authorization: Bearer <token from token_file>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The bearer token of the TCP control listener: one line, a file that is not
+    /// world-readable. Required with `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            group: None,
+            uids: Vec::new(),
+            listen: None,
+            token_file: None,
+        }
+    }
+}
+
+impl ControlConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.listen.is_some() && self.token_file.is_none() {
+            return Err((
+                "control.token_file".into(),
+                "required with control.listen (the TCP control listener needs a token)".into(),
+            ));
+        }
+        if self.group.as_deref().is_some_and(str::is_empty) {
+            return Err(("control.group".into(), "empty group name".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The gid of a group name.
+pub fn group_id(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name).context("group name with a NUL byte")?;
+    // SAFETY: getgrnam with a valid C string; the result is read at once (startup only,
+    // single-threaded use).
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        bail!("control.group: no group named {name:?}");
+    }
+    // SAFETY: non-null result of getgrnam.
+    Ok(unsafe { (*gr).gr_gid })
+}
 
 /// The socket file; removed when dropped.
 #[derive(Debug)]
@@ -36,7 +104,7 @@ impl Drop for ControlSocket {
 fn refused(e: std::io::Error, what: String) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::PermissionDenied {
         anyhow::anyhow!(
-            "{what}: {e}: missing privileges (run as root, or set control_socket to a path \
+            "{what}: {e}: missing privileges (run as root, or set control.socket to a path \
              this user may write, or to \"\" to turn the control socket off)"
         )
     } else {
@@ -46,11 +114,19 @@ fn refused(e: std::io::Error, what: String) -> anyhow::Error {
 
 /// Bind the control socket at `path` (see the module documentation).
 pub fn bind(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, ControlSocket)> {
+    bind_with_group(path, None)
+}
+
+/// [`bind`], the socket (and a directory made here) group-owned by `gid` when given.
+pub fn bind_with_group(
+    path: &Path,
+    gid: Option<u32>,
+) -> anyhow::Result<(tokio::net::UnixListener, ControlSocket)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(if gid.is_some() { 0o750 } else { 0o700 })
                 .create(dir)
                 .map_err(|e| {
                     refused(
@@ -58,6 +134,10 @@ pub fn bind(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, ControlSoc
                         format!("creating the control socket directory {}", dir.display()),
                     )
                 })?;
+            if let Some(gid) = gid {
+                std::os::unix::fs::chown(dir, None, Some(gid))
+                    .with_context(|| format!("giving {} to the control group", dir.display()))?;
+            }
         }
     }
     match fs::symlink_metadata(path) {
@@ -87,7 +167,12 @@ pub fn bind(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, ControlSoc
     let guard = ControlSocket {
         path: path.to_path_buf(),
     };
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("giving {} to the control group", path.display()))?;
+    }
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     Ok((listener, guard))
 }

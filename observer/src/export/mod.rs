@@ -1,5 +1,8 @@
-//! Exports: Prometheus metrics, the HTTP endpoint, the JSON-lines stream.
+//! Exports: Prometheus metrics, the HTTP surfaces, the JSON-lines streams, the audit.
+pub mod audit;
 pub mod control;
 pub mod jsonl;
 pub mod metrics;
 pub mod server;
+pub mod snapshot;
+pub mod surface;

@@ -1,29 +1,46 @@
-//! The agent's HTTP endpoint: `/metrics`, `/healthz`, and the JSON API.
+//! The agent's HTTP surfaces: the metrics port ([`router`]: `/metrics` and `/healthz`,
+//! nothing with identity) and the control channel ([`control_router`]: the JSON API,
+//! served on the Unix socket and optionally on a token-guarded TCP listener). See
+//! [`super::surface`] for who may call what, and [`super::snapshot`] for what reads see.
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc, Mutex,
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
 };
 
 use axum::{
     body::Bytes,
     extract::{DefaultBodyLimit, Path, Query, State},
     http::{header, StatusCode},
+    middleware::from_fn_with_state,
     response::{IntoResponse, Response},
     routing::{get, post, put},
     Json, Router,
 };
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use serde_json::json;
+use tokio::sync::{watch, Notify};
 
+use super::{
+    audit::{Audit, AuditFingerprints},
+    snapshot::Snapshot,
+    surface::{self, Guard},
+};
 use crate::{
     capture::{tls::TargetStatus, ProbeStatus},
     identity::MAX_CREDENTIAL,
-    session::{FreezeError, ListQuery, SessionTable},
+    session::{CredentialReport, FreezeError, ListQuery, SessionTable},
 };
 
-/// Largest request body on the control socket (a credential and a little slack).
+/// Largest request body on the control channel (a credential and a little slack).
 pub const CONTROL_BODY_LIMIT: usize = MAX_CREDENTIAL + 1024;
+/// Largest request body on the metrics port (it takes none).
+pub const METRICS_BODY_LIMIT: usize = 1024;
+/// How long a write waits for the snapshot that shows it.
+const REPUBLISH_WAIT: Duration = Duration::from_secs(3);
 
 /// What the handlers share with the pipeline.
 pub struct AppState {
@@ -35,6 +52,12 @@ pub struct AppState {
     pub sessions: Arc<Mutex<SessionTable>>,
     /// The agent's own part of `/privacy` (capture settings, off switch, outputs).
     pub capture_privacy: serde_json::Value,
+    /// What API reads see; replaced whole by [`AppState::publish`].
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Asks the publisher for a new snapshot (after a write).
+    pub republish: Notify,
+    /// The audit stream of the control channel.
+    pub audit: Option<Arc<Audit>>,
 }
 
 impl AppState {
@@ -46,6 +69,9 @@ impl AppState {
             tls: Mutex::new(Vec::new()),
             sessions,
             capture_privacy: serde_json::Value::Null,
+            snapshot: watch::channel(Arc::new(Snapshot::default())).0,
+            republish: Notify::new(),
+            audit: None,
         }
     }
 
@@ -54,12 +80,55 @@ impl AppState {
         // that matters to readers; keep serving.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Replace the snapshot with one of `table` (the caller holds the table's lock).
+    pub fn publish(&self, table: &SessionTable) {
+        let snapshot = Snapshot::of(table, std::time::SystemTime::now());
+        self.snapshot.send_replace(Arc::new(snapshot));
+    }
+
+    /// The current snapshot (no lock on the table).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshot.borrow())
+    }
+
+    /// After a write: ask for a new snapshot and wait (bounded) until it is out, so that
+    /// the caller's next read shows the write.
+    async fn republish_and_wait(&self) {
+        let mut rx = self.snapshot.subscribe();
+        self.republish.notify_one();
+        let _ = tokio::time::timeout(REPUBLISH_WAIT, rx.changed()).await;
+    }
 }
 
+/// Publish a snapshot each time one is asked for (the agent's scoring loop does this
+/// itself; this is for tests and tools that run the API alone).
+pub async fn publisher(state: Arc<AppState>) {
+    loop {
+        state.republish.notified().await;
+        let table = state.sessions();
+        state.publish(&table);
+    }
+}
+
+/// The metrics port: `/metrics` and `/healthz` only.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(METRICS_BODY_LIMIT))
+        .layer(from_fn_with_state(
+            (Guard::open(), None::<Arc<Audit>>),
+            surface::guard,
+        ))
+}
+
+/// The control channel: the JSON API, the endpoints that take a raw credential in the
+/// request body, behind `guard` (who may call) and audited.
+pub fn control_router(state: Arc<AppState>, guard: Arc<Guard>) -> Router {
+    let audit = state.audit.clone();
+    Router::new()
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", get(get_session))
         .route("/api/findings", get(list_findings))
@@ -68,19 +137,39 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/purge", post(purge))
         .route("/privacy", get(privacy))
         .route("/api/tls", get(tls_status))
-        .with_state(state)
-}
-
-/// The control socket's router: everything [`router`] serves, plus the endpoints that
-/// take a raw credential in the request body. Never served on the TCP port.
-pub fn control_router(state: Arc<AppState>) -> Router {
-    let credential = Router::new()
         .route("/api/lookup", post(lookup_credential))
         .route("/api/freeze", post(freeze_credential))
         .route("/api/unfreeze", post(unfreeze_credential))
+        .route("/healthz", get(healthz))
+        .with_state(state)
         .layer(DefaultBodyLimit::max(CONTROL_BODY_LIMIT))
-        .with_state(Arc::clone(&state));
-    router(state).merge(credential)
+        .layer(from_fn_with_state((guard, audit), surface::guard))
+}
+
+/// Serve `app` on a listener, each request knowing its connection's [`surface::Peer`].
+pub async fn serve<L>(listener: L, app: Router) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    surface::Peer:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<surface::Peer>(),
+    )
+    .await
+}
+
+/// The fingerprints a credential report matched (for the audit, never the credential).
+fn with_fingerprints(report: &CredentialReport, mut response: Response) -> Response {
+    let fps = report
+        .matches
+        .iter()
+        .flat_map(|m| m.fingerprints.iter().map(|f| f.to_string()))
+        .collect();
+    response.extensions_mut().insert(AuditFingerprints(fps));
+    response
 }
 
 fn freeze_error(e: FreezeError) -> Response {
@@ -113,14 +202,15 @@ fn credential_text(body: &Body) -> Result<&str, Box<Response>> {
     })
 }
 
-/// `POST /api/lookup` (control socket only): the sessions of a raw credential.
+/// `POST /api/lookup`: the sessions of a raw credential.
 async fn lookup_credential(State(state): State<Arc<AppState>>, body: Body) -> Response {
     let text = match credential_text(&body) {
         Ok(t) => t,
         Err(r) => return *r,
     };
-    match state.sessions().lookup_credential(text) {
-        Ok(report) => Json(report).into_response(),
+    let result = state.sessions().lookup_credential(text);
+    match result {
+        Ok(report) => with_fingerprints(&report, Json(&report).into_response()),
         Err(e) => freeze_error(e),
     }
 }
@@ -131,14 +221,16 @@ async fn freeze_credential(State(state): State<Arc<AppState>>, body: Body) -> Re
         Ok(t) => t,
         Err(r) => return *r,
     };
-    match state.sessions().freeze_credential(text) {
+    let result = state.sessions().freeze_credential(text);
+    match result {
         Ok(report) => {
             tracing::info!(
                 kinds = report.matches.len(),
                 changed = ?report.changed,
-                "credential frozen over the control socket"
+                "credential frozen over the control channel"
             );
-            Json(report).into_response()
+            state.republish_and_wait().await;
+            with_fingerprints(&report, Json(&report).into_response())
         }
         Err(e) => freeze_error(e),
     }
@@ -150,10 +242,12 @@ async fn unfreeze_credential(State(state): State<Arc<AppState>>, body: Body) -> 
         Ok(t) => t,
         Err(r) => return *r,
     };
-    match state.sessions().unfreeze_credential(text) {
+    let result = state.sessions().unfreeze_credential(text);
+    match result {
         Ok(report) => {
-            tracing::info!(changed = ?report.changed, "credential unfrozen over the control socket");
-            Json(report).into_response()
+            tracing::info!(changed = ?report.changed, "credential unfrozen over the control channel");
+            state.republish_and_wait().await;
+            with_fingerprints(&report, Json(&report).into_response())
         }
         Err(e) => freeze_error(e),
     }
@@ -168,12 +262,14 @@ async fn list_sessions(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    Json(state.sessions().list(&query)).into_response()
+    Json(state.snapshot().list(&query)).into_response()
 }
 
 /// `GET /api/sessions/{id}`: one session with its reasons and dimensions.
 async fn get_session(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.sessions().get(&id) {
+    // One session: bounded work under the lock (its maps are bounded).
+    let detail = state.sessions().get(&id);
+    match detail {
         Some(detail) => Json(detail).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no session {id}")),
     }
@@ -182,17 +278,19 @@ async fn get_session(State(state): State<Arc<AppState>>, Path(id): Path<String>)
 /// `GET /api/findings`: facts about the APIs (credentials in plaintext or in query
 /// strings), once per host and route.
 async fn list_findings(State(state): State<Arc<AppState>>) -> Response {
-    Json(state.sessions().findings().list()).into_response()
+    Json(&state.snapshot().findings).into_response()
 }
 
 async fn list_frozen(State(state): State<Arc<AppState>>) -> Response {
-    Json(state.sessions().frozen()).into_response()
+    Json(&state.snapshot().frozen).into_response()
 }
 
 /// `PUT /api/frozen/{fingerprint}`: any later use of it is an unhealthy signal.
 async fn freeze(State(state): State<Arc<AppState>>, Path(fp): Path<String>) -> Response {
-    match state.sessions().freeze(&fp) {
+    let result = state.sessions().freeze(&fp);
+    match result {
         Ok(changed) => {
+            state.republish_and_wait().await;
             Json(json!({ "fingerprint": fp, "frozen": true, "changed": changed })).into_response()
         }
         Err(e) => freeze_error(e),
@@ -202,12 +300,14 @@ async fn freeze(State(state): State<Arc<AppState>>, Path(fp): Path<String>) -> R
 /// `GET /privacy`: what is collected, at which precision, for how long, and how much
 /// is held right now.
 async fn privacy(State(state): State<Arc<AppState>>) -> Response {
-    let report = state
-        .sessions()
-        .privacy_report(std::time::SystemTime::now());
-    let mut value = serde_json::to_value(report).unwrap_or_default();
+    let snapshot = state.snapshot();
+    let mut value = serde_json::to_value(&snapshot.privacy).unwrap_or_default();
     if let Some(obj) = value.as_object_mut() {
         obj.insert("capture".into(), state.capture_privacy.clone());
+        obj.insert(
+            "reads_last_24h".into(),
+            json!(state.audit.as_ref().map(|a| a.reads_last_24h())),
+        );
     }
     Json(value).into_response()
 }
@@ -216,13 +316,16 @@ async fn privacy(State(state): State<Arc<AppState>>) -> Response {
 async fn purge(State(state): State<Arc<AppState>>) -> Response {
     let purged = state.sessions().purge();
     tracing::info!("purge requested over the API: {purged} sessions forgotten");
+    state.republish_and_wait().await;
     Json(json!({ "purged": purged })).into_response()
 }
 
 /// `DELETE /api/frozen/{fingerprint}`.
 async fn unfreeze(State(state): State<Arc<AppState>>, Path(fp): Path<String>) -> Response {
-    match state.sessions().unfreeze(&fp) {
+    let result = state.sessions().unfreeze(&fp);
+    match result {
         Ok(changed) => {
+            state.republish_and_wait().await;
             Json(json!({ "fingerprint": fp, "frozen": false, "changed": changed })).into_response()
         }
         Err(e) => freeze_error(e),
@@ -281,23 +384,46 @@ mod tests {
             SessionTableConfig::default(),
             FingerprintKey::random().unwrap(),
         );
-        let state = Arc::new(AppState::new(Registry::new(), Arc::new(Mutex::new(table))));
+        let registry = Registry::new();
         let dir = std::env::temp_dir().join(format!("observer-server-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let audit_file = dir.join("audit.jsonl");
+        let mut state = AppState::new(registry, Arc::new(Mutex::new(table)));
+        state.audit = Some(Arc::new(
+            Audit::new(Some(audit_file.to_str().unwrap()), &state.registry).unwrap(),
+        ));
+        let state = Arc::new(state);
         let sock = dir.join("control.sock");
         let (unix, _guard) = crate::export::control::bind(&sock).unwrap();
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let agent = format!("http://{}", tcp.local_addr().unwrap());
-        let app = control_router(Arc::clone(&state));
-        tokio::spawn(async move { axum::serve(unix, app).await });
+        let app = control_router(
+            Arc::clone(&state),
+            Guard::control(surface::Access::Uids(vec![])),
+        );
+        tokio::spawn(serve(unix, app));
         let app = router(Arc::clone(&state));
-        tokio::spawn(async move { axum::serve(tcp, app).await });
+        tokio::spawn(serve(tcp, app));
+        tokio::spawn(publisher(Arc::clone(&state)));
 
         let out = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            for path in ["/api/lookup", "/api/freeze", "/api/unfreeze"] {
+            for path in [
+                "/api/lookup",
+                "/api/freeze",
+                "/api/unfreeze",
+                "/api/sessions",
+                "/privacy",
+                "/api/purge",
+            ] {
                 out.push((path, "tcp", request(&agent, "POST", path).unwrap()));
             }
+            out.push((
+                "/api/sessions",
+                "tcp",
+                request(&agent, "GET", "/api/sessions").unwrap(),
+            ));
             let big = vec![b'x'; MAX_CREDENTIAL + 10];
             let huge = vec![b'x'; CONTROL_BODY_LIMIT + 100];
             for (name, body) in [
@@ -345,6 +471,19 @@ mod tests {
         let list: serde_json::Value = serde_json::from_str(&out.last().unwrap().2 .1).unwrap();
         assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
         assert!(list[0]["id"].as_str().unwrap().starts_with("frz_"));
+        let audit = std::fs::read_to_string(&audit_file).unwrap();
+        assert!(!audit.contains("SRV-SECRET-1"), "{audit}");
+        let lines: Vec<serde_json::Value> = audit
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 7, "{audit}");
+        assert!(
+            lines.iter().all(|l| l["who"]["uid"].as_u64().is_some()),
+            "{audit}"
+        );
+        let freeze = lines.iter().find(|l| l["action"] == "freeze").unwrap();
+        assert!(freeze["fingerprints"][0].as_str().is_some(), "{audit}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
