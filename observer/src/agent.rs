@@ -3,7 +3,7 @@
 
 use std::{
     sync::{atomic::Ordering, Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -84,7 +84,7 @@ impl Pipeline {
         if self.out.exchanges.is_empty() {
             return;
         }
-        let now = SystemTime::now();
+        let now = self.conns.clock.now();
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         // Exchanges (with their raw credentials) are dropped here, once fingerprinted.
         for ex in self.out.exchanges.drain(..) {
@@ -124,7 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let key = FingerprintKey::from_config(
         &config.identity,
         config.state_dir.as_deref(),
-        SystemTime::now(),
+        Clock::system().now(),
     )
     .context("fingerprint key")?;
     if key.is_fleet() {
@@ -254,6 +254,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         execs: Vec::new(),
     };
     let scoring_task = tokio::spawn(scoring_loop(
+        Clock::system(),
         Arc::clone(&state),
         session_metrics,
         Duration::from_secs(config.scoring.interval_secs),
@@ -418,6 +419,7 @@ fn capture_privacy(config: &Config, allowlist: &HeaderAllowlist) -> serde_json::
 /// Score every session on a period; report state changes as alerts; publish the snapshot
 /// the API reads (after each pass, and when a write asks for it).
 async fn scoring_loop(
+    clock: Clock,
     state: Arc<server::AppState>,
     mut metrics: SessionMetrics,
     period: Duration,
@@ -435,7 +437,7 @@ async fn scoring_loop(
                 continue;
             }
         }
-        let now = SystemTime::now();
+        let now = clock.now();
         let changes = {
             let mut table = sessions.lock().unwrap_or_else(|e| e.into_inner());
             match table.maybe_rotate(now) {
