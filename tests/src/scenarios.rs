@@ -835,6 +835,15 @@ pub fn all() -> Vec<Scenario> {
             &["brute_force"],
             login_form_guessing,
         ),
+        Scenario {
+            expected: State::Suspicious,
+            ..unhealthy(
+                "one_key_three_programs",
+                "api_key",
+                &["multi_agent"],
+                one_key_three_programs,
+            )
+        },
     ]
 }
 
@@ -1019,6 +1028,29 @@ fn shared_token(w: &World) -> Result<()> {
         .collect();
     let plays: Vec<(usize, &Plan)> = plans.iter().enumerate().collect();
     w.play_together(&plays)?;
+    Ok(())
+}
+
+/// One API key used by three different custom programs from one network: worth a look
+/// (the key may have been handed to a third party), not proof of abuse.
+fn one_key_three_programs(w: &World) -> Result<()> {
+    let key = secret("programs", 5, 32);
+    let conns = ["shop-app/2.1", "mobile/5.0 (build 1187)", "client-1/1.0"]
+        .iter()
+        .map(|ua| {
+            Conn::new(
+                &[("X-API-Key", key.as_str()), ("User-Agent", *ua)],
+                app_mix(8, 0.2),
+            )
+        })
+        .collect();
+    w.play(
+        0,
+        &Plan {
+            conns,
+            parallel: false,
+        },
+    )?;
     Ok(())
 }
 

@@ -115,6 +115,11 @@ fn login_form_guessing() {
     check("login_form_guessing");
 }
 
+#[test]
+fn one_key_three_programs() {
+    check("one_key_three_programs");
+}
+
 /// Every scenario has its test above.
 #[test]
 fn every_scenario_has_a_test() {
@@ -137,6 +142,7 @@ fn every_scenario_has_a_test() {
         "rotating_token_scraper",
         "shared_token_two_networks",
         "login_form_guessing",
+        "one_key_three_programs",
     ];
     let mut all: Vec<&str> = scenarios::all().iter().map(|s| s.name).collect();
     all.sort_unstable();
