@@ -697,6 +697,51 @@ fn mutual_tls_control_listener_needs_certificate_and_token() {
 }
 
 #[test]
+fn tls_without_client_ca_needs_only_the_token() {
+    if !prerequisites() || !require_tools(&["openssl", "curl"]) {
+        return;
+    }
+    let dir = scratch_dir("surface-tls");
+    let pki = Pki::make(&dir);
+    let token = token_file(&dir, 0o600);
+    let port = free_port();
+    let control = pki.control(port, &token);
+    let control = control
+        .lines()
+        .filter(|l| !l.starts_with("client_ca"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cfg = config(&dir, &control);
+    let _agent = Agent::start(&["--config", cfg.to_str().unwrap()]).unwrap();
+    let url = format!("https://127.0.0.1:{port}/api/sessions");
+    let ca = pki.ca.to_str().unwrap();
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let (ok, code) = curl_code(&["--cacert", ca, "-H", &bearer, &url]);
+    assert!(ok && code == "200", "TLS with the token: {code}");
+    let (ok, code) = curl_code(&["--cacert", ca, &url]);
+    assert!(ok && code == "401", "TLS without the token: {code}");
+    // The agent's certificate is checked by the CLI: without --cacert it refuses to go on.
+    let out = Command::new(agent_bin())
+        .args(["sessions", "--agent", &format!("https://127.0.0.1:{port}")])
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--cacert"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = audit(&dir);
+    let granted = lines
+        .iter()
+        .find(|l| l["action"] == "list_sessions")
+        .unwrap();
+    assert_eq!(granted["who"], serde_json::json!({ "token": "ops-token" }));
+}
+
+#[test]
 fn bad_tls_files_are_clear_errors() {
     if !prerequisites() || !require_tools(&["openssl"]) {
         return;
