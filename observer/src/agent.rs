@@ -16,7 +16,9 @@ use crate::{
     clock::Clock,
     config::Config,
     conn::{ConnOutput, ConnTable},
-    export::{audit::Audit, control, jsonl::JsonLines, metrics::RequestMetrics, server, surface},
+    export::{
+        audit::Audit, control, jsonl::JsonLines, metrics::RequestMetrics, server, surface, tls,
+    },
     http::{HeaderAllowlist, ParserLimits},
     identity::FingerprintKey,
     session::{metrics::SessionMetrics, SessionTable, SessionTableConfig},
@@ -175,11 +177,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The TCP control listener's token: checked before anything touches the kernel.
     let control_tcp = match (&config.control.listen, &config.control.token_file) {
         (Some(addr), Some(file)) => {
-            let access = surface::load_token(file)?;
+            let mut access = surface::load_token(file)?;
+            let c = &config.control;
+            let tls = match (&c.tls_cert, &c.tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(tls::server_config(cert, key, c.client_ca.as_deref())?)
+                }
+                _ => None,
+            };
+            if let surface::Access::Token { client_cert, .. } = &mut access {
+                *client_cert = c.client_ca.is_some();
+            }
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("control.listen: cannot listen on {addr}"))?;
-            Some((listener, access))
+            Some((listener, access, tls))
         }
         _ => None,
     };
@@ -278,16 +290,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let control_tcp_task = control_tcp.map(|(listener, access)| {
+    let control_tcp_task = control_tcp.map(|(listener, access, tls)| {
+        let how = match (&tls, &config.control.client_ca) {
+            (None, _) => "bearer token required",
+            (Some(_), None) => "TLS; bearer token required",
+            (Some(_), Some(_)) => "mutual TLS: client certificate and bearer token required",
+        };
         tracing::info!(
-            "control listener on {} (bearer token required)",
+            "control listener on {} ({how})",
             listener
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
         let app = server::control_router(Arc::clone(&state), surface::Guard::control(access));
-        tokio::spawn(server::serve(listener, app))
+        match tls {
+            Some(tls) => tokio::spawn(server::serve(tls::TlsListener::new(listener, tls), app)),
+            None => tokio::spawn(server::serve(listener, app)),
+        }
     });
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!("observer running; HTTP endpoint on {}", config.listen);

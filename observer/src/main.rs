@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 
 use observer::{
     agent,
-    cli::{self, client::Target, sessions::CredentialAction},
+    cli::{
+        self,
+        client::{Target, TlsFiles},
+        sessions::CredentialAction,
+    },
     config::{Config, DEFAULT_CONTROL_SOCKET},
 };
 
@@ -81,13 +85,24 @@ struct ControlArgs {
     /// The agent's control socket.
     #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
     socket: PathBuf,
-    /// The agent's TCP control listener (`http://host:port`, `[control] listen`);
-    /// needs --token-file.
+    /// The agent's TCP control listener (`http://host:port`, or `https://host:port` when
+    /// it has `[control] tls_cert`); needs --token-file.
     #[arg(long)]
     agent: Option<String>,
     /// File holding the TCP control listener's bearer token.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// With `--agent https://...`: PEM CA certificate(s) the agent's certificate must
+    /// chain to.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// With `--agent https://...`: PEM client certificate (mutual TLS, `[control]
+    /// client_ca`); needs --key.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long)]
+    key: Option<PathBuf>,
 }
 
 impl ControlArgs {
@@ -96,6 +111,11 @@ impl ControlArgs {
             &self.socket,
             self.agent.as_deref(),
             self.token_file.as_deref(),
+            &TlsFiles {
+                cacert: self.cacert.clone(),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            },
         )
     }
 }

@@ -1,22 +1,70 @@
 //! A minimal HTTP/1.1 client for the agent's control channel (its Unix socket, or its TCP
-//! control listener with a bearer token), enough for the CLI without another dependency.
+//! control listener with a bearer token, in plain HTTP or in TLS with rustls, optionally
+//! with a client certificate), enough for the CLI.
 
 use std::{
     io::{Read, Write},
     net::{TcpStream, ToSocketAddrs as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{bail, Context as _};
 
-/// `http://host:port` → `host:port`.
+/// `http://host:port` or `https://host:port` → `host:port`.
 pub fn authority(agent: &str) -> anyhow::Result<&str> {
     let rest = agent
         .strip_prefix("http://")
-        .with_context(|| format!("agent address {agent:?} must start with http://"))?;
+        .or_else(|| agent.strip_prefix("https://"))
+        .with_context(|| format!("agent address {agent:?} must start with http:// or https://"))?;
     Ok(rest.trim_end_matches('/'))
+}
+
+/// The CLI's TLS files for an `https://` agent: the CA that signed the agent's
+/// certificate, and (mutual TLS) a client certificate and its key.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn any(&self) -> bool {
+        self.cacert.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// The client side of TLS: only `cacert`'s CAs are trusted.
+    pub fn client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        use crate::export::tls::{load_certs, load_key, provider};
+        let cacert = self
+            .cacert
+            .as_deref()
+            .context("an https:// agent needs --cacert (the CA of the agent's certificate)")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in load_certs("--cacert", cacert)? {
+            roots
+                .add(c)
+                .map_err(|e| anyhow::anyhow!("--cacert {}: {e}", cacert.display()))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_root_certificates(roots);
+        let mut config = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(load_certs("--cert", cert)?, load_key("--key", key)?)
+                .map_err(|e| {
+                    anyhow::anyhow!("--cert {} / --key {}: {e}", cert.display(), key.display())
+                })?,
+            (None, None) => builder.with_no_client_auth(),
+            _ => bail!("--cert and --key go together"),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
 }
 
 /// Where the CLI sends its requests.
@@ -24,21 +72,37 @@ pub fn authority(agent: &str) -> anyhow::Result<&str> {
 pub enum Target {
     /// The agent's control socket (the default).
     Socket(PathBuf),
-    /// A TCP control listener (`http://host:port`) and its bearer token.
-    Tcp { agent: String, token: String },
+    /// A TCP control listener (`http://host:port`, or `https://host:port` with `tls`)
+    /// and its bearer token.
+    Tcp {
+        agent: String,
+        token: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    },
 }
 
 impl Target {
-    /// `--agent URL --token-file F`, else `--socket PATH`.
+    /// `--agent URL --token-file F [--cacert F --cert F --key F]`, else `--socket PATH`.
     pub fn new(
         socket: &Path,
         agent: Option<&str>,
         token_file: Option<&Path>,
+        tls: &TlsFiles,
     ) -> anyhow::Result<Self> {
         match (agent, token_file) {
+            (None, None) if tls.any() => {
+                bail!("--cacert, --cert and --key go with --agent https://host:port")
+            }
             (None, None) => Ok(Self::Socket(socket.to_path_buf())),
             (Some(agent), Some(file)) => {
                 authority(agent)?;
+                let tls = if agent.starts_with("https://") {
+                    Some(tls.client_config()?)
+                } else if tls.any() {
+                    bail!("--cacert, --cert and --key need an https:// agent");
+                } else {
+                    None
+                };
                 let text = std::fs::read_to_string(file)
                     .with_context(|| format!("reading the token file {}", file.display()))?;
                 let token = text.lines().next().unwrap_or_default().trim().to_string();
@@ -48,6 +112,7 @@ impl Target {
                 Ok(Self::Tcp {
                     agent: agent.to_string(),
                     token,
+                    tls,
                 })
             }
             (Some(_), None) => bail!(
@@ -62,7 +127,9 @@ impl Target {
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
         match self {
             Self::Socket(socket) => request_unix(socket, method, path, body),
-            Self::Tcp { agent, token } => request_with(agent, method, path, body, Some(token)),
+            Self::Tcp { agent, token, tls } => {
+                request_over(agent, tls.as_ref(), method, path, body, Some(token))
+            }
         }
     }
 }
@@ -80,6 +147,18 @@ pub fn request_with(
     body: &[u8],
     token: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
+    request_over(agent, None, method, path, body, token)
+}
+
+/// Send a request over TCP, in TLS when `tls` is given; return (status, body).
+fn request_over(
+    agent: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let host = authority(agent)?;
     let addr = host
         .to_socket_addrs()
@@ -89,7 +168,21 @@ pub fn request_with(
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connecting to the agent at {agent} (is it running?)"))?;
     stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-    send(&mut stream, host, method, path, body, token)
+    let Some(tls) = tls else {
+        return send(&mut stream, host, method, path, body, token);
+    };
+    // The name the agent's certificate must carry: the host part (an IP or a DNS name).
+    let name = host
+        .rsplit_once(':')
+        .map_or(host, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| anyhow::anyhow!("agent host {name:?}: {e}"))?;
+    let conn = rustls::ClientConnection::new(Arc::clone(tls), server_name)?;
+    let mut tls_stream = rustls::StreamOwned::new(conn, stream);
+    send(&mut tls_stream, host, method, path, body, token)
+        .with_context(|| format!("TLS to the agent at {agent}"))
 }
 
 /// Send a request with `body` over the agent's control socket; return (status, body).
@@ -129,7 +222,13 @@ fn send(
     stream.write_all(body)?;
     stream.flush()?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    if let Err(e) = stream.read_to_end(&mut raw) {
+        // A TLS peer that closes without close_notify: keep what came (the response is
+        // checked for completeness below).
+        if e.kind() != std::io::ErrorKind::UnexpectedEof || raw.is_empty() {
+            return Err(e.into());
+        }
+    }
     parse_response(&raw)
 }
 

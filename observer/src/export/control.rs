@@ -40,6 +40,17 @@ pub struct ControlConfig {
     /// world-readable. Required with `listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// PEM certificate (chain) of the TCP control listener: with `tls_key` it speaks TLS
+    /// only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (a file that is not world-readable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CA(s) a client certificate must be signed by (mutual TLS; the
+    /// bearer token is still required). Needs `tls_cert` and `tls_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -50,6 +61,9 @@ impl Default for ControlConfig {
             uids: Vec::new(),
             listen: None,
             token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
         }
     }
 }
@@ -60,6 +74,35 @@ impl ControlConfig {
             return Err((
                 "control.token_file".into(),
                 "required with control.listen (the TCP control listener needs a token)".into(),
+            ));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err((
+                    "control.tls_key".into(),
+                    "required with control.tls_cert".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "control.tls_cert".into(),
+                    "required with control.tls_key".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.client_ca.is_some() && self.tls_cert.is_none() {
+            return Err((
+                "control.client_ca".into(),
+                "needs control.tls_cert and control.tls_key (client certificates are asked \
+                 for in a TLS handshake)"
+                    .into(),
+            ));
+        }
+        if self.tls_cert.is_some() && self.listen.is_none() {
+            return Err((
+                "control.tls_cert".into(),
+                "only used by the TCP control listener; set control.listen".into(),
             ));
         }
         if self.group.as_deref().is_some_and(str::is_empty) {
@@ -180,6 +223,53 @@ pub fn bind_with_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_keys_are_validated() {
+        let base = ControlConfig {
+            listen: Some("127.0.0.1:9465".parse().unwrap()),
+            token_file: Some("/etc/observer/token".into()),
+            ..Default::default()
+        };
+        assert!(base.validate().is_ok());
+        let tls = ControlConfig {
+            tls_cert: Some("/c.pem".into()),
+            tls_key: Some("/k.pem".into()),
+            client_ca: Some("/ca.pem".into()),
+            ..base.clone()
+        };
+        assert!(tls.validate().is_ok());
+        let key_of = |c: ControlConfig| c.validate().unwrap_err().0;
+        assert_eq!(
+            key_of(ControlConfig {
+                tls_key: None,
+                ..tls.clone()
+            }),
+            "control.tls_key"
+        );
+        assert_eq!(
+            key_of(ControlConfig {
+                tls_cert: None,
+                ..tls.clone()
+            }),
+            "control.tls_cert"
+        );
+        assert_eq!(
+            key_of(ControlConfig {
+                client_ca: Some("/ca.pem".into()),
+                ..base.clone()
+            }),
+            "control.client_ca"
+        );
+        assert_eq!(
+            key_of(ControlConfig {
+                listen: None,
+                token_file: None,
+                ..tls
+            }),
+            "control.tls_cert"
+        );
+    }
 
     #[tokio::test]
     async fn bind_modes_stale_and_cleanup() {

@@ -6,3 +6,4 @@ pub mod metrics;
 pub mod server;
 pub mod snapshot;
 pub mod surface;
+pub mod tls;

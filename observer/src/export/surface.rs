@@ -43,6 +43,26 @@ pub enum Peer {
         uid: Option<u32>,
     },
     Tcp(SocketAddr),
+    /// A TLS peer of the TCP control listener, with its client certificate (mutual TLS).
+    Tls {
+        addr: SocketAddr,
+        client: Option<ClientCert>,
+    },
+}
+
+/// A client certificate as the audit names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject's common name, when it has one.
+    pub cn: Option<String>,
+    /// SHA-256 of the certificate (DER), lowercase hex.
+    pub sha256: String,
+}
+
+impl ClientCert {
+    fn to_json(&self) -> serde_json::Value {
+        json!({ "cn": self.cn, "sha256": self.sha256 })
+    }
 }
 
 impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Peer {
@@ -66,6 +86,8 @@ pub enum Caller {
     Uid(u32),
     /// A TCP control client by the name of the token file it presented.
     Token(String),
+    /// A mutual-TLS control client: the token file's name and its client certificate.
+    TokenAndCert(String, ClientCert),
     /// Not (yet) identified: refused requests.
     Unknown(String),
 }
@@ -75,6 +97,9 @@ impl Caller {
         match self {
             Caller::Uid(uid) => json!({ "uid": uid }),
             Caller::Token(name) => json!({ "token": name }),
+            Caller::TokenAndCert(name, cert) => {
+                json!({ "token": name, "client_cert": cert.to_json() })
+            }
             Caller::Unknown(peer) => json!({ "unauthenticated": peer }),
         }
     }
@@ -84,8 +109,13 @@ impl Caller {
 pub enum Access {
     /// Unix socket: uid 0 and these uids.
     Uids(Vec<u32>),
-    /// TCP: a bearer token; `name` is what the audit records.
-    Token { name: String, token: Vec<u8> },
+    /// TCP: a bearer token; `name` is what the audit records. With `client_cert`, the
+    /// connection must also have come with a (verified) client certificate.
+    Token {
+        name: String,
+        token: Vec<u8>,
+        client_cert: bool,
+    },
 }
 
 /// What one listener's guard holds.
@@ -144,6 +174,15 @@ pub fn authorize(
     let unknown = || {
         Caller::Unknown(match peer {
             Some(Peer::Tcp(a)) => a.to_string(),
+            Some(Peer::Tls {
+                addr,
+                client: Some(c),
+            }) => format!(
+                "{addr} (client certificate CN={} sha256={})",
+                c.cn.as_deref().unwrap_or("-"),
+                c.sha256
+            ),
+            Some(Peer::Tls { addr, client: None }) => addr.to_string(),
             Some(Peer::Unix { uid: Some(u) }) => format!("uid {u}"),
             _ => "unknown peer".into(),
         })
@@ -159,7 +198,25 @@ pub fn authorize(
             }
             Caller::Uid(*uid)
         }
-        (Access::Token { name, token }, Some(Peer::Tcp(_))) => {
+        (
+            Access::Token {
+                name,
+                token,
+                client_cert,
+            },
+            Some(peer @ (Peer::Tcp(_) | Peer::Tls { .. })),
+        ) => {
+            let cert = match peer {
+                Peer::Tls { client, .. } => client.clone(),
+                _ => None,
+            };
+            if *client_cert && cert.is_none() {
+                return Err((
+                    StatusCode::UNAUTHORIZED,
+                    "a client certificate is required",
+                    unknown(),
+                ));
+            }
             let Some(given) = bearer(headers) else {
                 return Err((
                     StatusCode::UNAUTHORIZED,
@@ -170,7 +227,10 @@ pub fn authorize(
             if !bool::from(given.ct_eq(token)) {
                 return Err((StatusCode::UNAUTHORIZED, "wrong bearer token", unknown()));
             }
-            Caller::Token(name.clone())
+            match cert {
+                Some(cert) => Caller::TokenAndCert(name.clone(), cert),
+                None => Caller::Token(name.clone()),
+            }
         }
         _ => {
             return Err((
@@ -259,6 +319,7 @@ pub fn load_token(path: &Path) -> anyhow::Result<Access> {
     Ok(Access::Token {
         name: token_name(path),
         token: token.into_bytes(),
+        client_cert: false,
     })
 }
 
@@ -333,6 +394,7 @@ mod tests {
         let access = Access::Token {
             name: "token".into(),
             token: b"0123456789abcdef".to_vec(),
+            client_cert: false,
         };
         let tcp = Peer::Tcp("10.0.0.1:5555".parse().unwrap());
         let ok = authorize(
@@ -369,6 +431,59 @@ mod tests {
     }
 
     #[test]
+    fn mutual_tls_needs_the_certificate_and_the_token() {
+        let access = Access::Token {
+            name: "ops-token".into(),
+            token: b"0123456789abcdef".to_vec(),
+            client_cert: true,
+        };
+        let cert = ClientCert {
+            cn: Some("ops-laptop".into()),
+            sha256: "ab".repeat(32),
+        };
+        let addr: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        let with = Peer::Tls {
+            addr,
+            client: Some(cert.clone()),
+        };
+        let good = headers(&[("authorization", "Bearer 0123456789abcdef")]);
+        let caller = authorize(&access, Some(&with), &good).unwrap();
+        assert_eq!(
+            caller,
+            Caller::TokenAndCert("ops-token".into(), cert.clone())
+        );
+        let who = caller.to_json();
+        assert_eq!(who["token"], "ops-token");
+        assert_eq!(who["client_cert"]["cn"], "ops-laptop");
+        assert_eq!(who["client_cert"]["sha256"], "ab".repeat(32));
+        // The certificate alone is not enough: the token is still required.
+        let (code, _, who) = authorize(&access, Some(&with), &headers(&[])).unwrap_err();
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert!(matches!(who, Caller::Unknown(p) if p.contains("ops-laptop")));
+        // Nor is the token without a certificate, in TLS or in plain TCP.
+        let without = Peer::Tls { addr, client: None };
+        assert_eq!(
+            authorize(&access, Some(&without), &good).unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            authorize(&access, Some(&Peer::Tcp(addr)), &good)
+                .unwrap_err()
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        // Browsers are refused on this listener too.
+        let browser = headers(&[
+            ("authorization", "Bearer 0123456789abcdef"),
+            ("origin", "http://evil.example"),
+        ]);
+        assert_eq!(
+            authorize(&access, Some(&with), &browser).unwrap_err().0,
+            StatusCode::FORBIDDEN
+        );
+    }
+
+    #[test]
     fn token_file_checks() {
         let dir = std::env::temp_dir().join(format!("observer-token-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -385,7 +500,7 @@ mod tests {
         );
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         match load_token(&f).unwrap() {
-            Access::Token { name, token } => {
+            Access::Token { name, token, .. } => {
                 assert_eq!(name, "ops-token");
                 assert_eq!(token, b"0123456789abcdef0123");
             }
