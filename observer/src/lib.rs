@@ -15,6 +15,7 @@ pub mod exchange;
 pub mod export;
 pub mod http;
 pub mod identity;
+pub mod private_file;
 pub mod route;
 pub mod score;
 pub mod session;

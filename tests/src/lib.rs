@@ -140,16 +140,7 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, 
     )?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no status line")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    parse_response(&text)
 }
 
 /// `GET` with [`http_request`].

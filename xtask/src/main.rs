@@ -142,7 +142,7 @@ fn test(env: &toolchain::Env, allow_skips: bool, args: &[String]) -> Result<i32>
         "observer-ebpf",
         "--no-fail-fast",
     ];
-    cargo_ok &= testrun::cargo_tests(&env.path, &root, &unit, &test_env, &mut totals)?;
+    cargo_ok &= testrun::cargo_tests(cargo_command(env, &unit, &test_env), &mut totals)?;
     // End-to-end tests: every file, one test at a time (each with its own agent and
     // servers), none stopping the others.
     let mut e2e = vec![
@@ -154,7 +154,7 @@ fn test(env: &toolchain::Env, allow_skips: bool, args: &[String]) -> Result<i32>
         "--test-threads=1",
     ];
     e2e.extend(args.iter().map(String::as_str));
-    cargo_ok &= testrun::cargo_tests(&env.path, &root, &e2e, &test_env, &mut totals)?;
+    cargo_ok &= testrun::cargo_tests(cargo_command(env, &e2e, &test_env), &mut totals)?;
 
     let skips = testrun::read_skips(&skip_log);
     for s in &skips {
@@ -176,7 +176,8 @@ fn build(env: &toolchain::Env) -> Result<()> {
     cargo(env, &["build", "--release", "--package", "observer"], &[])
 }
 
-fn cargo(env: &toolchain::Env, args: &[&str], extra_env: &[(&str, &str)]) -> Result<()> {
+/// `cargo <args>` at the workspace root with the toolchain's PATH and `extra_env`.
+fn cargo_command(env: &toolchain::Env, args: &[&str], extra_env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(args)
         .current_dir(workspace_root())
@@ -184,7 +185,11 @@ fn cargo(env: &toolchain::Env, args: &[&str], extra_env: &[(&str, &str)]) -> Res
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let status = cmd
+    cmd
+}
+
+fn cargo(env: &toolchain::Env, args: &[&str], extra_env: &[(&str, &str)]) -> Result<()> {
+    let status = cargo_command(env, args, extra_env)
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {

@@ -44,26 +44,14 @@ impl Totals {
     }
 }
 
-/// Run `cargo <args>`, echoing its output, and add its test results to `totals`.
-/// Returns whether cargo itself succeeded (a build error fails with no result line).
-pub fn cargo_tests(
-    path_env: &str,
-    root: &Path,
-    args: &[&str],
-    extra_env: &[(&str, &str)],
-    totals: &mut Totals,
-) -> Result<bool> {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(args)
-        .current_dir(root)
-        .env("PATH", path_env)
-        .stdout(Stdio::piped());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
+/// Run a `cargo test` command, echoing its output, and add its test results to
+/// `totals`. Returns whether cargo itself succeeded (a build error fails with no result
+/// line).
+pub fn cargo_tests(mut cmd: Command, totals: &mut Totals) -> Result<bool> {
     let mut child = cmd
+        .stdout(Stdio::piped())
         .spawn()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+        .with_context(|| format!("running {cmd:?}"))?;
     let stdout = child.stdout.take().context("cargo stdout")?;
     let mut out = std::io::stdout().lock();
     for line in BufReader::new(stdout).lines() {

@@ -12,8 +12,7 @@
 //! them change key at the same wall-clock instant without talking to each other.
 
 use std::{
-    fmt, fs,
-    io::{self, Write as _},
+    fmt, fs, io,
     path::{Path, PathBuf},
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
@@ -226,31 +225,15 @@ pub(crate) fn to_hex(bytes: &[u8]) -> String {
 
 /// Write `bytes` as hex to `path` with mode 0600 (via a temporary file and a rename).
 pub(crate) fn write_key_file(path: &Path, bytes: &[u8; KEY_BYTES]) -> Result<(), KeyError> {
-    let io_err = |source| KeyError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = fs::remove_file(&tmp);
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&tmp).map_err(io_err)?;
     let mut text = to_hex(bytes);
     text.push('\n');
-    let written = file
-        .write_all(text.as_bytes())
-        .and_then(|()| file.sync_all());
+    let written = crate::private_file::write(path, text.as_bytes());
     // Best effort: do not leave the hex text in freed memory.
     text.into_bytes().fill(0);
-    written.map_err(io_err)?;
-    fs::rename(&tmp, path).map_err(io_err)
+    written.map_err(|source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl FingerprintKey {

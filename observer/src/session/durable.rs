@@ -8,8 +8,7 @@
 //! error naming it: silently dropping freezes would let a frozen credential back in.
 
 use std::{
-    fs,
-    io::{self, Write as _},
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -134,26 +133,10 @@ pub fn save<'a>(
             })
             .collect(),
     };
-    let io_err = |source| StateError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let mut text = serde_json::to_vec_pretty(&file).expect("serialisable");
     text.push(b'\n');
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = fs::remove_file(&tmp);
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut f = options.open(&tmp).map_err(io_err)?;
-    f.write_all(&text)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err)?;
-    fs::rename(&tmp, path).map_err(io_err)
+    crate::private_file::write(path, &text).map_err(|source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
