@@ -32,9 +32,11 @@ impl RouteTemplate {
         }
     }
 
-    /// `GET /users/{id}/orders`.
-    pub fn key(&self) -> String {
-        format!("{} {}", self.method, self.path)
+    /// Append `GET /users/{id}/orders` to `out` (a caller's reused buffer).
+    pub fn write_key(&self, out: &mut String) {
+        out.push_str(self.method);
+        out.push(' ');
+        out.push_str(&self.path);
     }
 
     /// The id segments of `path` (the path this template was made from).
@@ -169,7 +171,9 @@ mod tests {
     fn route_and_ids() {
         let path = "/users/7/orders/8";
         let r = RouteTemplate::of("get", path);
-        assert_eq!(r.key(), "GET /users/{id}/orders/{id}");
+        let mut key = String::new();
+        r.write_key(&mut key);
+        assert_eq!(key, "GET /users/{id}/orders/{id}");
         assert_eq!(r.ids(path).collect::<Vec<_>>(), vec!["7", "8"]);
         assert!(r.has_ids());
         assert!(!RouteTemplate::of("GET", "/hello").has_ids());

@@ -2,7 +2,7 @@
 //! credentials sent in plaintext or in query strings. Reported once per host and route
 //! (`GET /api/findings`, `api_observer_findings`), not as every session's signal.
 
-use std::{collections::HashMap, sync::Arc, time::SystemTime};
+use std::{borrow::Cow, collections::HashMap, sync::Arc, time::SystemTime};
 
 use serde::Serialize;
 
@@ -63,17 +63,30 @@ pub struct Finding {
 #[derive(Debug, Default)]
 pub struct Findings {
     map: HashMap<(FindingKind, Arc<str>, Arc<str>), FindingStat>,
+    /// The hosts of `map`, so that recording a known finding allocates nothing.
+    hosts: HashMap<Box<str>, Arc<str>>,
     pub dropped: u64,
 }
 
-/// A host name as kept: lower case, at most 64 characters of `[a-z0-9.-:[]]`.
-pub fn host_name(host: &str) -> String {
-    host.trim()
-        .chars()
-        .take(MAX_HOST)
-        .map(|c| c.to_ascii_lowercase())
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
-        .collect()
+fn host_char(c: u8) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'-' | b':' | b'[' | b']')
+}
+
+/// A host name as kept: lower case, at most 64 characters of `[a-z0-9.-:[]]`. Borrowed
+/// when the header is already in that form (the usual case).
+pub fn host_name(host: &str) -> Cow<'_, str> {
+    let host = host.trim();
+    if host.len() <= MAX_HOST && host.bytes().all(host_char) {
+        return Cow::Borrowed(host);
+    }
+    Cow::Owned(
+        host.bytes()
+            .take(MAX_HOST)
+            .map(|c| c.to_ascii_lowercase())
+            .filter(|c| host_char(*c))
+            .map(char::from)
+            .collect(),
+    )
 }
 
 impl Findings {
@@ -85,10 +98,19 @@ impl Findings {
         untrusted: bool,
         t: SystemTime,
     ) {
-        let key = (kind, Arc::from(host), Arc::clone(route));
-        if !self.map.contains_key(&key) && self.map.len() >= MAX_FINDINGS {
-            self.dropped += 1;
-            return;
+        let host = match self.hosts.get(host) {
+            Some(h) => Arc::clone(h),
+            None => Arc::from(host),
+        };
+        let key = (kind, host, Arc::clone(route));
+        if !self.map.contains_key(&key) {
+            if self.map.len() >= MAX_FINDINGS {
+                self.dropped += 1;
+                return;
+            }
+            self.hosts
+                .entry(Box::from(&*key.1))
+                .or_insert_with(|| Arc::clone(&key.1));
         }
         let f = self.map.entry(key).or_insert(FindingStat {
             requests: 0,
@@ -124,10 +146,6 @@ impl Findings {
     /// Distinct host/route pairs per kind.
     pub fn count(&self, kind: FindingKind) -> usize {
         self.map.keys().filter(|(k, _, _)| *k == kind).count()
-    }
-
-    pub fn clear(&mut self) {
-        self.map.clear();
     }
 }
 

@@ -35,6 +35,7 @@ pub(crate) mod window;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    fmt::Write as _,
     hash::{BuildHasher, RandomState},
     sync::Arc,
     time::{Duration, SystemTime},
@@ -102,7 +103,9 @@ pub const MAX_VIEWS: usize = 4096;
 /// A view is listed once it has seen this many credentials (one credential's view would
 /// only repeat its session).
 pub const VIEW_MIN_CREDENTIALS: usize = 2;
-/// Most user-agent product fingerprints cached (per key).
+/// Most route keys kept for reuse (beyond it the cache starts over).
+const MAX_ROUTE_KEYS: usize = 4096;
+/// Most user-agent families and product fingerprints cached (per key).
 const MAX_AGENT_CACHE: usize = 4096;
 
 /// Counters for metrics and the privacy report.
@@ -148,6 +151,8 @@ pub struct SessionTable {
     sessions: HashMap<Arc<str>, Session>,
     /// Views across credentials (per network, per route), bounded by `MAX_VIEWS`.
     views: HashMap<Arc<str>, Session>,
+    /// Scratch buffer for view ids (no allocation per exchange).
+    view_key: String,
     /// Frozen fingerprints under the current key (the per-request check).
     frozen: HashSet<Fingerprint>,
     /// Durable freezes by durable hash (see [`freeze`]).
@@ -161,7 +166,11 @@ pub struct SessionTable {
     /// Keyed per process: hashes of path ids and credentials in views are never linkable
     /// across runs.
     id_hasher: RandomState,
-    /// Custom user-agent product names (by unkeyed hash) to their keyed fingerprints.
+    /// Route keys in use (see `route_key`), and the buffer they are built in.
+    route_keys: HashMap<Arc<str>, Arc<str>>,
+    route_buf: String,
+    /// `User-Agent` headers (by unkeyed per-process hash) to their client family or
+    /// keyed product fingerprint.
     agent_cache: HashMap<u64, Arc<str>>,
     counters: TableCounters,
     /// Latest time seen by any call (views are relative to it).
@@ -206,6 +215,7 @@ impl SessionTable {
             key,
             sessions: HashMap::new(),
             views: HashMap::new(),
+            view_key: String::new(),
             frozen: HashSet::new(),
             durable: BTreeMap::new(),
             // With a state directory, replaced by its key in `open_state`.
@@ -218,6 +228,8 @@ impl SessionTable {
             findings: Findings::default(),
             id_hasher: RandomState::new(),
             agent_cache: HashMap::new(),
+            route_keys: HashMap::new(),
+            route_buf: String::new(),
             counters: TableCounters::default(),
             now: SystemTime::UNIX_EPOCH,
         }
@@ -270,25 +282,46 @@ impl SessionTable {
     /// keyed fingerprint of any other product name (`ua_3f9c0a1b2c3d`), never the raw
     /// text.
     fn agent_of(&mut self, ua: Option<&str>) -> Arc<str> {
-        match dims::agent_family(ua) {
-            dims::Agent::Known(family) => Arc::from(family),
-            dims::Agent::Product(name) => {
-                let h = self.id_hasher.hash_one(("ua", name.as_str()));
-                if let Some(fp) = self.agent_cache.get(&h) {
-                    return Arc::clone(fp);
-                }
-                let fp: Arc<str> = Arc::from(
-                    self.key
-                        .fingerprint("ua", "user-agent", name.as_bytes())
-                        .as_str(),
-                );
-                if self.agent_cache.len() >= MAX_AGENT_CACHE {
-                    self.agent_cache.clear();
-                }
-                self.agent_cache.insert(h, Arc::clone(&fp));
-                fp
-            }
+        // Cached by an unkeyed per-process hash of the header: a client's next request
+        // costs one hash, no parsing and no allocation; the header itself is not kept.
+        let h = self.id_hasher.hash_one(("ua", ua));
+        if let Some(family) = self.agent_cache.get(&h) {
+            return Arc::clone(family);
         }
+        let family: Arc<str> = match dims::agent_family(ua) {
+            dims::Agent::Known(family) => Arc::from(family),
+            dims::Agent::Product(name) => Arc::from(
+                self.key
+                    .fingerprint("ua", "user-agent", name.as_bytes())
+                    .as_str(),
+            ),
+        };
+        if self.agent_cache.len() >= MAX_AGENT_CACHE {
+            self.agent_cache.clear();
+        }
+        self.agent_cache.insert(h, Arc::clone(&family));
+        family
+    }
+
+    /// `GET /users/{id}`, shared by every session and view that names it: built in a
+    /// scratch buffer and looked up, so a known route costs no allocation.
+    fn route_key(&mut self, ex: &Exchange) -> Arc<str> {
+        let mut key = std::mem::take(&mut self.route_buf);
+        key.clear();
+        ex.route.write_key(&mut key);
+        let route = match self.route_keys.get(key.as_str()) {
+            Some(r) => Arc::clone(r),
+            None => {
+                if self.route_keys.len() >= MAX_ROUTE_KEYS {
+                    self.route_keys.clear();
+                }
+                let r: Arc<str> = Arc::from(key.as_str());
+                self.route_keys.insert(Arc::clone(&r), Arc::clone(&r));
+                r
+            }
+        };
+        self.route_buf = key;
+        route
     }
 
     fn ensure_session(
@@ -318,16 +351,19 @@ impl SessionTable {
         self.counters.sessions_created += 1;
     }
 
-    fn ensure_view(&mut self, id: &Arc<str>, kind: ViewKind, t: SystemTime) {
-        if self.views.contains_key(id) {
-            return;
+    /// The view `id`, made when missing. Looked up by `&str`: an existing view costs no
+    /// allocation.
+    fn view_mut(&mut self, id: &str, kind: ViewKind, t: SystemTime) -> &mut Session {
+        if !self.views.contains_key(id) {
+            if self.views.len() >= MAX_VIEWS {
+                evict_oldest(&mut self.views, &mut self.counters.evicted_capacity);
+            }
+            let id: Arc<str> = Arc::from(id);
+            let mut v = Session::new(Arc::clone(&id), Direction::Inbound, None, t, &self.limits);
+            v.across = Some(Box::new(AcrossStats::new(kind, self.limits.window)));
+            self.views.insert(id, v);
         }
-        if self.views.len() >= MAX_VIEWS {
-            evict_oldest(&mut self.views, &mut self.counters.evicted_capacity);
-        }
-        let mut v = Session::new(Arc::clone(id), Direction::Inbound, None, t, &self.limits);
-        v.across = Some(Box::new(AcrossStats::new(kind, self.limits.window)));
-        self.views.insert(Arc::clone(id), v);
+        self.views.get_mut(id).expect("present or just inserted")
     }
 
     /// Add one exchange. Its credentials are fingerprinted here and not kept raw.
@@ -352,7 +388,7 @@ impl SessionTable {
         let cfg = &self.sessions_cfg;
         let network = dims::network_of(peer, cfg.client_ip, cfg.ipv4_prefix, cfg.ipv6_prefix);
         let agent = self.agent_of(ex.header("user-agent"));
-        let route: Arc<str> = Arc::from(ex.route.key());
+        let route = self.route_key(ex);
         let id_hash = ex.route.has_ids().then(|| {
             let hasher = &self.id_hasher;
             ex.route
@@ -404,7 +440,7 @@ impl SessionTable {
                 .header("host")
                 .map(findings::host_name)
                 .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| ex.server.to_string());
+                .unwrap_or_else(|| ex.server.to_string().into());
             if !ex.tls && remote_peer {
                 self.findings
                     .record(FindingKind::PlaintextCredential, &host, &route, !trusted, t);
@@ -418,43 +454,47 @@ impl SessionTable {
             }
         }
 
-        // Views across credentials (inbound, credentialed traffic only).
-        if let (Direction::Inbound, Some(p)) = (direction, primary) {
-            let credential = self.id_hasher.hash_one(p.fingerprint.as_str());
+        // Views across credentials (inbound, credentialed traffic only). A credential
+        // failing because its JWT expired is a refresh, not a guess: no view sees it.
+        let refresh = primary.is_some_and(|p| {
+            matches!(ex.status, 401 | 403)
+                && p.jwt().and_then(|c| c.exp).is_some_and(|exp| {
+                    unix_secs(t) as i64 > exp.saturating_add(self.scoring.jwt_leeway_secs as i64)
+                })
+        });
+        if let (Direction::Inbound, Some(p), false) = (direction, primary, refresh) {
             let u = Use {
-                credential,
+                credential: self.id_hasher.hash_one(p.fingerprint.as_str()),
                 status: ex.status,
                 route: &route,
                 ids: id_hash,
             };
-            // A credential failing because its JWT expired is a refresh, not a guess.
-            let expired = p.jwt().and_then(|c| c.exp).is_some_and(|exp| {
-                unix_secs(t) as i64 > exp.saturating_add(self.scoring.jwt_leeway_secs as i64)
-            });
-            let mut views = Vec::with_capacity(2);
-            if matches!(network, Network::Net { .. }) {
-                views.push((format!("{NETWORK_VIEW_PREFIX}{network}"), ViewKind::Network));
-            }
-            views.push((format!("{ROUTE_VIEW_PREFIX}{route}"), ViewKind::Route));
-            for (view_id, kind) in views {
-                if expired && matches!(ex.status, 401 | 403) {
-                    continue;
-                }
-                let view_id: Arc<str> = Arc::from(view_id);
-                self.ensure_view(&view_id, kind, t);
-                if let Some(v) = self.views.get_mut(&view_id) {
-                    v.settled = false;
-                    v.first_seen = v.first_seen.min(t);
-                    v.last_seen = v.last_seen.max(t);
-                    v.requests += 1;
-                    v.status[class_index(ex.status)] += 1;
-                    // The networks a view covers (bounded like a session's).
-                    v.hit_network(network, t);
-                    if let Some(a) = v.across.as_mut() {
-                        a.record(&u, t);
+            let mut key = std::mem::take(&mut self.view_key);
+            for kind in [ViewKind::Network, ViewKind::Route] {
+                key.clear();
+                match kind {
+                    ViewKind::Network if matches!(network, Network::Net { .. }) => {
+                        let _ = write!(key, "{NETWORK_VIEW_PREFIX}{network}");
+                    }
+                    ViewKind::Network => continue,
+                    ViewKind::Route => {
+                        key.push_str(ROUTE_VIEW_PREFIX);
+                        key.push_str(&route);
                     }
                 }
+                let v = self.view_mut(&key, kind, t);
+                v.settled = false;
+                v.first_seen = v.first_seen.min(t);
+                v.last_seen = v.last_seen.max(t);
+                v.requests += 1;
+                v.status[class_index(ex.status)] += 1;
+                // The networks a view covers (bounded like a session's).
+                v.hit_network(network, t);
+                if let Some(a) = v.across.as_mut() {
+                    a.record(&u, t);
+                }
             }
+            self.view_key = key;
         }
 
         self.ensure_session(&id, direction, primary.map(|p| &p.fingerprint), durable, t);
