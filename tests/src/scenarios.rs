@@ -1014,15 +1014,28 @@ fn healthy_login_typo(w: &World) -> Result<()> {
 
 /// One token used at the same time from three networks, interleaved over ~10 s.
 fn shared_token(w: &World) -> Result<()> {
-    let token = bearer(&secret("shared", 8, 40));
-    let plans: Vec<Plan> = (0..3)
+    token_shared_by(w, 3, &secret("shared", 8, 40), 12, 0.8, 0.27)
+}
+
+/// One bearer token played from `networks` namespaces at once: `requests` each, `pause`
+/// apart, each network starting `stagger` seconds after the previous one.
+fn token_shared_by(
+    w: &World,
+    networks: usize,
+    token: &str,
+    requests: usize,
+    pause: f64,
+    stagger: f64,
+) -> Result<()> {
+    let token = bearer(token);
+    let plans: Vec<Plan> = (0..networks)
         .map(|n| {
             Plan::one(
                 Conn::new(
                     &[("Authorization", token.as_str()), ("User-Agent", SCRIPT_UA)],
-                    app_mix(12, 0.8),
+                    app_mix(requests, pause),
                 )
-                .start(0.27 * n as f64),
+                .start(stagger * n as f64),
             )
         })
         .collect();
@@ -1056,21 +1069,7 @@ fn one_key_three_programs(w: &World) -> Result<()> {
 
 /// One token used by two parties at once, from two networks (the minimum of sharing).
 fn shared_token_two_networks(w: &World) -> Result<()> {
-    let token = bearer(&secret("pair", 3, 40));
-    let plans: Vec<Plan> = (0..2)
-        .map(|n| {
-            Plan::one(
-                Conn::new(
-                    &[("Authorization", token.as_str()), ("User-Agent", SCRIPT_UA)],
-                    app_mix(10, 0.7),
-                )
-                .start(0.35 * n as f64),
-            )
-        })
-        .collect();
-    let plays: Vec<(usize, &Plan)> = plans.iter().enumerate().collect();
-    w.play_together(&plays)?;
-    Ok(())
+    token_shared_by(w, 2, &secret("pair", 3, 40), 10, 0.7, 0.35)
 }
 
 /// A login form guessed from one client: the credentials travel in the body, so no
