@@ -18,8 +18,7 @@ use crate::{
     workload::KubernetesConfig,
 };
 
-/// Default path of the control socket.
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/observer/control.sock";
+pub use crate::export::control::DEFAULT_CONTROL_SOCKET;
 
 /// Every setting, with its default.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

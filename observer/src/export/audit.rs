@@ -11,7 +11,48 @@ use axum::{http::Method, response::Response};
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::json;
 
-use super::{jsonl::JsonLines, surface::Caller};
+use super::jsonl::JsonLines;
+
+/// A client certificate as the audit names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject's common name, when it has one.
+    pub cn: Option<String>,
+    /// SHA-256 of the certificate (DER), lowercase hex.
+    pub sha256: String,
+}
+
+impl ClientCert {
+    fn to_json(&self) -> serde_json::Value {
+        json!({ "cn": self.cn, "sha256": self.sha256 })
+    }
+}
+
+/// Who made an accepted request (kept in the request's extensions for the audit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A Unix socket peer by uid.
+    Uid(u32),
+    /// A TCP control client by the name of the token file it presented.
+    Token(String),
+    /// A mutual-TLS control client: the token file's name and its client certificate.
+    TokenAndCert(String, ClientCert),
+    /// Not (yet) identified: refused requests.
+    Unknown(String),
+}
+
+impl Caller {
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Caller::Uid(uid) => json!({ "uid": uid }),
+            Caller::Token(name) => json!({ "token": name }),
+            Caller::TokenAndCert(name, cert) => {
+                json!({ "token": name, "client_cert": cert.to_json() })
+            }
+            Caller::Unknown(peer) => json!({ "unauthenticated": peer }),
+        }
+    }
+}
 
 /// Fingerprints a credential request matched, attached by its handler to the response.
 #[derive(Clone, Debug, Default)]

@@ -17,7 +17,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
-use crate::config::DEFAULT_CONTROL_SOCKET;
+/// Default path of the control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/observer/control.sock";
 
 /// `[control]`: the control channel (every API endpoint besides `/metrics` and
 /// `/healthz`), and who may use it.

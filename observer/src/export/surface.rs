@@ -28,6 +28,8 @@ use axum::{
 };
 use serde_json::json;
 use subtle::ConstantTimeEq as _;
+
+pub use super::audit::{Caller, ClientCert};
 use tokio::sync::Semaphore;
 
 /// Longest a request may take, from its head to its answer.
@@ -50,21 +52,6 @@ pub enum Peer {
     },
 }
 
-/// A client certificate as the audit names it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientCert {
-    /// The subject's common name, when it has one.
-    pub cn: Option<String>,
-    /// SHA-256 of the certificate (DER), lowercase hex.
-    pub sha256: String,
-}
-
-impl ClientCert {
-    fn to_json(&self) -> serde_json::Value {
-        json!({ "cn": self.cn, "sha256": self.sha256 })
-    }
-}
-
 impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, tokio::net::UnixListener>) -> Self {
         Peer::Unix {
@@ -76,32 +63,6 @@ impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Peer {
 impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
         Peer::Tcp(*stream.remote_addr())
-    }
-}
-
-/// Who made an accepted request (kept in the request's extensions for the audit).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Caller {
-    /// A Unix socket peer by uid.
-    Uid(u32),
-    /// A TCP control client by the name of the token file it presented.
-    Token(String),
-    /// A mutual-TLS control client: the token file's name and its client certificate.
-    TokenAndCert(String, ClientCert),
-    /// Not (yet) identified: refused requests.
-    Unknown(String),
-}
-
-impl Caller {
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            Caller::Uid(uid) => json!({ "uid": uid }),
-            Caller::Token(name) => json!({ "token": name }),
-            Caller::TokenAndCert(name, cert) => {
-                json!({ "token": name, "client_cert": cert.to_json() })
-            }
-            Caller::Unknown(peer) => json!({ "unauthenticated": peer }),
-        }
     }
 }
 

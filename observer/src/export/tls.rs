@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::{net::TcpStream, task::JoinSet};
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 
-use super::surface::{ClientCert, Peer};
+use super::{audit::ClientCert, surface::Peer};
 
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
