@@ -705,6 +705,7 @@ impl Http1Parser {
                 response_ns: ts_ns,
                 request_body_bytes: r.body_bytes,
                 response_body_bytes: body_bytes,
+                grpc: None,
             });
         }
         if upgrade {
@@ -956,6 +957,7 @@ mod tests {
             response_ns: 0,
             request_body_bytes: 0,
             response_body_bytes: Some(0),
+            grpc: None,
         }
     }
 
@@ -1045,6 +1047,7 @@ mod tests {
                 request_end_ns: 100,
                 response_ns: 250,
                 response_body_bytes: Some(2),
+                grpc: None,
                 ..exchange("GET", "/api/v1/users?id=7", 200)
             }]
         );
@@ -1071,6 +1074,7 @@ mod tests {
                     request_end_ns: 10 * i,
                     response_ns: 10 * i + 5,
                     response_body_bytes: Some(5),
+                    grpc: None,
                     ..exchange("GET", &format!("/item/{i}"), 200 + i as u16)
                 }]
             );
@@ -1149,6 +1153,7 @@ mod tests {
                 response_ns: 5000 + head_end as u64 - 1,
                 request_body_bytes: 4,
                 response_body_bytes: None,
+                grpc: None,
                 ..exchange("POST", "/upload", 200)
             }]
         );
@@ -1249,6 +1254,7 @@ mod tests {
                     response_ns: 100,
                     request_body_bytes: 16 + 5,
                     response_body_bytes: None,
+                    grpc: None,
                     ..exchange("POST", "/stream", 200)
                 },
                 ParsedExchange {
@@ -1256,6 +1262,7 @@ mod tests {
                     request_end_ns: 7,
                     response_ns: 106,
                     response_body_bytes: Some(2),
+                    grpc: None,
                     ..exchange("GET", "/second", 200)
                 },
             ]
@@ -1316,6 +1323,7 @@ mod tests {
                 response_ns: 30,
                 request_body_bytes: MIB,
                 response_body_bytes: Some(MIB),
+                grpc: None,
                 ..exchange("POST", "/upload", 200)
             }]
         );

@@ -8,6 +8,8 @@
 //! request headers leave a parser.
 
 pub mod h1;
+pub mod h2;
+pub mod hpack;
 
 use std::sync::Arc;
 
@@ -140,8 +142,48 @@ pub struct ParsedExchange {
     pub response_ns: u64,
     /// Request body length as declared or counted (0 when none).
     pub request_body_bytes: u64,
-    /// Response body length when declared by Content-Length.
+    /// Response body length when declared by Content-Length (HTTP/1) or counted from
+    /// DATA frames (HTTP/2).
     pub response_body_bytes: Option<u64>,
+    /// gRPC call details (HTTP/2 with `content-type: application/grpc*`).
+    pub grpc: Option<Grpc>,
+}
+
+/// What a gRPC call showed besides its HTTP exchange.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Grpc {
+    /// `grpc-status` from the trailers (or a trailers-only response); `None` when the
+    /// stream ended without one (reset, lost, or the header was unknown).
+    pub status: Option<u8>,
+    /// Length of `grpc-message`, when present; the text itself is never kept.
+    pub message_len: Option<u32>,
+    /// Length-prefixed messages the client sent on the stream.
+    pub request_messages: u32,
+    /// Length-prefixed messages the server sent on the stream.
+    pub response_messages: u32,
+}
+
+/// A request head parsed before its response: what an HTTP/1.1 `Upgrade: h2c` hands to
+/// the HTTP/2 parser as stream 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub target: String,
+    /// Allowlisted request headers, in the order received.
+    pub headers: Vec<Header>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub body_bytes: u64,
+}
+
+/// The server accepted `Upgrade: h2c` (101): the connection continues as HTTP/2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct H2cUpgrade {
+    /// The upgraded request; its response comes on HTTP/2 stream 1.
+    pub request: RequestHead,
+    /// Offset in the server segment being fed where the HTTP/2 bytes begin (just after
+    /// the 101 head).
+    pub offset: usize,
 }
 
 /// Why a parser dropped bytes or a message. Each is counted by the agent.
@@ -159,16 +201,38 @@ pub enum ParseIssue {
     Unanswered,
     /// The connection switched to a protocol we do not parse (101, CONNECT tunnel).
     Upgraded,
+    /// HTTP/2 connection joined after its start (agent started later, or the start was
+    /// lost): header table entries inserted before are unknown.
+    MidstreamJoin,
+    /// HTTP/2 frames lost sync (bytes lost or invalid) and resumed at a frame boundary.
+    FrameResync,
+    /// An HPACK reference to a table entry that was never seen: that header is unknown.
+    HpackUnknown,
+    /// A header block that is not valid HPACK: its headers are lost, the table reset.
+    HpackError,
+    /// A header list beyond the size limit (HPACK bomb): the rest of it was dropped.
+    HeaderListTooLarge,
+    /// An HTTP/2 stream ended by RST_STREAM.
+    StreamReset,
+    /// An HTTP/2 stream ended by GOAWAY without a response.
+    GoAway,
 }
 
 impl ParseIssue {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 13] = [
         Self::Malformed,
         Self::Truncated,
         Self::HeadTooLarge,
         Self::UnpairedResponse,
         Self::Unanswered,
         Self::Upgraded,
+        Self::MidstreamJoin,
+        Self::FrameResync,
+        Self::HpackUnknown,
+        Self::HpackError,
+        Self::HeaderListTooLarge,
+        Self::StreamReset,
+        Self::GoAway,
     ];
 
     /// Label value for metrics.
@@ -180,6 +244,13 @@ impl ParseIssue {
             Self::UnpairedResponse => "unpaired_response",
             Self::Unanswered => "unanswered",
             Self::Upgraded => "upgraded",
+            Self::MidstreamJoin => "h2_midstream_join",
+            Self::FrameResync => "h2_frame_resync",
+            Self::HpackUnknown => "hpack_unknown_reference",
+            Self::HpackError => "hpack_error",
+            Self::HeaderListTooLarge => "header_list_too_large",
+            Self::StreamReset => "h2_stream_reset",
+            Self::GoAway => "h2_goaway",
         }
     }
 }
@@ -189,6 +260,8 @@ impl ParseIssue {
 pub struct ParserOutput {
     pub exchanges: Vec<ParsedExchange>,
     pub issues: Vec<ParseIssue>,
+    /// Set by the HTTP/1 parser when the connection switched to HTTP/2 (`Upgrade: h2c`).
+    pub h2c: Option<H2cUpgrade>,
 }
 
 /// Limits every parser enforces.
