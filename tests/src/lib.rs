@@ -470,19 +470,37 @@ impl Cert {
 
 impl Nginx {
     pub fn start(port: u16, extra_server: &str) -> Result<Self> {
-        Self::start_with(port, None, extra_server)
+        Self::start_with(port, None, false, extra_server)
     }
 
     /// nginx serving HTTPS (HTTP/1.1) with a fresh self-signed certificate.
     pub fn start_tls(port: u16, extra_server: &str) -> Result<(Self, Cert)> {
         let dir = scratch_dir("nginx-cert");
         let cert = Cert::make(&dir)?;
-        let nginx = Self::start_with(port, Some(&cert), extra_server)?;
+        let nginx = Self::start_with(port, Some(&cert), false, extra_server)?;
         Ok((nginx, cert))
     }
 
-    fn start_with(port: u16, tls: Option<&Cert>, extra_server: &str) -> Result<Self> {
+    /// nginx serving cleartext HTTP/2 with prior knowledge (h2c; nginx does not take
+    /// `Upgrade: h2c`, and this port speaks only HTTP/2).
+    pub fn start_h2c(port: u16, extra_server: &str) -> Result<Self> {
+        Self::start_with(port, None, true, extra_server)
+    }
+
+    /// nginx serving HTTPS with HTTP/2 and HTTP/1.1 (chosen by ALPN) with a fresh
+    /// self-signed certificate.
+    pub fn start_h2_tls(port: u16, extra_server: &str) -> Result<(Self, Cert)> {
+        let dir = scratch_dir("nginx-cert");
+        let cert = Cert::make(&dir)?;
+        let nginx = Self::start_with(port, Some(&cert), true, extra_server)?;
+        Ok((nginx, cert))
+    }
+
+    fn start_with(port: u16, tls: Option<&Cert>, http2: bool, extra_server: &str) -> Result<Self> {
         let dir = scratch_dir("nginx");
+        // `listen ... http2` is what nginx 1.22 (Debian 12) knows; later versions still
+        // take it (with a deprecation notice for `http2 on;`).
+        let h2 = if http2 { " http2" } else { "" };
         let (ssl, tls_conf) = match tls {
             Some(c) => (
                 " ssl",
@@ -503,7 +521,7 @@ impl Nginx {
              events {{ worker_connections 256; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d};\n proxy_temp_path {d};\n\
              fastcgi_temp_path {d};\n uwsgi_temp_path {d};\n scgi_temp_path {d};\n\
-             server {{\n  listen 127.0.0.1:{port}{ssl};\n  listen [::1]:{port}{ssl};\n  root {d}/html;\n{tls_conf}\
+             server {{\n  listen 127.0.0.1:{port}{ssl}{h2};\n  listen [::1]:{port}{ssl}{h2};\n  root {d}/html;\n{tls_conf}\
                location = /empty {{ return 204; }}\n\
                location = /upload {{ client_max_body_size 10m; return 201 \"stored\\n\"; }}\n\
                {extra_server}\n }}\n}}\n"
@@ -724,4 +742,88 @@ pub fn encode_segment(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Whether `python3` can import these modules; when not, the test is recorded as skipped.
+#[must_use]
+pub fn require_python_modules(modules: &[&str]) -> bool {
+    let missing: Vec<String> = modules
+        .iter()
+        .filter(|m| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {m}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|m| format!("python module {m}"))
+        .collect();
+    available_or_skip(&missing)
+}
+
+/// Build the Go program in `tests/servers/<name>` (standard library only) with the
+/// machine's Go toolchain into a scratch directory; returns the binary. Nothing is
+/// downloaded (`GOPROXY=off`).
+pub fn build_go_program(name: &str) -> Result<PathBuf> {
+    let dir = scratch_dir(name);
+    let out_bin = dir.join(name);
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out_bin)
+        .arg(".")
+        .current_dir(workspace_root().join("tests/servers").join(name))
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        .env("GO111MODULE", "on")
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .context("running go build")?;
+    if !out.status.success() {
+        bail!(
+            "go build of {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out_bin)
+}
+
+/// The agent's TLS targets (`/api/tls`).
+pub fn tls_target_list(agent: &Agent) -> Vec<Value> {
+    agent_json(agent, "/api/tls")
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Wait until `/api/tls` lists `pid` under an attached target whose path ends with one
+/// of `path_ends`; returns that target.
+pub fn wait_tls_attached(agent: &Agent, path_ends: &[&str], pid: u32) -> Result<Value> {
+    wait_for(Duration::from_secs(10), || {
+        tls_target_list(agent).into_iter().find(|t| {
+            t["attached"] == true
+                && t["path"]
+                    .as_str()
+                    .is_some_and(|p| path_ends.iter().any(|end| p.ends_with(end)))
+                && t["pids"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|x| x.as_u64() == Some(u64::from(pid))))
+        })
+    })
+    .with_context(|| {
+        format!(
+            "{path_ends:?} (pid {pid}) never attached; /api/tls: {:?}\n{}",
+            tls_target_list(agent),
+            agent.stderr()
+        )
+    })
+}
+
+/// The value of `api_observer_http_parse_issues_total{issue="<issue>"}` in a `/metrics`
+/// text, if the series is there.
+pub fn parse_issue_count(metrics: &str, issue: &str) -> Option<f64> {
+    let series = format!("api_observer_http_parse_issues_total{{issue=\"{issue}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask bench overhead`: nginx serving a small static file on loopback under wrk
 //! (keep-alive), over plain HTTP and over HTTPS (nginx and wrk both use the system
-//! libssl, so both are probed), alternating runs without and with the agent attached, in
-//! one run on the same machine, so the ratio is meaningful on a shared, noisy host.
+//! libssl, so both are probed), and under h2load over HTTP/2 (h2c with prior knowledge,
+//! and h2 over TLS), alternating runs without and with the agent attached, in one run on
+//! the same machine, so the ratio is meaningful on a shared, noisy host.
 
 use std::{
     io::Read as _,
@@ -15,7 +16,8 @@ use anyhow::{bail, Context as _, Result};
 
 #[derive(clap::Subcommand)]
 pub enum Which {
-    /// Requests/s of nginx under wrk with and without the agent.
+    /// Requests/s of nginx under wrk (HTTP/1.1) or h2load (HTTP/2) with and without the
+    /// agent.
     Overhead {
         /// Alternating rounds (each one run without and one with the agent).
         #[arg(long, default_value_t = 5)]
@@ -23,10 +25,12 @@ pub enum Which {
         /// Seconds per wrk run.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
-        /// wrk connections.
+        /// wrk or h2load connections.
         #[arg(long, default_value_t = 32)]
         connections: u32,
-        /// Which traffic: plaintext, tls, or both.
+        /// Which traffic: plaintext, tls, both (plaintext and tls: HTTP/1.1 under wrk),
+        /// h2c, h2-tls, h2 (h2c and h2-tls: HTTP/2 under h2load, 10 streams per
+        /// connection), or all.
         #[arg(long, default_value = "both")]
         case: String,
     },
@@ -42,6 +46,10 @@ pub enum Which {
 
 const NGINX_PORT: u16 = 18_080;
 const NGINX_TLS_PORT: u16 = 18_443;
+const NGINX_H2C_PORT: u16 = 18_081;
+const NGINX_H2_TLS_PORT: u16 = 18_444;
+/// Concurrent streams per h2load connection.
+const H2_STREAMS: u32 = 10;
 const AGENT_PORT: u16 = 19_464;
 
 struct Nginx {
@@ -76,6 +84,9 @@ impl Nginx {
              fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
              server {{ listen 127.0.0.1:{NGINX_PORT}; root {d}/html; keepalive_requests 1000000; }}\n\
              server {{ listen 127.0.0.1:{NGINX_TLS_PORT} ssl; root {d}/html; keepalive_requests 1000000;\n\
+             ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; }}\n\
+             server {{ listen 127.0.0.1:{NGINX_H2C_PORT} http2; root {d}/html; keepalive_requests 1000000; }}\n\
+             server {{ listen 127.0.0.1:{NGINX_H2_TLS_PORT} ssl http2; root {d}/html; keepalive_requests 1000000;\n\
              ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; }} }}\n",
             d = dir.display()
         );
@@ -90,8 +101,14 @@ impl Nginx {
         if !status.success() {
             bail!("nginx failed to start; see {}/error.log", dir.display());
         }
-        wait_port(NGINX_PORT)?;
-        wait_port(NGINX_TLS_PORT)?;
+        for port in [
+            NGINX_PORT,
+            NGINX_TLS_PORT,
+            NGINX_H2C_PORT,
+            NGINX_H2_TLS_PORT,
+        ] {
+            wait_port(port)?;
+        }
         Ok(Self { dir })
     }
 }
@@ -144,6 +161,68 @@ fn wrk(url: &str, seconds: u64, connections: u32) -> Result<f64> {
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+}
+
+/// HTTP/2 load: `connections` connections with [`H2_STREAMS`] concurrent streams each,
+/// for `seconds`; returns the requests/s h2load reports.
+fn h2load(url: &str, seconds: u64, connections: u32) -> Result<f64> {
+    let out = Command::new("h2load")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-m{H2_STREAMS}"),
+            &format!("-D{seconds}"),
+            url,
+        ])
+        .output()
+        .context("running h2load (apt-get install nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "finished in 5.00s, 53209.40 req/s, 6.30MB/s"
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("finished in ")?
+                .split(", ")
+                .find_map(|f| f.strip_suffix(" req/s"))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no req/s in h2load output:\n{text}"))
+}
+
+/// How a case loads nginx.
+#[derive(Clone, Copy)]
+enum Load {
+    /// wrk: HTTP/1.1 keep-alive connections.
+    Wrk,
+    /// h2load: HTTP/2 connections with [`H2_STREAMS`] streams each.
+    H2load,
+}
+
+impl Load {
+    fn run(self, url: &str, seconds: u64, connections: u32) -> Result<f64> {
+        match self {
+            Self::Wrk => wrk(url, seconds, connections),
+            Self::H2load => h2load(url, seconds, connections),
+        }
+    }
+
+    fn describe(self, connections: u32) -> String {
+        match self {
+            Self::Wrk => format!("wrk, {connections} keep-alive connections"),
+            Self::H2load => {
+                format!("h2load, {connections} connections x {H2_STREAMS} streams")
+            }
+        }
+    }
+}
+
+/// Whether `--case` `chosen` selects the case `name`.
+fn selected(chosen: &str, name: &str) -> bool {
+    match chosen {
+        "all" => true,
+        "both" => matches!(name, "plaintext" | "tls"),
+        "h2" => matches!(name, "h2c" | "h2-tls"),
+        other => other == name,
+    }
 }
 
 /// utime + stime of a process, seconds.
@@ -240,26 +319,38 @@ pub fn run(which: Which, bin: &Path) -> Result<()> {
             connections,
             case,
         } => {
-            let cases: &[(&str, String)] = &[
+            let cases: &[(&str, Load, String)] = &[
                 (
                     "plaintext",
+                    Load::Wrk,
                     format!("http://127.0.0.1:{NGINX_PORT}/index.html"),
                 ),
                 (
                     "tls",
+                    Load::Wrk,
                     format!("https://127.0.0.1:{NGINX_TLS_PORT}/index.html"),
+                ),
+                (
+                    "h2c",
+                    Load::H2load,
+                    format!("http://127.0.0.1:{NGINX_H2C_PORT}/index.html"),
+                ),
+                (
+                    "h2-tls",
+                    Load::H2load,
+                    format!("https://127.0.0.1:{NGINX_H2_TLS_PORT}/index.html"),
                 ),
             ];
             let chosen: Vec<_> = cases
                 .iter()
-                .filter(|(name, _)| case == "both" || case == *name)
+                .filter(|(name, _, _)| selected(&case, name))
                 .collect();
             if chosen.is_empty() {
-                bail!("--case must be plaintext, tls or both");
+                bail!("--case must be plaintext, tls, both, h2c, h2-tls, h2 or all");
             }
             let _nginx = Nginx::start()?;
-            for (name, url) in chosen {
-                overhead(bin, name, url, rounds, seconds, connections)?;
+            for (name, load, url) in chosen {
+                overhead(bin, name, *load, url, rounds, seconds, connections)?;
             }
             Ok(())
         }
@@ -269,18 +360,19 @@ pub fn run(which: Which, bin: &Path) -> Result<()> {
 fn overhead(
     bin: &Path,
     name: &str,
+    load: Load,
     url: &str,
     rounds: usize,
     seconds: u64,
     connections: u32,
 ) -> Result<()> {
-    wrk(url, 1, connections)?; // warm-up
+    load.run(url, 1, connections)?; // warm-up
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut runs = Vec::new();
     for round in 1..=rounds {
-        let base = wrk(url, seconds, connections)?;
-        let (traced, agent) = with_agent(bin, || wrk(url, seconds, connections))?;
+        let base = load.run(url, seconds, connections)?;
+        let (traced, agent) = with_agent(bin, || load.run(url, seconds, connections))?;
         println!(
             "{name} round {round}: without {base:.0} req/s, with {traced:.0} req/s; agent cpu {:.2} s, drops {}, requests seen {}",
             agent.cpu_s, agent.drops, agent.requests_seen
@@ -293,7 +385,10 @@ fn overhead(
     let cpu = median(runs.iter().map(|r| r.cpu_s).collect());
     let drops: u64 = runs.iter().map(|r| r.drops).sum();
     let seen = median(runs.iter().map(|r| r.requests_seen as f64).collect());
-    println!("overhead ({name}, nginx {connections} keep-alive connections, {seconds} s x {rounds} rounds):");
+    println!(
+        "overhead ({name}, nginx under {}, {seconds} s x {rounds} rounds):",
+        load.describe(connections)
+    );
     println!("  median requests/s without agent: {mw:.0}");
     println!("  median requests/s with agent:    {mt:.0}");
     println!("  ratio with/without:              {:.3}", mt / mw);

@@ -69,6 +69,22 @@ pub const PEERS: &[Peer] = &[
         "exposition and rule tests",
     ),
     cmd("wrk", Source::Apt("wrk"), "overhead benchmark"),
+    cmd(
+        "h2load",
+        Source::Apt("nghttp2-client"),
+        "HTTP/2 load (tests, h2 overhead benchmark)",
+    ),
+    cmd("nghttp", Source::Apt("nghttp2-client"), "HTTP/2 client"),
+    cmd(
+        "nghttpx",
+        Source::Apt("nghttp2-proxy"),
+        "HTTP/1.1 Upgrade: h2c server",
+    ),
+    Peer {
+        probe: Probe::PythonModule("grpc"),
+        source: Source::Pip("grpcio"),
+        used_by: "gRPC server and client",
+    },
     cmd("bpftool", Source::Apt("bpftool"), "program listing checks"),
     Peer {
         probe: Probe::PythonModule("yaml"),

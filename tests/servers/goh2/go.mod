@@ -1,0 +1,3 @@
+module goh2
+
+go 1.19
