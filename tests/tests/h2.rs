@@ -71,6 +71,8 @@ fn assert_addresses(ex: &[Value], port: u16) {
 }
 
 /// The HTTP/2 parse issues that must stay 0 for well-formed traffic seen from its start.
+/// (Only HTTP/2 ones: the agent sees the whole machine, where other tests may send
+/// malformed HTTP/1 on purpose.)
 fn assert_no_h2_issues(agent: &Agent) {
     let metrics = agent.metrics();
     for issue in [
@@ -79,8 +81,6 @@ fn assert_no_h2_issues(agent: &Agent) {
         "hpack_unknown_reference",
         "hpack_error",
         "header_list_too_large",
-        "unpaired_response",
-        "malformed",
     ] {
         assert_eq!(
             parse_issue_count(&metrics, issue),
