@@ -14,8 +14,8 @@ use crate::{
     clock::Clock,
     exchange::{split_target, Exchange, Role, UNKNOWN_ADDR},
     http::{
-        self, Detection, HeaderAllowlist, ParseIssue, ParsedExchange, ParserLimits, ParserOutput,
-        Segment, Side, StreamParser,
+        self, h2, Detection, HeaderAllowlist, ParseIssue, ParsedExchange, ParserLimits,
+        ParserOutput, Segment, Side, StreamParser,
     },
     route::RouteTemplate,
     workload::{Workload, WorkloadResolver},
@@ -362,6 +362,26 @@ impl Parsers {
                 // of no use without its request.
                 return;
             }
+            if *tries_left > 1 && conn.role.is_some() && h2::frames_tile(payload, len) {
+                // Joined an HTTP/2 connection under way: whole frames from the client.
+                let mut parser = Box::new(h2::Http2Parser::midstream(
+                    self.limits.clone(),
+                    Arc::clone(&self.allowlist),
+                ));
+                self.scratch.issues.push(ParseIssue::MidstreamJoin);
+                parser.feed(
+                    side,
+                    Segment {
+                        ts_ns,
+                        data: payload,
+                        len,
+                    },
+                    &mut self.scratch,
+                );
+                conn.stage = Stage::Parsing(parser);
+                emit(clock, key, conn, &mut self.scratch, out);
+                return;
+            }
             // The first bytes of the client's stream: this segment alone in the common
             // case, else what is pending before it.
             let joined: Vec<u8>;
@@ -429,7 +449,25 @@ impl Parsers {
             len,
         };
         parser.feed(side, segment, &mut self.scratch);
-        if self.scratch.issues.contains(&ParseIssue::Upgraded) {
+        if let Some(upgrade) = self.scratch.h2c.take() {
+            // `Upgrade: h2c` accepted: the rest of the connection is HTTP/2, and the
+            // upgraded request is its stream 1.
+            let mut parser = Box::new(h2::Http2Parser::upgraded(
+                self.limits.clone(),
+                Arc::clone(&self.allowlist),
+                upgrade.request,
+            ));
+            let offset = upgrade.offset.min(payload.len());
+            let rest = Segment {
+                ts_ns,
+                data: &payload[offset..],
+                len: len.saturating_sub(offset as u64),
+            };
+            if rest.len > 0 {
+                parser.feed(side, rest, &mut self.scratch);
+            }
+            conn.stage = Stage::Parsing(parser);
+        } else if self.scratch.issues.contains(&ParseIssue::Upgraded) {
             conn.stage = Stage::Ignored;
         }
         emit(clock, key, conn, &mut self.scratch, out);
@@ -478,6 +516,7 @@ fn exchange(clock: &Clock, key: ConnKey, conn: &Connection, p: ParsedExchange) -
         latency: Duration::from_nanos(p.response_ns.saturating_sub(p.request_end_ns)),
         request_body_bytes: p.request_body_bytes,
         response_body_bytes: p.response_body_bytes,
+        grpc: p.grpc,
         workload: Arc::clone(&conn.workload),
     }
 }

@@ -49,6 +49,7 @@ impl ExchangeBuilder {
             latency: Duration::from_millis(5),
             request_body_bytes: 0,
             response_body_bytes: Some(100),
+            grpc: None,
             workload: Default::default(),
         })
     }
