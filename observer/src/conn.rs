@@ -780,6 +780,92 @@ mod tests {
     }
 
     #[test]
+    fn http2_prior_knowledge_connection() {
+        use crate::http::h2::tests::{frame, get, indexed};
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(13, Some(Role::Server), None, Some("10.0.0.9:4000"))),
+            &mut out,
+        );
+        // the server's SETTINGS may come before the client's preface
+        data(
+            &mut t,
+            13,
+            1,
+            Direction::Egress,
+            &frame(4, 0, 0, &[]),
+            &mut out,
+        );
+        let mut client = h2::PREFACE.to_vec();
+        client.extend(frame(4, 0, 0, &[]));
+        client.extend(frame(1, 0x5, 1, &get("/v2/items")));
+        // the preface split before detection
+        data(&mut t, 13, 2, Direction::Ingress, &client[..10], &mut out);
+        data(&mut t, 13, 3, Direction::Ingress, &client[10..], &mut out);
+        data(
+            &mut t,
+            13,
+            4,
+            Direction::Egress,
+            &frame(1, 0x5, 1, &indexed(8)),
+            &mut out,
+        );
+        assert_eq!(out.exchanges.len(), 1, "{out:?}");
+        let ex = &out.exchanges[0];
+        assert_eq!(ex.protocol, crate::http::Protocol::Http2);
+        assert_eq!(
+            (ex.method.as_str(), ex.path.as_str(), ex.status),
+            ("GET", "/v2/items", 200)
+        );
+        assert_eq!(ex.client, "10.0.0.9:4000".parse().unwrap());
+        assert_eq!(ex.header("host"), Some("api.test"));
+        assert_eq!(ex.route.path, "/v2/items");
+    }
+
+    #[test]
+    fn http2_connection_open_before_the_agent_is_joined_at_a_frame_boundary() {
+        use crate::http::h2::tests::{block, frame, indexed, lit};
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.seed(
+            &ExistingSocket {
+                pid: PID,
+                fd: 14,
+                comm: "srv".into(),
+                role: Role::Server,
+                local: "10.0.0.1:443".parse().unwrap(),
+                remote: "10.0.0.7:5000".parse().unwrap(),
+            },
+            0,
+        );
+        // the tail of a DATA frame, then whole frames
+        data(&mut t, 14, 1, Direction::Ingress, &[1, 2, 3], &mut out);
+        let request = block(&[indexed(3), indexed(70), lit(":path", "/later")]);
+        data(
+            &mut t,
+            14,
+            2,
+            Direction::Ingress,
+            &frame(1, 0x5, 99, &request),
+            &mut out,
+        );
+        data(
+            &mut t,
+            14,
+            3,
+            Direction::Egress,
+            &frame(1, 0x5, 99, &indexed(8)),
+            &mut out,
+        );
+        assert_eq!(out.exchanges.len(), 1, "{out:?}");
+        assert_eq!(out.exchanges[0].path, "/later");
+        assert_eq!(out.exchanges[0].method, "POST");
+        assert!(out.issues.contains(&ParseIssue::MidstreamJoin));
+        assert!(out.issues.contains(&ParseIssue::HpackUnknown));
+    }
+
+    #[test]
     fn table_is_bounded() {
         let mut t = table(8);
         let mut out = ConnOutput::default();
