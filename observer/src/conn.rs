@@ -497,7 +497,10 @@ fn exchange(clock: &Clock, key: ConnKey, conn: &Connection, p: ParsedExchange) -
         Role::Client => (local, remote),
     };
     let (path, query) = split_target(&p.target);
-    let route = RouteTemplate::of(&p.method, &path);
+    let route = match p.grpc {
+        Some(_) => RouteTemplate::grpc(&p.method, &path),
+        None => RouteTemplate::of(&p.method, &path),
+    };
     Exchange {
         protocol: p.protocol,
         role,
