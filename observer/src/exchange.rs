@@ -322,6 +322,35 @@ mod tests {
     }
 
     #[test]
+    fn grpc_outcome_is_its_status_mapped() {
+        let mut ex = crate::session::testutil::ExchangeBuilder::new().build();
+        assert_eq!((ex.outcome(), ex.protocol_name()), (200, "http1"));
+        ex.protocol = Protocol::Http2;
+        assert_eq!(ex.protocol_name(), "http2");
+        ex.grpc = Some(Grpc {
+            status: Some(16),
+            ..Grpc::default()
+        });
+        assert_eq!(
+            (ex.outcome(), ex.status_class(), ex.protocol_name()),
+            (401, "4xx", "grpc")
+        );
+        ex.grpc = Some(Grpc::default());
+        // no grpc-status seen (reset or lost): the HTTP status stands
+        assert_eq!(ex.outcome(), 200);
+        // a gRPC call refused at the HTTP level keeps its HTTP status
+        ex.status = 503;
+        ex.grpc = Some(Grpc {
+            status: Some(0),
+            ..Grpc::default()
+        });
+        assert_eq!(ex.outcome(), 503);
+        assert_eq!(grpc_http_status(14), 503);
+        assert_eq!(grpc_http_status(7), 403);
+        assert_eq!(grpc_http_status(200), 500);
+    }
+
+    #[test]
     fn client_address_follows_the_policy() {
         let addr: SocketAddr = "192.0.2.77:5000".parse().unwrap();
         let v6: SocketAddr = "[2001:db8:1:2:3::9]:443".parse().unwrap();

@@ -92,6 +92,20 @@ impl ExchangeBuilder {
         self
     }
 
+    /// A gRPC call over HTTP/2 (HTTP 200) that ended with `grpc-status` `code`.
+    pub(crate) fn grpc(mut self, code: u8) -> Self {
+        self.0.protocol = crate::http::Protocol::Http2;
+        self.0.status = 200;
+        self.0.method = "POST".into();
+        self.0.grpc = Some(crate::http::Grpc {
+            status: Some(code),
+            message_len: None,
+            request_messages: 1,
+            response_messages: u32::from(code == 0),
+        });
+        self
+    }
+
     pub(crate) fn client(mut self, addr: &str) -> Self {
         self.0.client = addr.parse::<SocketAddr>().expect("test address");
         self
