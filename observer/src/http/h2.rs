@@ -344,15 +344,58 @@ pub struct Http2Parser {
     streams: HashMap<u32, Stream>,
     next_seq: u64,
     /// Reused list of decoded fields of one block (names and values borrowed by copy).
-    fields: Vec<(FieldName, Option<Vec<u8>>)>,
+    fields: Vec<Kept>,
 }
 
-/// The name of a decoded field as the parser needs it.
+/// A decoded field as the parser needs it: the fields it reads, classified once while
+/// decoding; every other field is dropped there, without a copy.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum FieldName {
-    Known(String),
+enum Name {
+    Method,
+    Path,
+    Authority,
+    Status,
+    GrpcStatus,
+    /// `grpc-message`: only its length is kept.
+    GrpcMessage(u32),
+    ContentType,
+    Cookie,
+    /// An allowlisted request header (lower case).
+    Kept(String),
+    /// A field whose name is unknown (an HPACK entry inserted before the parser joined).
     Unknown,
 }
+
+impl Name {
+    fn classify(name: &[u8], value: Option<&[u8]>, allowlist: &HeaderAllowlist) -> Option<Self> {
+        Some(match name {
+            b":method" => Self::Method,
+            b":path" => Self::Path,
+            b":authority" => Self::Authority,
+            b":status" => Self::Status,
+            b"grpc-status" => Self::GrpcStatus,
+            b"grpc-message" => Self::GrpcMessage(value.map_or(0, |v| v.len() as u32)),
+            b"content-type" => Self::ContentType,
+            b"cookie" => Self::Cookie,
+            n if n.starts_with(b":") => return None,
+            n => {
+                let n = std::str::from_utf8(n).ok()?;
+                if !allowlist.allows(n) {
+                    return None;
+                }
+                Self::Kept(n.to_ascii_lowercase())
+            }
+        })
+    }
+
+    /// Whether the value is kept.
+    fn keeps_value(&self) -> bool {
+        !matches!(self, Self::GrpcMessage(_) | Self::Unknown)
+    }
+}
+
+/// One field kept from a header block.
+type Kept = (Name, Option<Vec<u8>>);
 
 impl Http2Parser {
     /// A connection seen from its start: the client preface comes first.
@@ -767,22 +810,13 @@ impl Http2Parser {
             .decoder
             .decode(bytes, MAX_HEADER_LIST, &mut |field: Field<'_>| {
                 let name = match field.name {
-                    Some(n) => FieldName::Known(String::from_utf8_lossy(n).into_owned()),
-                    None => FieldName::Unknown,
+                    Some(n) => match Name::classify(n, field.value, &allowlist) {
+                        Some(name) => name,
+                        None => return,
+                    },
+                    None => Name::Unknown,
                 };
-                // Values are kept only for what the parser reads: pseudo-headers, the
-                // gRPC trailers and content type, and allowlisted request headers.
-                let keep = match &name {
-                    FieldName::Known(n) => {
-                        n.starts_with(':')
-                            || n.starts_with("grpc-")
-                            || n == "content-type"
-                            || n == "cookie"
-                            || allowlist.allows(n)
-                    }
-                    FieldName::Unknown => false,
-                };
-                let value = if keep {
+                let value = if name.keeps_value() {
                     field.value.map(<[u8]>::to_vec)
                 } else {
                     None
@@ -848,7 +882,7 @@ impl Http2Parser {
     fn request_block(
         &mut self,
         block: &Block,
-        fields: &[(FieldName, Option<Vec<u8>>)],
+        fields: &[Kept],
         ts_ns: u64,
         out: &mut ParserOutput,
     ) {
@@ -866,33 +900,30 @@ impl Http2Parser {
         let mut cookie: Option<String> = None;
         let mut unknown_pseudo = false;
         for (name, value) in fields {
-            let FieldName::Known(name) = name else {
-                unknown_pseudo |= method.is_none() || path.is_none();
-                continue;
-            };
             let text = || {
                 value
                     .as_deref()
                     .map(|v| String::from_utf8_lossy(v).into_owned())
             };
-            match name.as_str() {
-                ":method" => method = text(),
-                ":path" => path = text(),
-                ":authority" => authority = text(),
-                "content-type" => {
+            match name {
+                Name::Unknown => unknown_pseudo |= method.is_none() || path.is_none(),
+                Name::Method => method = text(),
+                Name::Path => path = text(),
+                Name::Authority => authority = text(),
+                Name::ContentType => {
                     grpc = value
                         .as_deref()
                         .is_some_and(|v| v.starts_with(b"application/grpc"));
-                    if self.allowlist.allows(name) {
+                    if self.allowlist.allows("content-type") {
                         headers.extend(text().map(|value| Header {
-                            name: name.clone(),
+                            name: "content-type".into(),
                             value,
                         }));
                     }
                 }
                 // Cookies may be split into several fields (RFC 9113 §8.2.3): joined
                 // back into one header, as HTTP/1 sends it.
-                "cookie" if self.allowlist.allows(name) => {
+                Name::Cookie if self.allowlist.allows("cookie") => {
                     if let Some(v) = text() {
                         match &mut cookie {
                             Some(c) => {
@@ -903,8 +934,7 @@ impl Http2Parser {
                         }
                     }
                 }
-                n if n.starts_with(':') => {}
-                n if self.allowlist.allows(n) && headers.len() < self.limits.max_headers => {
+                Name::Kept(name) if headers.len() < self.limits.max_headers => {
                     headers.extend(text().map(|value| Header {
                         name: name.clone(),
                         value,
@@ -953,7 +983,7 @@ impl Http2Parser {
     fn response_block(
         &mut self,
         block: &Block,
-        fields: &[(FieldName, Option<Vec<u8>>)],
+        fields: &[Kept],
         ts_ns: u64,
         out: &mut ParserOutput,
     ) {
@@ -965,26 +995,19 @@ impl Http2Parser {
             return;
         };
         let mut status = None;
+        let number = |value: &Option<Vec<u8>>| {
+            value
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u16>().ok())
+        };
         for (name, value) in fields {
-            let FieldName::Known(name) = name else {
-                continue;
-            };
-            match name.as_str() {
-                ":status" => {
-                    status = value
-                        .as_deref()
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .and_then(|v| v.parse::<u16>().ok());
+            match name {
+                Name::Status => status = number(value),
+                Name::GrpcStatus => {
+                    stream.grpc_status = number(value).and_then(|n| u8::try_from(n).ok());
                 }
-                "grpc-status" => {
-                    stream.grpc_status = value
-                        .as_deref()
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .and_then(|v| v.parse::<u8>().ok());
-                }
-                "grpc-message" => {
-                    stream.grpc_message_len = value.as_ref().map(|v| v.len() as u32);
-                }
+                Name::GrpcMessage(len) => stream.grpc_message_len = Some(*len),
                 _ => {}
             }
         }
