@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// Most client bytes held while the protocol is not known yet.
-const DETECT_BYTES: usize = 24;
+const DETECT_BYTES: usize = 256;
 /// Segments a connection seen mid-stream may take to show a message start.
 const MIDSTREAM_TRIES: u32 = 64;
 
@@ -866,6 +866,54 @@ mod tests {
         assert_eq!(out.exchanges[0].method, "POST");
         assert!(out.issues.contains(&ParseIssue::MidstreamJoin));
         assert!(out.issues.contains(&ParseIssue::HpackUnknown));
+    }
+
+    #[test]
+    fn h2c_upgrade_continues_as_http2() {
+        use crate::http::h2::tests::{frame, get, indexed};
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(15, Some(Role::Server), None, Some("10.0.0.9:4001"))),
+            &mut out,
+        );
+        let upgrade = b"GET /first HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+        data(&mut t, 15, 1, Direction::Ingress, upgrade, &mut out);
+        // the 101, the server's SETTINGS and the response on stream 1 in one write
+        let mut server =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                .to_vec();
+        server.extend(frame(4, 0, 0, &[]));
+        server.extend(frame(1, 0x4, 1, &indexed(8)));
+        server.extend(frame(0, 0x1, 1, b"abc"));
+        data(&mut t, 15, 2, Direction::Egress, &server, &mut out);
+        let mut client = h2::PREFACE.to_vec();
+        client.extend(frame(4, 0, 0, &[]));
+        client.extend(frame(1, 0x5, 3, &get("/second")));
+        data(&mut t, 15, 3, Direction::Ingress, &client, &mut out);
+        data(
+            &mut t,
+            15,
+            4,
+            Direction::Egress,
+            &frame(1, 0x5, 3, &indexed(13)),
+            &mut out,
+        );
+        let rows: Vec<_> = out
+            .exchanges
+            .iter()
+            .map(|e| (e.protocol, e.path.as_str(), e.status, e.response_body_bytes))
+            .collect();
+        use crate::http::Protocol::Http2;
+        assert_eq!(
+            rows,
+            [
+                (Http2, "/first", 200, Some(3)),
+                (Http2, "/second", 404, Some(0))
+            ],
+            "{out:?}"
+        );
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
     }
 
     #[test]
