@@ -1140,6 +1140,9 @@ impl StreamParser for Http2Parser {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
