@@ -56,9 +56,10 @@
 //! # Table size
 //!
 //! [`Decoder::set_max_size`] records the limit advertised by the decoding peer (capped at
-//! [`MAX_TABLE_SIZE`]). Raising it changes nothing until the encoder's size update; lowering
-//! it shrinks the table at once (the encoder must follow before its next insertion), with
-//! the size marked uncertain until the encoder's update. A size update must come at the
+//! [`MAX_TABLE_SIZE`]). Raising it changes nothing until the encoder's size update (except
+//! that an uncertain size takes the new limit as its guess); lowering it shrinks the table
+//! at once (the encoder must follow before its next insertion), with the size marked
+//! uncertain until the encoder's update. A size update must come at the
 //! start of a block (else `Malformed`) and be at most the limit (else `TableSizeTooLarge`);
 //! the previous, larger limit is still accepted until the encoder has followed a lowering
 //! (blocks in flight), and a midstream decoder, which may have missed the SETTINGS, accepts
@@ -1217,6 +1218,36 @@ mod tests {
         expect.push(unknown());
         assert_eq!(fields, expect);
         assert_eq!(stats.unknown, 1);
+    }
+
+    /// Joining C.5 / C.6 at the second response, with evictions on the way.
+    #[test]
+    fn midstream_joins_responses() {
+        for blocks in [C5, C6] {
+            let mut d = Decoder::midstream();
+            d.set_max_size(256);
+            let (fields, stats) = decode(&mut d, &hex(blocks[1])).unwrap();
+            let mut expect = known(&[(":status", "307")]);
+            expect.extend([unknown(), unknown(), unknown()]);
+            assert_eq!(fields, expect);
+            assert_eq!(stats.unknown, 3);
+            let (fields, stats) = decode(&mut d, &hex(blocks[2])).unwrap();
+            assert_eq!(
+                fields,
+                vec![
+                    known(&[(":status", "200")])[0].clone(),
+                    unknown(),
+                    known(&[("date", DATE2)])[0].clone(),
+                    unknown(),
+                    known(&[("content-encoding", "gzip")])[0].clone(),
+                    known(&[("set-cookie", COOKIE)])[0].clone(),
+                ]
+            );
+            assert_eq!(stats.unknown, 2);
+            // The same table as a decoder that saw everything.
+            assert_eq!(table(&d), known(response_steps(blocks)[2].table));
+            assert_eq!(d.table_bytes(), 215);
+        }
     }
 
     #[test]
