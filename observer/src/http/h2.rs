@@ -400,11 +400,19 @@ type Kept = (Name, Option<Vec<u8>>);
 impl Http2Parser {
     /// A connection seen from its start: the client preface comes first.
     pub fn new(limits: ParserLimits, allowlist: Arc<HeaderAllowlist>) -> Self {
+        // A server's first SETTINGS can come before the client's preface, when the
+        // connection is not known to be HTTP/2 yet: whatever table size it allowed is
+        // accepted (the table itself only grows on the encoder's size update).
+        let lenient = || {
+            let mut d = Decoder::new();
+            d.set_max_size(MAX_TABLE_SIZE);
+            d
+        };
         Self::with(
             limits,
             allowlist,
-            Dir::new(Phase::Preface(PREFACE.len()), Decoder::new()),
-            Dir::new(Phase::Head, Decoder::new()),
+            Dir::new(Phase::Preface(PREFACE.len()), lenient()),
+            Dir::new(Phase::Head, lenient()),
         )
     }
 

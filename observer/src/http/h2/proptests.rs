@@ -341,7 +341,7 @@ fn expected(streams: &[Gen]) -> Vec<Row> {
                 g.status,
                 Some(len(&g.response_body)),
                 g.grpc
-                    .then(|| (g.request_body.len() as u32, g.response_body.len() as u32)),
+                    .then_some((g.request_body.len() as u32, g.response_body.len() as u32)),
                 g.token.as_ref().map(|t| format!("Bearer {t}")),
             )
         })
