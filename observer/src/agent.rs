@@ -358,6 +358,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     pipeline.capture_metrics.dropped.with_label_values(&["connection_evicted"]).inc_by(evicted);
                 }
                 pipeline.capture_metrics.connections.set(pipeline.conns.len() as i64);
+                let not_parsed = pipeline.conns.stats.unknown_protocol;
+                pipeline.capture_metrics.not_parsed.inc_by(not_parsed.saturating_sub(pipeline.capture_metrics.not_parsed.get()));
                 pipeline.flush();
             }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }

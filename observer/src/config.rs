@@ -321,6 +321,7 @@ mod tests {
             latency: std::time::Duration::ZERO,
             request_body_bytes: 0,
             response_body_bytes: None,
+            grpc: None,
             workload: Default::default(),
         };
         let p = PrivacyConfig {

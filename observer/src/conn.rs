@@ -14,15 +14,15 @@ use crate::{
     clock::Clock,
     exchange::{split_target, Exchange, Role, UNKNOWN_ADDR},
     http::{
-        self, Detection, HeaderAllowlist, ParseIssue, ParsedExchange, ParserLimits, ParserOutput,
-        Segment, Side, StreamParser,
+        self, h2, Detection, HeaderAllowlist, ParseIssue, ParsedExchange, ParserLimits,
+        ParserOutput, Segment, Side, StreamParser,
     },
     route::RouteTemplate,
     workload::{Workload, WorkloadResolver},
 };
 
 /// Most client bytes held while the protocol is not known yet.
-const DETECT_BYTES: usize = 24;
+const DETECT_BYTES: usize = 256;
 /// Segments a connection seen mid-stream may take to show a message start.
 const MIDSTREAM_TRIES: u32 = 64;
 
@@ -362,6 +362,26 @@ impl Parsers {
                 // of no use without its request.
                 return;
             }
+            if *tries_left > 1 && conn.role.is_some() && h2::frames_tile(payload, len) {
+                // Joined an HTTP/2 connection under way: whole frames from the client.
+                let mut parser = Box::new(h2::Http2Parser::midstream(
+                    self.limits.clone(),
+                    Arc::clone(&self.allowlist),
+                ));
+                self.scratch.issues.push(ParseIssue::MidstreamJoin);
+                parser.feed(
+                    side,
+                    Segment {
+                        ts_ns,
+                        data: payload,
+                        len,
+                    },
+                    &mut self.scratch,
+                );
+                conn.stage = Stage::Parsing(parser);
+                emit(clock, key, conn, &mut self.scratch, out);
+                return;
+            }
             // The first bytes of the client's stream: this segment alone in the common
             // case, else what is pending before it.
             let joined: Vec<u8>;
@@ -429,7 +449,25 @@ impl Parsers {
             len,
         };
         parser.feed(side, segment, &mut self.scratch);
-        if self.scratch.issues.contains(&ParseIssue::Upgraded) {
+        if let Some(upgrade) = self.scratch.h2c.take() {
+            // `Upgrade: h2c` accepted: the rest of the connection is HTTP/2, and the
+            // upgraded request is its stream 1.
+            let mut parser = Box::new(h2::Http2Parser::upgraded(
+                self.limits.clone(),
+                Arc::clone(&self.allowlist),
+                upgrade.request,
+            ));
+            let offset = upgrade.offset.min(payload.len());
+            let rest = Segment {
+                ts_ns,
+                data: &payload[offset..],
+                len: len.saturating_sub(offset as u64),
+            };
+            if rest.len > 0 {
+                parser.feed(side, rest, &mut self.scratch);
+            }
+            conn.stage = Stage::Parsing(parser);
+        } else if self.scratch.issues.contains(&ParseIssue::Upgraded) {
             conn.stage = Stage::Ignored;
         }
         emit(clock, key, conn, &mut self.scratch, out);
@@ -459,7 +497,10 @@ fn exchange(clock: &Clock, key: ConnKey, conn: &Connection, p: ParsedExchange) -
         Role::Client => (local, remote),
     };
     let (path, query) = split_target(&p.target);
-    let route = RouteTemplate::of(&p.method, &path);
+    let route = match p.grpc {
+        Some(_) => RouteTemplate::grpc(&p.method, &path),
+        None => RouteTemplate::of(&p.method, &path),
+    };
     Exchange {
         protocol: p.protocol,
         role,
@@ -478,6 +519,7 @@ fn exchange(clock: &Clock, key: ConnKey, conn: &Connection, p: ParsedExchange) -
         latency: Duration::from_nanos(p.response_ns.saturating_sub(p.request_end_ns)),
         request_body_bytes: p.request_body_bytes,
         response_body_bytes: p.response_body_bytes,
+        grpc: p.grpc,
         workload: Arc::clone(&conn.workload),
     }
 }
@@ -738,6 +780,140 @@ mod tests {
         data(&mut t, 12, 1, Direction::Ingress, REQ, &mut out);
         data(&mut t, 12, 2, Direction::Egress, RESP, &mut out);
         assert!(out.exchanges.is_empty());
+    }
+
+    #[test]
+    fn http2_prior_knowledge_connection() {
+        use crate::http::h2::tests::{frame, get, indexed};
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(13, Some(Role::Server), None, Some("10.0.0.9:4000"))),
+            &mut out,
+        );
+        // the server's SETTINGS may come before the client's preface
+        data(
+            &mut t,
+            13,
+            1,
+            Direction::Egress,
+            &frame(4, 0, 0, &[]),
+            &mut out,
+        );
+        let mut client = h2::PREFACE.to_vec();
+        client.extend(frame(4, 0, 0, &[]));
+        client.extend(frame(1, 0x5, 1, &get("/v2/items")));
+        // the preface split before detection
+        data(&mut t, 13, 2, Direction::Ingress, &client[..10], &mut out);
+        data(&mut t, 13, 3, Direction::Ingress, &client[10..], &mut out);
+        data(
+            &mut t,
+            13,
+            4,
+            Direction::Egress,
+            &frame(1, 0x5, 1, &indexed(8)),
+            &mut out,
+        );
+        assert_eq!(out.exchanges.len(), 1, "{out:?}");
+        let ex = &out.exchanges[0];
+        assert_eq!(ex.protocol, crate::http::Protocol::Http2);
+        assert_eq!(
+            (ex.method.as_str(), ex.path.as_str(), ex.status),
+            ("GET", "/v2/items", 200)
+        );
+        assert_eq!(ex.client, "10.0.0.9:4000".parse().unwrap());
+        assert_eq!(ex.header("host"), Some("api.test"));
+        assert_eq!(ex.route.path, "/v2/items");
+    }
+
+    #[test]
+    fn http2_connection_open_before_the_agent_is_joined_at_a_frame_boundary() {
+        use crate::http::h2::tests::{block, frame, indexed, lit};
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.seed(
+            &ExistingSocket {
+                pid: PID,
+                fd: 14,
+                comm: "srv".into(),
+                role: Role::Server,
+                local: "10.0.0.1:443".parse().unwrap(),
+                remote: "10.0.0.7:5000".parse().unwrap(),
+            },
+            0,
+        );
+        // the tail of a DATA frame, then whole frames
+        data(&mut t, 14, 1, Direction::Ingress, &[1, 2, 3], &mut out);
+        let request = block(&[indexed(3), indexed(70), lit(":path", "/later")]);
+        data(
+            &mut t,
+            14,
+            2,
+            Direction::Ingress,
+            &frame(1, 0x5, 99, &request),
+            &mut out,
+        );
+        data(
+            &mut t,
+            14,
+            3,
+            Direction::Egress,
+            &frame(1, 0x5, 99, &indexed(8)),
+            &mut out,
+        );
+        assert_eq!(out.exchanges.len(), 1, "{out:?}");
+        assert_eq!(out.exchanges[0].path, "/later");
+        assert_eq!(out.exchanges[0].method, "POST");
+        assert!(out.issues.contains(&ParseIssue::MidstreamJoin));
+        assert!(out.issues.contains(&ParseIssue::HpackUnknown));
+    }
+
+    #[test]
+    fn h2c_upgrade_continues_as_http2() {
+        use crate::http::h2::tests::{frame, get, indexed};
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(15, Some(Role::Server), None, Some("10.0.0.9:4001"))),
+            &mut out,
+        );
+        let upgrade = b"GET /first HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+        data(&mut t, 15, 1, Direction::Ingress, upgrade, &mut out);
+        // the 101, the server's SETTINGS and the response on stream 1 in one write
+        let mut server =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                .to_vec();
+        server.extend(frame(4, 0, 0, &[]));
+        server.extend(frame(1, 0x4, 1, &indexed(8)));
+        server.extend(frame(0, 0x1, 1, b"abc"));
+        data(&mut t, 15, 2, Direction::Egress, &server, &mut out);
+        let mut client = h2::PREFACE.to_vec();
+        client.extend(frame(4, 0, 0, &[]));
+        client.extend(frame(1, 0x5, 3, &get("/second")));
+        data(&mut t, 15, 3, Direction::Ingress, &client, &mut out);
+        data(
+            &mut t,
+            15,
+            4,
+            Direction::Egress,
+            &frame(1, 0x5, 3, &indexed(13)),
+            &mut out,
+        );
+        let rows: Vec<_> = out
+            .exchanges
+            .iter()
+            .map(|e| (e.protocol, e.path.as_str(), e.status, e.response_body_bytes))
+            .collect();
+        use crate::http::Protocol::Http2;
+        assert_eq!(
+            rows,
+            [
+                (Http2, "/first", 200, Some(3)),
+                (Http2, "/second", 404, Some(0))
+            ],
+            "{out:?}"
+        );
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
     }
 
     #[test]

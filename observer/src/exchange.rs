@@ -11,7 +11,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    http::{Header, Protocol},
+    http::{Grpc, Header, Protocol},
     route::RouteTemplate,
     session::dims::{network_of, ClientIpMode},
     workload::Workload,
@@ -96,6 +96,8 @@ pub struct Exchange {
     pub latency: Duration,
     pub request_body_bytes: u64,
     pub response_body_bytes: Option<u64>,
+    /// gRPC status and message counts, for gRPC calls.
+    pub grpc: Option<Grpc>,
     /// Container and pod of the traced process (empty outside containers).
     pub workload: Arc<Workload>,
 }
@@ -109,9 +111,31 @@ impl Exchange {
             .map(|h| h.value.as_str())
     }
 
-    /// `1xx`..`5xx`.
+    /// `1xx`..`5xx` of the [outcome](Self::outcome).
     pub fn status_class(&self) -> &'static str {
-        status_class(self.status)
+        status_class(self.outcome())
+    }
+
+    /// The status that says how the call went: the HTTP status, or for a gRPC call
+    /// (which answers HTTP 200 whatever happens) its `grpc-status` mapped to the HTTP
+    /// status of the same meaning, so that sessions and metrics judge both alike
+    /// (UNAUTHENTICATED is a 401, PERMISSION_DENIED a 403, ...).
+    pub fn outcome(&self) -> u16 {
+        match &self.grpc {
+            Some(Grpc {
+                status: Some(code), ..
+            }) if self.status == 200 => grpc_http_status(*code),
+            _ => self.status,
+        }
+    }
+
+    /// A short name of the protocol for people: `http1`, `http2` or `grpc`.
+    pub fn protocol_name(&self) -> &'static str {
+        match (self.protocol, &self.grpc) {
+            (_, Some(_)) => "grpc",
+            (Protocol::Http1, None) => "http1",
+            (Protocol::Http2, None) => "http2",
+        }
     }
 
     /// The printable record of this exchange: no header values, no query values, the
@@ -146,6 +170,7 @@ impl Exchange {
             comm: &self.comm,
             request_body_bytes: self.request_body_bytes,
             response_body_bytes: self.response_body_bytes,
+            grpc: self.grpc.as_ref(),
             workload: &self.workload,
         }
     }
@@ -154,6 +179,31 @@ impl Exchange {
 impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.record(&AddressPolicy::TRUNCATE).fmt(f)
+    }
+}
+
+/// The HTTP status of the same meaning as a gRPC status code (the mapping of
+/// `google.rpc.Code`, as grpc-gateway and Envoy use it).
+pub fn grpc_http_status(code: u8) -> u16 {
+    match code {
+        0 => 200,  // OK
+        1 => 499,  // CANCELLED
+        2 => 500,  // UNKNOWN
+        3 => 400,  // INVALID_ARGUMENT
+        4 => 504,  // DEADLINE_EXCEEDED
+        5 => 404,  // NOT_FOUND
+        6 => 409,  // ALREADY_EXISTS
+        7 => 403,  // PERMISSION_DENIED
+        8 => 429,  // RESOURCE_EXHAUSTED
+        9 => 400,  // FAILED_PRECONDITION
+        10 => 409, // ABORTED
+        11 => 400, // OUT_OF_RANGE
+        12 => 501, // UNIMPLEMENTED
+        13 => 500, // INTERNAL
+        14 => 503, // UNAVAILABLE
+        15 => 500, // DATA_LOSS
+        16 => 401, // UNAUTHENTICATED
+        _ => 500,
     }
 }
 
@@ -190,6 +240,9 @@ pub struct ExchangeRecord<'a> {
     pub comm: &'a str,
     pub request_body_bytes: u64,
     pub response_body_bytes: Option<u64>,
+    /// gRPC status, `grpc-message` length and message counts (gRPC calls only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<&'a Grpc>,
     #[serde(flatten)]
     pub workload: &'a Workload,
 }
@@ -257,6 +310,7 @@ mod tests {
             latency: Duration::ZERO,
             request_body_bytes: 0,
             response_body_bytes: None,
+            grpc: None,
             workload: Default::default(),
         };
         let printed = format!(
@@ -265,6 +319,35 @@ mod tests {
         );
         assert!(!printed.contains("SECRET"), "{printed}");
         assert!(printed.contains("api_key"));
+    }
+
+    #[test]
+    fn grpc_outcome_is_its_status_mapped() {
+        let mut ex = crate::session::testutil::ExchangeBuilder::new().build();
+        assert_eq!((ex.outcome(), ex.protocol_name()), (200, "http1"));
+        ex.protocol = Protocol::Http2;
+        assert_eq!(ex.protocol_name(), "http2");
+        ex.grpc = Some(Grpc {
+            status: Some(16),
+            ..Grpc::default()
+        });
+        assert_eq!(
+            (ex.outcome(), ex.status_class(), ex.protocol_name()),
+            (401, "4xx", "grpc")
+        );
+        ex.grpc = Some(Grpc::default());
+        // no grpc-status seen (reset or lost): the HTTP status stands
+        assert_eq!(ex.outcome(), 200);
+        // a gRPC call refused at the HTTP level keeps its HTTP status
+        ex.status = 503;
+        ex.grpc = Some(Grpc {
+            status: Some(0),
+            ..Grpc::default()
+        });
+        assert_eq!(ex.outcome(), 503);
+        assert_eq!(grpc_http_status(14), 503);
+        assert_eq!(grpc_http_status(7), 403);
+        assert_eq!(grpc_http_status(200), 500);
     }
 
     #[test]

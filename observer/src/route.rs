@@ -32,6 +32,26 @@ impl RouteTemplate {
         }
     }
 
+    /// The route of a gRPC call: `/package.Service/Method` verbatim (service and method
+    /// names come from the API's definition, not from its data, and their dotted names
+    /// would otherwise look like opaque ids). Any other path is templated as usual.
+    pub fn grpc(method: &str, path: &str) -> Self {
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 100
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        };
+        match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+            Some((service, rpc)) if ident(service) && ident(rpc) => Self {
+                method: method_label(method),
+                path: path.to_string(),
+                id_spans: Vec::new(),
+            },
+            _ => Self::of(method, path),
+        }
+    }
+
     /// Append `GET /users/{id}/orders` to `out` (a caller's reused buffer).
     pub fn write_key(&self, out: &mut String) {
         out.push_str(self.method);
@@ -181,5 +201,17 @@ mod tests {
         assert_eq!(method_label(""), "OTHER");
         assert_eq!(method_label("FROB"), "OTHER");
         assert_eq!(method_label("patch"), "PATCH");
+    }
+
+    #[test]
+    fn grpc_routes_are_kept_verbatim() {
+        let path = "/com.example.inventory.v1alpha2.InventoryService2/GetItem";
+        let r = RouteTemplate::grpc("POST", path);
+        assert_eq!(r.path, path);
+        assert!(!r.has_ids());
+        // the same path as plain HTTP would be templated
+        assert_eq!(RouteTemplate::of("POST", path).path, "/{id}/GetItem");
+        // anything that is not /Service/Method is templated as usual
+        assert_eq!(RouteTemplate::grpc("POST", "/a/123/b").path, "/a/{id}/b");
     }
 }

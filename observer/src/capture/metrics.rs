@@ -11,6 +11,8 @@ pub struct CaptureMetrics {
     pub bytes: IntCounterVec,
     pub dropped: IntCounterVec,
     pub connections: IntGauge,
+    /// Connections whose protocol is not one the agent parses (followed no further).
+    pub not_parsed: IntCounter,
     pub probes: IntGaugeVec,
     kernel_seen: [u64; drop_reason::COUNT as usize],
     /// Per-record counters resolved once: no label hashing per kernel record.
@@ -46,6 +48,10 @@ impl CaptureMetrics {
             "api_observer_capture_connections",
             "Connections currently followed by the agent.",
         )?;
+        let not_parsed = IntCounter::new(
+            "api_observer_connections_not_parsed_total",
+            "Connections not followed because their bytes are not a protocol the agent parses (TLS ciphertext without a hooked library, RTSP, database protocols, ...).",
+        )?;
         let probes = IntGaugeVec::new(
             Opts::new(
                 "api_observer_probe_attached",
@@ -57,6 +63,7 @@ impl CaptureMetrics {
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(dropped.clone()))?;
         registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(not_parsed.clone()))?;
         registry.register(Box::new(probes.clone()))?;
         // Every drop reason exists from the start so that rate() works at once.
         for name in drop_reason::NAMES {
@@ -72,6 +79,7 @@ impl CaptureMetrics {
             bytes,
             dropped,
             connections,
+            not_parsed,
             probes,
             kernel_seen: [0; drop_reason::COUNT as usize],
         })

@@ -13,6 +13,30 @@
 //! Requests wait in a FIFO (`pending`) until a response head arrives; the exchange is
 //! emitted as soon as that head is complete, so a long or streaming body does not delay it.
 //!
+//! # What is a request line
+//!
+//! The method is any token (RFC 9110 §9.1, tchar of §5.6.2), not a list of known methods:
+//! `PURGE`, `M-SEARCH` or a custom `FOO` are HTTP/1 as long as the rest of the line is. A
+//! request line is `token SP request-target SP HTTP/1.0|HTTP/1.1 (CRLF|LF)`, where the
+//! target is origin-form (`/…`), asterisk-form (`*`), absolute-form with an `http` or
+//! `https` scheme, or authority-form for `CONNECT`. Spaces may repeat, as the parser
+//! allows. Empty lines before a request line are skipped (RFC 9112 §2.2), at most
+//! [`MAX_LEADING_BLANK`] bytes of them. `PRI` is not a method: it only starts the HTTP/2
+//! preface.
+//!
+//! Protocols that borrow HTTP's syntax are not HTTP: RTSP (`rtsp://` targets, `RTSP/1.0`),
+//! SIP (`sip:` targets, `SIP/2.0`), Icecast's `SOURCE … ICE/1.0`, and HTTP/0.9 (`GET /`
+//! with no version) all fail the line check. `httparse` accepts nothing but `HTTP/1.0` and
+//! `HTTP/1.1` either, so such a line arriving later on an HTTP/1 connection is `Malformed`,
+//! and a response that does not start with `HTTP/1.x` never pairs.
+//!
+//! [`detect`] sees only a short probe of the client's first bytes. A line whole in the
+//! probe is checked as above (the line end may still be missing once the version is
+//! complete). A longer line is decided, once the probe holds [`HEURISTIC_BYTES`] bytes, by
+//! what it shows: a well-known method ([`WELL_KNOWN_METHODS`]) or an origin-form target
+//! makes it HTTP/1; anything inconsistent with a request line is `Unknown`; else more bytes
+//! are needed.
+//!
 //! # Lost bytes
 //!
 //! A segment whose `len` exceeds its captured `data` ends with a gap. In a body the gap
@@ -22,7 +46,8 @@
 //! httparse rejects, an unusable Content-Length) and `HeadTooLarge` (a head still
 //! incomplete past `max_head_bytes`, or more than `max_headers` headers) do the same. A
 //! desynchronised direction looks at the *start* of each later segment and resumes there
-//! if it begins a message: a method token and a space (client) or `HTTP/1.` (server).
+//! if it begins a message: a whole valid request line, optionally after empty lines
+//! (client), or `HTTP/1.0 ` / `HTTP/1.1 ` (server).
 //!
 //! To keep request/response pairing right after a loss:
 //! * a request head that was lost (Truncated or HeadTooLarge: we saw or skipped the start
@@ -33,6 +58,21 @@
 //!
 //! Malformed bytes leave no placeholder: we cannot tell they were a request.
 //!
+//! # Upgrades
+//!
+//! * A request whose `Upgrade` header lists `h2c` (whatever the allowlist), answered by a
+//!   101 whose `Upgrade` lists `h2c`, hands the connection to HTTP/2 (RFC 7540 §3.2): no
+//!   exchange and no `Upgraded` for the 101; instead [`ParserOutput::h2c`] carries the
+//!   request (its response comes on stream 1) and the offset in the server segment where
+//!   the HTTP/2 bytes start, just after the 101 head. The parser then ignores everything.
+//!   A normal response to such a request is a normal exchange.
+//! * Any other 101, or a 2xx to CONNECT, emits the exchange, reports `Upgraded`, and from
+//!   then on the whole connection is ignored (pending requests are dropped without an
+//!   `Unanswered`).
+//! * After a CONNECT request the client side ignores its bytes until the CONNECT is
+//!   answered (they would be tunnel bytes); if it is refused, the client side resumes at
+//!   the next segment that starts a request.
+//!
 //! # Other choices
 //!
 //! * `pending` holds at most `max_pending` requests: when full, the oldest is dropped and
@@ -42,12 +82,7 @@
 //! * `response_body_bytes` is `Some(n)` for Content-Length `n`, `Some(0)` for responses
 //!   that have no body by definition (to HEAD, 204, 304), `None` for chunked bodies,
 //!   bodies delimited by close, and 101 / CONNECT tunnels.
-//! * 1xx responses other than 101 are skipped. 101, or a 2xx to CONNECT, emits the exchange,
-//!   reports `Upgraded`, and from then on the whole connection is ignored (pending
-//!   requests are dropped without an `Unanswered`).
-//! * After a CONNECT request the client side ignores its bytes until the CONNECT is
-//!   answered (they would be tunnel bytes); if it is refused, the client side resumes at
-//!   the next segment that starts a request.
+//! * 1xx responses other than 101 are skipped.
 //! * `finish` reports one `Unanswered` per pending request (placeholders excluded) and one
 //!   `Truncated` per direction left holding a partial head; then the parser is reset.
 
@@ -57,13 +92,17 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::{
-    Detection, Header, HeaderAllowlist, ParseIssue, ParsedExchange, ParserLimits, ParserOutput,
-    Protocol, Segment, Side, StreamParser,
+    Detection, H2cUpgrade, Header, HeaderAllowlist, ParseIssue, ParsedExchange, ParserLimits,
+    ParserOutput, Protocol, RequestHead, Segment, Side, StreamParser,
 };
 
-/// Request methods recognised by [`detect`] and when resynchronising: RFC 9110, PATCH,
-/// WebDAV (RFC 4918, 3253, 3744, 4791, 5323) and QUERY.
-const METHODS: &[&[u8]] = &[
+#[cfg(test)]
+mod proptests;
+
+/// Methods [`detect`] trusts when the request line is longer than its probe: RFC 9110,
+/// PATCH, WebDAV (RFC 4918, 3253, 3744, 4791, 5323) and QUERY. Any other token is a method
+/// too, once the whole line is seen (or its target is origin-form).
+const WELL_KNOWN_METHODS: &[&[u8]] = &[
     b"GET",
     b"HEAD",
     b"POST",
@@ -101,11 +140,22 @@ const METHODS: &[&[u8]] = &[
     b"QUERY",
 ];
 
+/// From this many bytes on, [`detect`] decides a request line whose end it has not seen
+/// (the connection stage's smallest probe).
+pub const HEURISTIC_BYTES: usize = 24;
+
+/// Most empty-line bytes (CR, LF) skipped before a request line by [`detect`] and when
+/// resynchronising.
+const MAX_LEADING_BLANK: usize = 32;
+
 /// Start of the HTTP/2 connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
+/// The version of a request line, up to its minor digit.
+const VERSION_START: &[u8] = b"HTTP/1.";
+
 /// What a response starts with.
-const RESPONSE_START: &[u8] = b"HTTP/1.";
+const RESPONSE_STARTS: [&[u8]; 2] = [b"HTTP/1.1 ", b"HTTP/1.0 "];
 
 /// Headers parsed with a stack array when the limit allows.
 const STACK_HEADERS: usize = 64;
@@ -114,38 +164,172 @@ const STACK_HEADERS: usize = 64;
 /// keep a large allocation.
 const KEEP_CAPACITY: usize = 8 * 1024;
 
-/// Look at the first bytes a client sent on a connection.
-pub fn detect(first: &[u8]) -> Detection {
-    if first.is_empty() {
-        return Detection::NeedMore;
+/// tchar (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A byte `httparse` accepts in a request-target.
+fn is_target_byte(b: u8) -> bool {
+    matches!(b, 0x21..=0x7e | 0x80..=0xff)
+}
+
+/// A byte of an authority (`host:port`, IP literals included).
+fn is_authority_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b)
+}
+
+/// Whether `target`, the start of a request-target, is consistent with the forms HTTP/1
+/// uses with this method.
+fn target_consistent(method: &[u8], target: &[u8]) -> bool {
+    if method == b"CONNECT" {
+        return target.iter().all(|&b| is_authority_byte(b));
     }
+    match target.first() {
+        None | Some(b'/') => true,
+        Some(b'*') => target.len() == 1,
+        Some(_) => [&b"http://"[..], b"https://"].iter().any(|scheme| {
+            let n = target.len().min(scheme.len());
+            target[..n].eq_ignore_ascii_case(&scheme[..n])
+        }),
+    }
+}
+
+/// How much of a request line some bytes are.
+#[derive(Debug, PartialEq, Eq)]
+enum LineScan<'a> {
+    /// Not a request line.
+    Invalid,
+    /// Consistent with a request line up to their end. `version`: the version is whole
+    /// (only the line end is missing).
+    Prefix {
+        method: &'a [u8],
+        target: &'a [u8],
+        version: bool,
+    },
+    /// A whole request line, its line end included.
+    Complete,
+}
+
+/// Check `data` as the start of a request line (no leading empty lines).
+fn scan_request_line(data: &[u8]) -> LineScan<'_> {
+    let method_len = data.iter().take_while(|&&b| is_tchar(b)).count();
+    let method = &data[..method_len];
+    let prefix = |target, version| LineScan::Prefix {
+        method,
+        target,
+        version,
+    };
+    if method_len == data.len() {
+        return prefix(&[], false);
+    }
+    if method_len == 0 || data[method_len] != b' ' || method == b"PRI" {
+        return LineScan::Invalid;
+    }
+    let mut i = method_len;
+    while data.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    let start = i;
+    while data.get(i).is_some_and(|&b| is_target_byte(b)) {
+        i += 1;
+    }
+    let target = &data[start..i];
+    if !target_consistent(method, target) {
+        return LineScan::Invalid;
+    }
+    if i == data.len() {
+        return prefix(target, false);
+    }
+    if target.is_empty() || data[i] != b' ' {
+        return LineScan::Invalid;
+    }
+    while data.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    let version = &data[i..];
+    let n = version.len().min(VERSION_START.len());
+    if version[..n] != VERSION_START[..n] {
+        return LineScan::Invalid;
+    }
+    match version.get(VERSION_START.len()) {
+        None => return prefix(target, false),
+        Some(b'0' | b'1') => {}
+        Some(_) => return LineScan::Invalid,
+    }
+    match &version[VERSION_START.len() + 1..] {
+        [] | [b'\r'] => prefix(target, true),
+        [b'\n', ..] | [b'\r', b'\n', ..] => {
+            if method == b"CONNECT" && !target.contains(&b':') {
+                LineScan::Invalid
+            } else {
+                LineScan::Complete
+            }
+        }
+        _ => LineScan::Invalid,
+    }
+}
+
+/// Length of the empty lines (CR and LF bytes) `data` starts with; `None` past
+/// [`MAX_LEADING_BLANK`].
+fn leading_blank(data: &[u8]) -> Option<usize> {
+    let blank = data
+        .iter()
+        .take(MAX_LEADING_BLANK + 1)
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    (blank <= MAX_LEADING_BLANK).then_some(blank)
+}
+
+/// Look at the first bytes a client sent on a connection (a probe of them: see the module
+/// documentation for how a line longer than the probe is decided).
+pub fn detect(first: &[u8]) -> Detection {
     if first.starts_with(H2_PREFACE) {
         return Detection::Http2;
     }
-    let mut need_more = H2_PREFACE.starts_with(first);
-    for method in METHODS {
-        if first.len() > method.len() {
-            if first.starts_with(method) && first[method.len()] == b' ' {
-                return Detection::Http1;
-            }
-        } else if method.starts_with(first) {
-            // `first` is the method itself or a prefix of it: the space is still to come.
-            need_more = true;
-        }
+    if H2_PREFACE.starts_with(first) {
+        // Empty, or a prefix of the preface.
+        return Detection::NeedMore;
     }
-    if need_more {
-        Detection::NeedMore
-    } else {
-        Detection::Unknown
+    let Some(blank) = leading_blank(first) else {
+        return Detection::Unknown;
+    };
+    match scan_request_line(&first[blank..]) {
+        LineScan::Complete | LineScan::Prefix { version: true, .. } => Detection::Http1,
+        LineScan::Invalid => Detection::Unknown,
+        LineScan::Prefix { method, target, .. } => {
+            let trusted =
+                !target.is_empty() && (target[0] == b'/' || WELL_KNOWN_METHODS.contains(&method));
+            if first.len() >= HEURISTIC_BYTES && trusted {
+                Detection::Http1
+            } else {
+                Detection::NeedMore
+            }
+        }
     }
 }
 
 /// Whether a segment begins a new message on this side (used to resynchronise).
 fn starts_message(side: Side, data: &[u8]) -> bool {
     match side {
-        Side::Client => detect(data) == Detection::Http1,
-        Side::Server => data.starts_with(RESPONSE_START),
+        Side::Client => leading_blank(data)
+            .is_some_and(|blank| scan_request_line(&data[blank..]) == LineScan::Complete),
+        Side::Server => RESPONSE_STARTS.iter().any(|s| data.starts_with(s)),
     }
+}
+
+/// Whether a header value (a comma-separated token list) lists `token`, any case.
+fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether some `Upgrade` header lists `h2c`.
+fn upgrade_h2c(headers: &[httparse::Header<'_>]) -> bool {
+    headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("upgrade") && lists_token(h.value, b"h2c"))
 }
 
 /// Where a direction is in its stream.
@@ -333,12 +517,14 @@ fn issue_for(error: httparse::Error) -> ParseIssue {
 }
 
 /// A complete request head, with what we keep of it.
-struct RequestHead {
+struct ParsedRequest {
     method: String,
     target: String,
     minor_version: u8,
     headers: Vec<Header>,
     framing: Framing,
+    /// It asks to upgrade to HTTP/2 (`Upgrade: h2c`).
+    h2c: bool,
 }
 
 fn parse_request(
@@ -346,7 +532,7 @@ fn parse_request(
     config: &httparse::ParserConfig,
     max_headers: usize,
     allowlist: &HeaderAllowlist,
-) -> ParseResult<RequestHead> {
+) -> ParseResult<ParsedRequest> {
     with_headers(max_headers, |slots| {
         let mut req = httparse::Request::new(slots);
         match config.parse_request(&mut req, buf) {
@@ -362,12 +548,13 @@ fn parse_request(
                     .collect();
                 Ok(Some((
                     used,
-                    RequestHead {
+                    ParsedRequest {
                         method: req.method.unwrap_or_default().to_owned(),
                         target: req.path.unwrap_or_default().to_owned(),
                         minor_version: req.version.unwrap_or_default(),
                         headers,
                         framing: framing(req.headers),
+                        h2c: upgrade_h2c(req.headers),
                     },
                 )))
             }
@@ -381,6 +568,8 @@ fn parse_request(
 struct ResponseHead {
     status: u16,
     framing: Framing,
+    /// Its `Upgrade` header lists `h2c`.
+    h2c: bool,
 }
 
 fn parse_response(
@@ -396,6 +585,7 @@ fn parse_response(
                 ResponseHead {
                     status: res.code.unwrap_or_default(),
                     framing: framing(res.headers),
+                    h2c: upgrade_h2c(res.headers),
                 },
             ))),
             Ok(httparse::Status::Partial) => Ok(None),
@@ -431,6 +621,8 @@ struct RequestInfo {
     start_ns: u64,
     end_ns: u64,
     body_bytes: u64,
+    /// It asks to upgrade to HTTP/2 (`Upgrade: h2c`).
+    h2c: bool,
 }
 
 struct Pending {
@@ -453,6 +645,8 @@ pub struct Http1Parser {
     client_body_seq: Option<u64>,
     /// The connection left HTTP/1 (101 or CONNECT tunnel): everything is ignored.
     upgraded: bool,
+    /// The request a 101 just upgraded to h2c, until `feed` knows where the 101 ended.
+    h2c_request: Option<RequestHead>,
 }
 
 impl Http1Parser {
@@ -477,6 +671,7 @@ impl Http1Parser {
             next_seq: 0,
             client_body_seq: None,
             upgraded: false,
+            h2c_request: None,
         }
     }
 
@@ -628,7 +823,7 @@ impl Http1Parser {
         }
     }
 
-    fn on_request(&mut self, head: RequestHead, ts_ns: u64, out: &mut ParserOutput) {
+    fn on_request(&mut self, head: ParsedRequest, ts_ns: u64, out: &mut ParserOutput) {
         let is_connect = head.method == "CONNECT";
         let body_bytes = match head.framing {
             Framing::Length(n) => n,
@@ -642,6 +837,7 @@ impl Http1Parser {
             start_ns: self.client.head_start_ns,
             end_ns: ts_ns,
             body_bytes,
+            h2c: head.h2c,
         };
         let seq = self.push_pending(Some(info), out);
         self.client.state = if is_connect {
@@ -675,6 +871,22 @@ impl Http1Parser {
                 out.issues.push(ParseIssue::UnpairedResponse);
                 None
             }
+        };
+        let request = match request {
+            Some(r) if status == 101 && head.h2c && r.h2c => {
+                // HTTP/2 from here on: the request is answered on stream 1.
+                self.h2c_request = Some(RequestHead {
+                    method: r.method,
+                    target: r.target,
+                    headers: r.headers,
+                    start_ns: r.start_ns,
+                    end_ns: r.end_ns,
+                    body_bytes: r.body_bytes,
+                });
+                self.enter_upgraded();
+                return;
+            }
+            other => other,
         };
         let method = request.as_ref().map(|r| r.method.as_str());
         let upgrade = status == 101 || (method == Some("CONNECT") && (200..300).contains(&status));
@@ -873,6 +1085,13 @@ impl StreamParser for Http1Parser {
                 break;
             }
             pos += used;
+            if let Some(request) = self.h2c_request.take() {
+                // The 101 head ended at `pos`: the server's HTTP/2 bytes start there.
+                out.h2c = Some(H2cUpgrade {
+                    request,
+                    offset: pos,
+                });
+            }
         }
         if gap > 0 && !self.upgraded {
             self.skip_gap(side, gap, out);
@@ -899,6 +1118,7 @@ impl StreamParser for Http1Parser {
         self.server = Direction::new();
         self.client_body_seq = None;
         self.upgraded = false;
+        self.h2c_request = None;
     }
 }
 
@@ -981,35 +1201,53 @@ mod tests {
         assert_eq!(detect(b"G"), Detection::NeedMore);
         assert_eq!(detect(b"GE"), Detection::NeedMore);
         assert_eq!(detect(b"GET"), Detection::NeedMore);
-        assert_eq!(detect(b"GET "), Detection::Http1);
+        assert_eq!(detect(b"GET "), Detection::NeedMore);
+        assert_eq!(detect(b"GET /"), Detection::NeedMore);
+        assert_eq!(detect(b"GET / HTTP/1."), Detection::NeedMore);
+        // The version decides, with or without the line end.
+        assert_eq!(detect(b"GET / HTTP/1.1"), Detection::Http1);
+        assert_eq!(detect(b"GET / HTTP/1.1\r"), Detection::Http1);
         assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Detection::Http1);
+        assert_eq!(detect(b"GET / HTTP/1.1\n"), Detection::Http1);
         assert_eq!(detect(b"HEAD / HTTP/1.1\r\n"), Detection::Http1);
         assert_eq!(detect(b"POST /x HTTP/1.0\r\n"), Detection::Http1);
-        assert_eq!(detect(b"PUT /x"), Detection::Http1);
-        assert_eq!(detect(b"DELETE /x"), Detection::Http1);
-        assert_eq!(detect(b"PATCH /x"), Detection::Http1);
-        assert_eq!(detect(b"OPTIONS *"), Detection::Http1);
-        assert_eq!(detect(b"CONNECT example.com:443"), Detection::Http1);
-        assert_eq!(detect(b"TRACE /"), Detection::Http1);
-        assert_eq!(detect(b"PROPFIND /dav"), Detection::Http1);
-        assert_eq!(detect(b"MKCOL /dav"), Detection::Http1);
-        assert_eq!(detect(b"OPTI"), Detection::NeedMore);
-        assert_eq!(detect(b"P"), Detection::NeedMore);
-        // Method tokens are case-sensitive; no space after the method is not HTTP/1.
-        assert_eq!(detect(b"get / HTTP/1.1"), Detection::Unknown);
-        assert_eq!(detect(b"GETX / HTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"OPTIONS * HTTP/1.1\r\n"), Detection::Http1);
+        assert_eq!(
+            detect(b"CONNECT example.com:443 HTTP/1.1\r\n"),
+            Detection::Http1
+        );
+        assert_eq!(detect(b"CONNECT [::1]:443 HTTP/1.1\r\n"), Detection::Http1);
+        assert_eq!(detect(b"GET http://h/ HTTP/1.1\r\n"), Detection::Http1);
+        assert_eq!(detect(b"GET HTTPS://h/ HTTP/1.1\r\n"), Detection::Http1);
+        // Repeated spaces are accepted, as the parser accepts them.
+        assert_eq!(detect(b"GET  /  HTTP/1.1\r\n"), Detection::Http1);
+        // Not a request line.
         assert_eq!(detect(b"GET/ HTTP/1.1"), Detection::Unknown);
-        assert_eq!(detect(b"FOO / HTTP/1.1"), Detection::Unknown);
-        // HTTP/2 preface, and its prefixes.
+        assert_eq!(detect(b"GET / HTTP/1.2"), Detection::Unknown);
+        assert_eq!(detect(b"GET / HTTP/2.0"), Detection::Unknown);
+        assert_eq!(detect(b"GET / http/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"GET / HTTP/1.1 \r\n"), Detection::Unknown);
+        assert_eq!(detect(b"GET / HTTP/1.1\rX"), Detection::Unknown);
+        assert_eq!(detect(b"GET /\tHTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"GET \r\n"), Detection::Unknown);
+        assert_eq!(detect(b"GET x HTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"GET ftp://h/ HTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"GET *x HTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"GET host:80 HTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"CONNECT /x HTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"CONNECT host HTTP/1.1\r\n"), Detection::Unknown);
+        // HTTP/2 preface, and its prefixes; `PRI` is no HTTP/1 method.
         assert_eq!(
             detect(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
             Detection::Http2
         );
         assert_eq!(detect(b"PRI * HTTP/2.0"), Detection::Http2);
+        assert_eq!(detect(b"P"), Detection::NeedMore);
         assert_eq!(detect(b"PRI"), Detection::NeedMore);
         assert_eq!(detect(b"PRI * HTTP/2"), Detection::NeedMore);
         assert_eq!(detect(b"PRI * HTTP/1.1"), Detection::Unknown);
-        // TLS ClientHello, binary, garbage.
+        assert_eq!(detect(b"PRI / HTTP/1.1\r\n"), Detection::Unknown);
+        // TLS ClientHello, binary, other text protocols.
         assert_eq!(
             detect(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]),
             Detection::Unknown
@@ -1017,7 +1255,222 @@ mod tests {
         assert_eq!(detect(&[0x16]), Detection::Unknown);
         assert_eq!(detect(&[0x00, 0xff, 0x10]), Detection::Unknown);
         assert_eq!(detect(b"SSH-2.0-OpenSSH_9.6\r\n"), Detection::Unknown);
-        assert_eq!(detect(b"\r\nGET / HTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"*1\r\n$4\r\nPING\r\n"), Detection::Unknown);
+        assert_eq!(detect(b"PING\r\n"), Detection::Unknown);
+        assert_eq!(detect(b"get key\r\n"), Detection::Unknown);
+    }
+
+    #[test]
+    fn detect_any_method_token() {
+        // RFC 9110 §9.1: a method is a token; case matters but any case is a token.
+        for line in [
+            &b"PURGE /cache/x HTTP/1.1\r\n"[..],
+            b"M-SEARCH * HTTP/1.1\r\n",
+            b"NOTIFY * HTTP/1.1\r\n",
+            b"FOO / HTTP/1.1\r\n",
+            b"get / HTTP/1.1\r\n",
+            b"GETX / HTTP/1.0\r\n",
+            b"X!#$%&'*+-.^_`|~9 /a HTTP/1.1\r\n",
+            b"BREW http://pot/ HTTP/1.1\r\n",
+        ] {
+            assert_eq!(detect(line), Detection::Http1, "{}", line.escape_ascii());
+            assert!(starts_message(Side::Client, line));
+        }
+        assert_eq!(detect(b"PURGE"), Detection::NeedMore);
+        assert_eq!(detect(b"M-SEARCH * HTTP"), Detection::NeedMore);
+        // Not tchar.
+        assert_eq!(detect(b"GE(T / HTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b"G\"T / HTTP/1.1"), Detection::Unknown);
+        assert_eq!(detect(b" GET / HTTP/1.1"), Detection::Unknown);
+    }
+
+    #[test]
+    fn detect_line_longer_than_probe() {
+        // The connection stage may hand over only 24 bytes; the version is beyond them.
+        let probe = |line: &[u8]| detect(&line[..HEURISTIC_BYTES]);
+        assert_eq!(
+            probe(b"GET /api/v1/users/1234567890 HTTP/1.1\r\n"),
+            Detection::Http1
+        );
+        assert_eq!(
+            probe(b"PURGE /cache/some/long/path HTTP/1.1\r\n"),
+            Detection::Http1
+        );
+        assert_eq!(
+            probe(b"GET http://proxy.example/some/path HTTP/1.1\r\n"),
+            Detection::Http1
+        );
+        assert_eq!(
+            probe(b"CONNECT very-long-host-name.example:443 HTTP/1.1\r\n"),
+            Detection::Http1
+        );
+        // A custom method with a target that is not origin-form: not decidable from the
+        // probe (the stage gives up when its budget is spent).
+        assert_eq!(
+            probe(b"CUSTOM http://proxy.example/some/path HTTP/1.1\r\n"),
+            Detection::NeedMore
+        );
+        // Shorter than the heuristic needs: wait.
+        assert_eq!(detect(b"GET /api/v1/users/12"), Detection::NeedMore);
+        // Inconsistent bytes are decided at once, long or short.
+        assert_eq!(
+            probe(b"DESCRIBE rtsp://media.example/stream RTSP/1.0\r\n"),
+            Detection::Unknown
+        );
+        assert_eq!(
+            probe(b"GET /a\x01bcdefghijklmnopqrstuvwxyz"),
+            Detection::Unknown
+        );
+        assert_eq!(probe(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"), Detection::NeedMore);
+        // With a larger probe the whole line is checked, whatever its length.
+        let long = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(200));
+        assert_eq!(detect(long.as_bytes()), Detection::Http1);
+        let long = format!("SOURCE /{} ICE/1.0\r\n", "a".repeat(100));
+        assert_eq!(detect(long.as_bytes()), Detection::Unknown);
+    }
+
+    #[test]
+    fn detect_skips_leading_empty_lines() {
+        assert_eq!(
+            detect(b"\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+            Detection::Http1
+        );
+        assert_eq!(detect(b"\nGET / HTTP/1.1\n"), Detection::Http1);
+        assert_eq!(detect(b"\r\n"), Detection::NeedMore);
+        assert_eq!(detect(b"\r\n\r\nGE"), Detection::NeedMore);
+        assert_eq!(detect(b"\r\n\r\nSSH-2.0-x\r\n"), Detection::Unknown);
+        // Blank bytes count toward the probe; the heuristic still applies after them.
+        assert_eq!(
+            detect(&b"\r\n\r\nGET /api/v1/users/1234567890 HTTP/1.1"[..HEURISTIC_BYTES]),
+            Detection::Http1
+        );
+        // Bounded.
+        let mut many = b"\r\n".repeat(MAX_LEADING_BLANK / 2 + 1);
+        many.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        assert_eq!(detect(&many), Detection::Unknown);
+        assert!(!starts_message(Side::Client, &many));
+        assert!(starts_message(Side::Client, b"\r\nGET / HTTP/1.1\r\n"));
+
+        // The parser yields the exchange after the empty lines, fed whole or split.
+        for split in [0, 2, 4, 7] {
+            let mut p = parser();
+            let req = b"\r\n\r\nGET /x HTTP/1.1\r\nHost: h\r\n\r\n";
+            let (a, b) = req.split_at(split);
+            let mut issues = Vec::new();
+            if !a.is_empty() {
+                issues.extend(feed(&mut p, Side::Client, 1, a).issues);
+            }
+            issues.extend(feed(&mut p, Side::Client, 2, b).issues);
+            let out = feed(&mut p, Side::Server, 3, OK_EMPTY);
+            issues.extend(out.issues);
+            assert!(issues.is_empty(), "split {split}: {issues:?}");
+            assert_eq!(summary(&out.exchanges), vec![s("GET", "/x", 200)]);
+        }
+    }
+
+    #[test]
+    fn look_alike_protocols_are_unknown() {
+        for first in [
+            // RTSP (RFC 2326 / 7826).
+            &b"OPTIONS rtsp://h/x RTSP/1.0\r\nCSeq: 1\r\n\r\n"[..],
+            b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n",
+            b"DESCRIBE rtsp://h/x RTSP/1.0\r\n",
+            b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n",
+            // Icecast source clients.
+            b"SOURCE /mount ICE/1.0\r\n",
+            b"SOURCE /mount HTTP/1.2\r\n",
+            // SIP (RFC 3261).
+            b"INVITE sip:bob@x SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n",
+            b"REGISTER sip:x SIP/2.0\r\n",
+            b"OPTIONS sip:x SIP/2.0\r\n",
+            // HTTP/0.9: no version.
+            b"GET /\r\n",
+            b"GET /index.html\n",
+        ] {
+            assert_eq!(
+                detect(first),
+                Detection::Unknown,
+                "{}",
+                first.escape_ascii()
+            );
+            assert!(!starts_message(Side::Client, first));
+        }
+        assert!(!starts_message(Side::Server, b"RTSP/1.0 200 OK\r\n\r\n"));
+        assert!(!starts_message(Side::Server, b"HTTP/1.2 200 OK\r\n\r\n"));
+        assert!(starts_message(Side::Server, b"HTTP/1.0 200 OK\r\n\r\n"));
+
+        // On an HTTP/1 connection, a later RTSP request line is malformed, not an exchange.
+        let mut p = parser();
+        let out = feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"GET / HTTP/1.1\r\n\r\nOPTIONS rtsp://h/x RTSP/1.0\r\nCSeq: 2\r\n\r\n",
+        );
+        assert_eq!(out.issues, vec![ParseIssue::Malformed]);
+        let out = feed(&mut p, Side::Server, 2, OK_EMPTY);
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/", 200)]);
+        // Its RTSP answer never pairs.
+        let out = feed(
+            &mut p,
+            Side::Server,
+            3,
+            b"RTSP/1.0 200 OK\r\nCSeq: 2\r\n\r\n",
+        );
+        assert_eq!(out.issues, vec![ParseIssue::Malformed]);
+        assert!(out.exchanges.is_empty());
+        // Nor does a resync happen on an RTSP line or an HTTP/0.9 one.
+        for line in [&b"OPTIONS * RTSP/1.0\r\n\r\n"[..], b"GET /\r\n"] {
+            let out = feed(&mut p, Side::Client, 4, line);
+            assert!(out.issues.is_empty() && out.exchanges.is_empty());
+        }
+        assert!(finish(&mut p, 5).issues.is_empty());
+
+        // A response side starting with RTSP never pairs with a pending request.
+        let mut p = parser();
+        feed(&mut p, Side::Client, 1, b"GET / HTTP/1.1\r\n\r\n");
+        let out = feed(&mut p, Side::Server, 2, b"RTSP/1.0 200 OK\r\n\r\n");
+        assert_eq!(out.issues, vec![ParseIssue::Malformed]);
+        assert!(out.exchanges.is_empty());
+        // HTTP/0.9 request on an HTTP/1 connection: malformed.
+        let mut p = parser();
+        let out = feed(&mut p, Side::Client, 1, b"GET /\r\n\r\n");
+        assert_eq!(out.issues, vec![ParseIssue::Malformed]);
+    }
+
+    #[test]
+    fn custom_methods_parse_and_resync() {
+        let mut p = parser();
+        let out = feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"PURGE /cache/x HTTP/1.1\r\nHost: h\r\n\r\nM-SEARCH * HTTP/1.1\r\nHost: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        let out = feed(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 200 Purged\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(out.issues.is_empty());
+        assert_eq!(
+            summary(&out.exchanges),
+            vec![s("PURGE", "/cache/x", 200), s("M-SEARCH", "*", 200)]
+        );
+        // After a loss, a segment starting with a custom method's request line resyncs…
+        let out = feed(&mut p, Side::Client, 3, b"\x00garbage\r\n\r\n");
+        assert_eq!(out.issues, vec![ParseIssue::Malformed]);
+        // …but not on a partial line, nor one without a version.
+        for part in [&b"PURGE /cache/y HTTP/1."[..], b"PURGE /cache/y\r\n"] {
+            let out = feed(&mut p, Side::Client, 4, part);
+            assert!(out.issues.is_empty());
+        }
+        let out = feed(&mut p, Side::Client, 5, b"PURGE /cache/z HTTP/1.1\r\n\r\n");
+        assert!(out.issues.is_empty());
+        let out = feed(&mut p, Side::Server, 6, OK_EMPTY);
+        assert_eq!(summary(&out.exchanges), vec![s("PURGE", "/cache/z", 200)]);
     }
 
     #[test]
@@ -1517,6 +1970,155 @@ mod tests {
         assert!(out.issues.is_empty() && out.exchanges.is_empty());
         let out = finish(&mut p, 6);
         assert!(out.issues.is_empty() && out.exchanges.is_empty());
+    }
+
+    const H2C_REQUEST: &[u8] = b"POST /rpc HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 3\r\n\r\nabc";
+    const H2C_101: &[u8] =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+    /// A server SETTINGS frame (empty), then a PING.
+    const H2_FRAMES: &[u8] =
+        b"\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00\x08\x06\x00\x00\x00\x00\x00HTTP/1.1";
+
+    fn h2c_request_head() -> RequestHead {
+        RequestHead {
+            method: "POST".to_owned(),
+            target: "/rpc".to_owned(),
+            headers: vec![hdr("host", "h")],
+            start_ns: 1,
+            end_ns: 1,
+            body_bytes: 3,
+        }
+    }
+
+    #[test]
+    fn h2c_upgrade_frames_in_the_101_segment() {
+        let mut p = parser();
+        let out = feed(&mut p, Side::Client, 1, H2C_REQUEST);
+        assert!(out.issues.is_empty() && out.h2c.is_none());
+        // A 100 Continue precedes the 101 in the segment: the offset counts from the
+        // segment's start.
+        let mut seg = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        seg.extend_from_slice(H2C_101);
+        let offset = seg.len();
+        seg.extend_from_slice(H2_FRAMES);
+        let out = feed(&mut p, Side::Server, 2, &seg);
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert!(out.exchanges.is_empty());
+        assert_eq!(
+            out.h2c,
+            Some(H2cUpgrade {
+                request: h2c_request_head(),
+                offset,
+            })
+        );
+        assert_eq!(&seg[offset..offset + 9], &H2_FRAMES[..9]);
+        // HTTP/2 bytes on both sides are ignored from here on, even HTTP/1-looking ones.
+        let out = feed(
+            &mut p,
+            Side::Client,
+            3,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        );
+        assert!(out.issues.is_empty() && out.exchanges.is_empty() && out.h2c.is_none());
+        let out = feed(&mut p, Side::Server, 4, OK_EMPTY);
+        assert!(out.issues.is_empty() && out.exchanges.is_empty() && out.h2c.is_none());
+        let out = finish(&mut p, 5);
+        assert!(out.issues.is_empty() && out.exchanges.is_empty());
+    }
+
+    #[test]
+    fn h2c_upgrade_split_101_frames_later() {
+        let mut p = parser();
+        // The request head arrives in two parts; upgrade tokens in any case, in a list.
+        feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"GET /h2 HTTP/1.1\r\nHost: h\r\nUpgrade: foo/2, H2C \r\n",
+        );
+        feed(&mut p, Side::Client, 2, b"Connection: Upgrade\r\n\r\n");
+        // The 101 head split across segments: the offset is in the segment that ends it.
+        let (a, b) = H2C_101.split_at(20);
+        let out = feed(&mut p, Side::Server, 3, a);
+        assert!(out.issues.is_empty() && out.h2c.is_none());
+        let out = feed(&mut p, Side::Server, 4, b);
+        assert!(out.issues.is_empty() && out.exchanges.is_empty());
+        assert_eq!(
+            out.h2c,
+            Some(H2cUpgrade {
+                request: RequestHead {
+                    method: "GET".to_owned(),
+                    target: "/h2".to_owned(),
+                    headers: vec![hdr("host", "h")],
+                    start_ns: 1,
+                    end_ns: 2,
+                    body_bytes: 0,
+                },
+                offset: b.len(),
+            })
+        );
+        // The frames come in a later segment: ignored here.
+        let out = feed(&mut p, Side::Server, 5, H2_FRAMES);
+        assert!(out.issues.is_empty() && out.exchanges.is_empty() && out.h2c.is_none());
+    }
+
+    #[test]
+    fn h2c_upgrade_declined_or_mismatched() {
+        // The server answers the upgrade request normally: a normal exchange.
+        let mut p = parser();
+        feed(&mut p, Side::Client, 1, H2C_REQUEST);
+        let out = feed(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        );
+        assert!(out.issues.is_empty() && out.h2c.is_none());
+        assert_eq!(summary(&out.exchanges), vec![s("POST", "/rpc", 200)]);
+        assert_eq!(out.exchanges[0].request_body_bytes, 3);
+        feed(&mut p, Side::Client, 3, b"GET /next HTTP/1.1\r\n\r\n");
+        let out = feed(&mut p, Side::Server, 4, OK_EMPTY);
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/next", 200)]);
+
+        // A 101 to something else than h2c: today's upgrade behaviour.
+        let mut p = parser();
+        feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"GET / HTTP/1.1\r\nUpgrade: websocket, h2c\r\nConnection: Upgrade\r\n\r\n",
+        );
+        let out = feed(
+            &mut p,
+            Side::Server,
+            2,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert_eq!(out.issues, vec![ParseIssue::Upgraded]);
+        assert!(out.h2c.is_none());
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/", 101)]);
+
+        // `h2c` must be a token of the list, not a substring.
+        let mut p = parser();
+        feed(
+            &mut p,
+            Side::Client,
+            1,
+            b"GET / HTTP/1.1\r\nUpgrade: h2cx\r\n\r\n",
+        );
+        let out = feed(&mut p, Side::Server, 2, H2C_101);
+        assert_eq!(out.issues, vec![ParseIssue::Upgraded]);
+        assert!(out.h2c.is_none());
+        assert_eq!(summary(&out.exchanges), vec![s("GET", "/", 101)]);
+
+        // A 101 h2c answering no known request: no hand-over possible.
+        let mut p = parser();
+        let out = feed(&mut p, Side::Server, 1, H2C_101);
+        assert_eq!(
+            out.issues,
+            vec![ParseIssue::UnpairedResponse, ParseIssue::Upgraded]
+        );
+        assert!(out.h2c.is_none());
     }
 
     #[test]

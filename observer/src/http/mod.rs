@@ -22,6 +22,16 @@ pub enum Side {
     Server,
 }
 
+impl Side {
+    /// The other peer.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Client => Self::Server,
+            Self::Server => Self::Client,
+        }
+    }
+}
+
 /// The bytes of one read or write on a connection.
 #[derive(Clone, Copy, Debug)]
 pub struct Segment<'a> {
@@ -311,6 +321,10 @@ pub fn parser_for(
             limits.clone(),
             Arc::clone(allowlist),
         ))),
-        Detection::Http2 | Detection::Unknown | Detection::NeedMore => None,
+        Detection::Http2 => Some(Box::new(h2::Http2Parser::new(
+            limits.clone(),
+            Arc::clone(allowlist),
+        ))),
+        Detection::Unknown | Detection::NeedMore => None,
     }
 }

@@ -457,7 +457,7 @@ impl SessionTable {
         // Views across credentials (inbound, credentialed traffic only). A credential
         // failing because its JWT expired is a refresh, not a guess: no view sees it.
         let refresh = primary.is_some_and(|p| {
-            matches!(ex.status, 401 | 403)
+            matches!(ex.outcome(), 401 | 403)
                 && p.jwt().and_then(|c| c.exp).is_some_and(|exp| {
                     unix_secs(t) as i64 > exp.saturating_add(self.scoring.jwt_leeway_secs as i64)
                 })
@@ -465,7 +465,7 @@ impl SessionTable {
         if let (Direction::Inbound, Some(p), false) = (direction, primary, refresh) {
             let u = Use {
                 credential: self.id_hasher.hash_one(p.fingerprint.as_str()),
-                status: ex.status,
+                status: ex.outcome(),
                 route: &route,
                 ids: id_hash,
             };
@@ -487,7 +487,7 @@ impl SessionTable {
                 v.first_seen = v.first_seen.min(t);
                 v.last_seen = v.last_seen.max(t);
                 v.requests += 1;
-                v.status[class_index(ex.status)] += 1;
+                v.status[class_index(ex.outcome())] += 1;
                 // The networks a view covers (bounded like a session's).
                 v.hit_network(network, t);
                 if let Some(a) = v.across.as_mut() {
@@ -536,7 +536,8 @@ impl SessionTable {
         // Route, with distinct ids.
         let r = s.routes.entry(Arc::clone(&route), || RouteStats::new(t));
         r.requests += 1;
-        r.status[class_index(ex.status)] += 1;
+        r.protocols |= state::protocol_bit(ex.protocol_name());
+        r.status[class_index(ex.outcome())] += 1;
         r.rate.record(t, sc.rate_short_secs, sc.rate_baseline_secs);
         r.last_seen = r.last_seen.max(t);
         if let Some(combined) = id_hash {
@@ -549,13 +550,13 @@ impl SessionTable {
         }
 
         // Outcomes.
-        s.status[class_index(ex.status)] += 1;
+        s.status[class_index(ex.outcome())] += 1;
         if let Some(c) = s.window.at(t) {
             c.requests += 1;
-            if matches!(ex.status, 401 | 403) {
+            if matches!(ex.outcome(), 401 | 403) {
                 c.auth_failures += 1;
             }
-            if ex.status == 404 {
+            if ex.outcome() == 404 {
                 c.not_found += 1;
             }
         }
@@ -596,7 +597,7 @@ impl SessionTable {
         }
         let t_unix = unix_secs(t) as i64;
         let leeway = sc.jwt_leeway_secs as i64;
-        let ok = (200..300).contains(&ex.status);
+        let ok = (200..300).contains(&ex.outcome());
         for i in &identities {
             if i.source == CredentialSource::Query && !trusted {
                 mark(&mut s.marks.credential_in_query, t);

@@ -220,6 +220,28 @@ fn auth_failures() {
 }
 
 #[test]
+fn grpc_auth_failures_are_auth_failures() {
+    // gRPC answers HTTP 200 whatever happens: its status is what counts.
+    let run = |code: u8| {
+        let mut t = table();
+        for i in 0..10 {
+            obs(
+                &mut t,
+                tok()
+                    .path("/demo.Greeter/Secret")
+                    .grpc(code)
+                    .at(f64::from(i)),
+            );
+        }
+        reasons(&mut t, 10.0)
+    };
+    assert_eq!(run(16), vec![Reason::AuthFailures]);
+    assert_eq!(run(7), vec![Reason::AuthFailures]);
+    assert_eq!(run(0), vec![]);
+    assert_eq!(run(5), vec![]);
+}
+
+#[test]
 fn enumeration() {
     let run = |ids: u32, repeat: u32| {
         let mut t = table();

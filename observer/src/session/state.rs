@@ -65,6 +65,19 @@ pub(crate) struct RouteStats {
     pub last_seen: SystemTime,
     /// Distinct ids per time bucket; only for routes with id segments.
     pub ids: Option<Box<Ring<Bits>>>,
+    /// Protocols the route was called over ([`PROTOCOLS`] bits).
+    pub protocols: u8,
+}
+
+/// Protocol names, one bit each in [`RouteStats::protocols`].
+pub(crate) const PROTOCOLS: [&str; 3] = ["http1", "http2", "grpc"];
+
+/// The [`RouteStats::protocols`] bit of a protocol name.
+pub(crate) fn protocol_bit(name: &str) -> u8 {
+    PROTOCOLS
+        .iter()
+        .position(|p| *p == name)
+        .map_or(0, |i| 1 << i)
 }
 
 impl Seen for RouteStats {
@@ -82,7 +95,18 @@ impl RouteStats {
             first_seen: t,
             last_seen: t,
             ids: None,
+            protocols: 0,
         }
+    }
+
+    /// Names of the protocols the route was called over.
+    pub(crate) fn protocol_names(&self) -> Vec<&'static str> {
+        PROTOCOLS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.protocols & (1 << i) != 0)
+            .map(|(_, p)| *p)
+            .collect()
     }
 
     /// Distinct ids seen on this route within the window ending at `now`.

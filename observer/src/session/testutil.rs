@@ -49,6 +49,7 @@ impl ExchangeBuilder {
             latency: Duration::from_millis(5),
             request_body_bytes: 0,
             response_body_bytes: Some(100),
+            grpc: None,
             workload: Default::default(),
         })
     }
@@ -88,6 +89,20 @@ impl ExchangeBuilder {
 
     pub(crate) fn status(mut self, s: u16) -> Self {
         self.0.status = s;
+        self
+    }
+
+    /// A gRPC call over HTTP/2 (HTTP 200) that ended with `grpc-status` `code`.
+    pub(crate) fn grpc(mut self, code: u8) -> Self {
+        self.0.protocol = crate::http::Protocol::Http2;
+        self.0.status = 200;
+        self.0.method = "POST".into();
+        self.0.grpc = Some(crate::http::Grpc {
+            status: Some(code),
+            message_len: None,
+            request_messages: 1,
+            response_messages: u32::from(code == 0),
+        });
         self
     }
 

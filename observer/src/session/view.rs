@@ -122,6 +122,8 @@ pub struct RouteView {
     pub route: String,
     pub requests: u64,
     pub status: StatusCounts,
+    /// Protocols the route was called over: `http1`, `http2`, `grpc`.
+    pub protocols: Vec<&'static str>,
     /// Estimated distinct ids requested within the scoring window.
     pub distinct_ids: u64,
     pub rate: f64,
@@ -319,6 +321,7 @@ impl SessionTable {
                 route: route.to_string(),
                 requests: r.requests,
                 status: r.status.into(),
+                protocols: r.protocol_names(),
                 distinct_ids: r.distinct_ids(now),
                 rate: r.rate.current(now, sc.rate_short_secs),
                 baseline_rate: warmed(r.first_seen, r.requests).then(|| {
