@@ -31,8 +31,8 @@ fn rows(ex: &[Value]) -> Vec<Row> {
     v
 }
 
-/// (role, method, path, status) of `ex`, sorted: for peers whose thread names (`comm`)
-/// are not the program's name (grpcio's C core, nghttpx's workers).
+/// (role, method, path, status) of `ex`, sorted: where `comm` is not asserted (grpcio's
+/// C-core threads report theirs, e.g. `event_engine`).
 fn rows_any_comm(ex: &[Value]) -> Vec<(String, String, String, u64)> {
     let mut v: Vec<_> = ex.iter().map(summary).collect();
     v.sort();
@@ -616,8 +616,8 @@ fn go_net_http_h2_server_and_client_over_tls() {
     }
 }
 
-/// The node HTTP/2 server in `mode` (`tls` or `plain`) and the node client against it,
-/// then curl with no token; returns the exchanges of the port.
+/// The node HTTP/2 server (over TLS, or h2c with prior knowledge) and the node client
+/// against it, then curl with no token; returns the port and its exchanges.
 fn node_h2(agent: &Agent, tls: bool) -> (u16, Vec<Value>) {
     let dir = scratch_dir("node-h2");
     let port = free_port();

@@ -44,20 +44,80 @@ pub enum Which {
     },
 }
 
-const NGINX_PORT: u16 = 18_080;
-const NGINX_TLS_PORT: u16 = 18_443;
-const NGINX_H2C_PORT: u16 = 18_081;
-const NGINX_H2_TLS_PORT: u16 = 18_444;
 /// Concurrent streams per h2load connection.
 const H2_STREAMS: u32 = 10;
 const AGENT_PORT: u16 = 19_464;
+
+/// One kind of traffic: an nginx server of its own, and the load that drives it.
+struct Case {
+    name: &'static str,
+    load: Load,
+    port: u16,
+    tls: bool,
+}
+
+/// Every case; `--case` picks some (see [`selected`]).
+const CASES: &[Case] = &[
+    Case {
+        name: "plaintext",
+        load: Load::Wrk,
+        port: 18_080,
+        tls: false,
+    },
+    Case {
+        name: "tls",
+        load: Load::Wrk,
+        port: 18_443,
+        tls: true,
+    },
+    Case {
+        name: "h2c",
+        load: Load::H2load,
+        port: 18_081,
+        tls: false,
+    },
+    Case {
+        name: "h2-tls",
+        load: Load::H2load,
+        port: 18_444,
+        tls: true,
+    },
+];
+
+impl Case {
+    fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/index.html", self.port)
+    }
+
+    /// nginx's `server` block for this case (h2load speaks only HTTP/2: with
+    /// `listen ... http2` a cleartext port takes HTTP/2 with prior knowledge, a TLS
+    /// port offers h2 through ALPN).
+    fn server_block(&self, d: &str) -> String {
+        let ssl = if self.tls { " ssl" } else { "" };
+        let h2 = match self.load {
+            Load::H2load => " http2",
+            Load::Wrk => "",
+        };
+        let certs = if self.tls {
+            format!("\n ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;")
+        } else {
+            String::new()
+        };
+        format!(
+            "server {{ listen 127.0.0.1:{}{ssl}{h2}; root {d}/html; keepalive_requests 1000000;{certs} }}\n",
+            self.port
+        )
+    }
+}
 
 struct Nginx {
     dir: std::path::PathBuf,
 }
 
 impl Nginx {
-    fn start() -> Result<Self> {
+    /// nginx serving the chosen cases' ports only.
+    fn start(cases: &[&Case]) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("observer-bench-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("html"))?;
         std::fs::write(dir.join("html/index.html"), "hello, bench\n")?;
@@ -77,18 +137,14 @@ impl Nginx {
                 String::from_utf8_lossy(&cert.stderr)
             );
         }
+        let d = dir.display().to_string();
+        let servers: String = cases.iter().map(|c| c.server_block(&d)).collect();
         let conf = format!(
             "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 1024; }}\n\
              http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
              fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{NGINX_PORT}; root {d}/html; keepalive_requests 1000000; }}\n\
-             server {{ listen 127.0.0.1:{NGINX_TLS_PORT} ssl; root {d}/html; keepalive_requests 1000000;\n\
-             ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; }}\n\
-             server {{ listen 127.0.0.1:{NGINX_H2C_PORT} http2; root {d}/html; keepalive_requests 1000000; }}\n\
-             server {{ listen 127.0.0.1:{NGINX_H2_TLS_PORT} ssl http2; root {d}/html; keepalive_requests 1000000;\n\
-             ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; }} }}\n",
-            d = dir.display()
+             {servers}}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf)?;
         let status = Command::new("nginx")
@@ -101,13 +157,8 @@ impl Nginx {
         if !status.success() {
             bail!("nginx failed to start; see {}/error.log", dir.display());
         }
-        for port in [
-            NGINX_PORT,
-            NGINX_TLS_PORT,
-            NGINX_H2C_PORT,
-            NGINX_H2_TLS_PORT,
-        ] {
-            wait_port(port)?;
+        for case in cases {
+            wait_port(case.port)?;
         }
         Ok(Self { dir })
     }
@@ -241,6 +292,8 @@ struct AgentRun {
     cpu_s: f64,
     drops: u64,
     requests_seen: u64,
+    /// Parse issues of every kind (bytes or messages the parsers could not use).
+    parse_issues: u64,
 }
 
 fn metric_sum(metrics: &str, name: &str) -> u64 {
@@ -293,6 +346,7 @@ fn with_agent<T>(bin: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, AgentR
             cpu_s,
             drops: metric_sum(&metrics, "api_observer_capture_dropped_total"),
             requests_seen: metric_sum(&metrics, "api_observer_http_requests_total"),
+            parse_issues: metric_sum(&metrics, "api_observer_http_parse_issues_total"),
         },
     ))
 }
@@ -319,38 +373,13 @@ pub fn run(which: Which, bin: &Path) -> Result<()> {
             connections,
             case,
         } => {
-            let cases: &[(&str, Load, String)] = &[
-                (
-                    "plaintext",
-                    Load::Wrk,
-                    format!("http://127.0.0.1:{NGINX_PORT}/index.html"),
-                ),
-                (
-                    "tls",
-                    Load::Wrk,
-                    format!("https://127.0.0.1:{NGINX_TLS_PORT}/index.html"),
-                ),
-                (
-                    "h2c",
-                    Load::H2load,
-                    format!("http://127.0.0.1:{NGINX_H2C_PORT}/index.html"),
-                ),
-                (
-                    "h2-tls",
-                    Load::H2load,
-                    format!("https://127.0.0.1:{NGINX_H2_TLS_PORT}/index.html"),
-                ),
-            ];
-            let chosen: Vec<_> = cases
-                .iter()
-                .filter(|(name, _, _)| selected(&case, name))
-                .collect();
+            let chosen: Vec<&Case> = CASES.iter().filter(|c| selected(&case, c.name)).collect();
             if chosen.is_empty() {
                 bail!("--case must be plaintext, tls, both, h2c, h2-tls, h2 or all");
             }
-            let _nginx = Nginx::start()?;
-            for (name, load, url) in chosen {
-                overhead(bin, name, *load, url, rounds, seconds, connections)?;
+            let _nginx = Nginx::start(&chosen)?;
+            for c in chosen {
+                overhead(bin, c.name, c.load, &c.url(), rounds, seconds, connections)?;
             }
             Ok(())
         }
@@ -374,8 +403,8 @@ fn overhead(
         let base = load.run(url, seconds, connections)?;
         let (traced, agent) = with_agent(bin, || load.run(url, seconds, connections))?;
         println!(
-            "{name} round {round}: without {base:.0} req/s, with {traced:.0} req/s; agent cpu {:.2} s, drops {}, requests seen {}",
-            agent.cpu_s, agent.drops, agent.requests_seen
+            "{name} round {round}: without {base:.0} req/s, with {traced:.0} req/s; agent cpu {:.2} s, drops {}, requests seen {}, parse issues {}",
+            agent.cpu_s, agent.drops, agent.requests_seen, agent.parse_issues
         );
         without.push(base);
         with.push(traced);
@@ -398,4 +427,41 @@ fn overhead(
     );
     println!("  requests reported per run (median): {seen:.0}; drops over all runs: {drops}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chosen(case: &str) -> Vec<&'static str> {
+        CASES
+            .iter()
+            .filter(|c| selected(case, c.name))
+            .map(|c| c.name)
+            .collect()
+    }
+
+    #[test]
+    fn case_selection() {
+        assert_eq!(chosen("both"), ["plaintext", "tls"]);
+        assert_eq!(chosen("h2"), ["h2c", "h2-tls"]);
+        assert_eq!(chosen("all"), ["plaintext", "tls", "h2c", "h2-tls"]);
+        assert_eq!(chosen("h2-tls"), ["h2-tls"]);
+        assert!(chosen("h3").is_empty());
+    }
+
+    #[test]
+    fn h2_servers_speak_http2() {
+        let block = |name: &str| {
+            CASES
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap()
+                .server_block("/d")
+        };
+        assert!(block("h2c").contains("listen 127.0.0.1:18081 http2;"));
+        assert!(block("h2-tls").contains("listen 127.0.0.1:18444 ssl http2;"));
+        assert!(block("tls").contains("listen 127.0.0.1:18443 ssl;"));
+        assert!(block("plaintext").contains("listen 127.0.0.1:18080;"));
+    }
 }
