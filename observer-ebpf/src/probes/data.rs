@@ -68,6 +68,15 @@ fn remember(ctx: &TracePointContext, kind: u32, direction: u32, ptr_arg: usize) 
     remember_call(tid, Call::data(kind, fd, direction, ptr, iov_len));
 }
 
+/// `MSG_PEEK`: the bytes stay queued and are read again by a later call.
+const MSG_PEEK: u64 = 2;
+
+/// A receive whose `flags` (syscall argument `flags_arg`) peek is not a data call: the
+/// same bytes come again with the read that consumes them.
+fn peeks(ctx: &TracePointContext, flags_arg: usize) -> bool {
+    syscall_arg(ctx, flags_arg) & MSG_PEEK != 0
+}
+
 /// `recvmsg`/`sendmsg`: the iovec array is inside the user's `struct msghdr`.
 fn remember_msg(ctx: &TracePointContext, direction: u32) {
     let Some((tid, fd, kind)) = gate(ctx, CALL_IOV, direction) else {
@@ -254,7 +263,7 @@ data_hooks! {
     enter_write, exit_write, "sys_enter_write", "sys_exit_write",
         |ctx| remember(ctx, CALL_BUF, DIR_EGRESS, 1);
     enter_recvfrom, exit_recvfrom, "sys_enter_recvfrom", "sys_exit_recvfrom",
-        |ctx| remember(ctx, CALL_BUF, DIR_INGRESS, 1);
+        |ctx| if !peeks(ctx, 3) { remember(ctx, CALL_BUF, DIR_INGRESS, 1) };
     enter_sendto, exit_sendto, "sys_enter_sendto", "sys_exit_sendto",
         |ctx| remember(ctx, CALL_BUF, DIR_EGRESS, 1);
     enter_readv, exit_readv, "sys_enter_readv", "sys_exit_readv",
@@ -262,7 +271,7 @@ data_hooks! {
     enter_writev, exit_writev, "sys_enter_writev", "sys_exit_writev",
         |ctx| remember(ctx, CALL_IOV, DIR_EGRESS, 1);
     enter_recvmsg, exit_recvmsg, "sys_enter_recvmsg", "sys_exit_recvmsg",
-        |ctx| remember_msg(ctx, DIR_INGRESS);
+        |ctx| if !peeks(ctx, 2) { remember_msg(ctx, DIR_INGRESS) };
     enter_sendmsg, exit_sendmsg, "sys_enter_sendmsg", "sys_exit_sendmsg",
         |ctx| remember_msg(ctx, DIR_EGRESS);
     enter_sendfile, exit_sendfile, "sys_enter_sendfile64", "sys_exit_sendfile64",
