@@ -1043,6 +1043,12 @@ impl Http2Parser {
                 let left = left - gap as u32;
                 match head.kind {
                     DATA => {
+                        if dir.data_pad_pending {
+                            // The pad length was not captured: the body is counted
+                            // without the padding it may hold.
+                            dir.data_pad_pending = false;
+                            self.count_data(side, head, u64::from(head.len.saturating_sub(1)));
+                        }
                         if let Some(stream) = self.streams.get_mut(&head.stream) {
                             match side {
                                 Side::Client => stream.request_messages.skip(gap),
@@ -1610,6 +1616,34 @@ pub(crate) mod tests {
         );
         assert_eq!(rows(&out), [row("GET", "/after", 200)]);
         assert!(out.issues.contains(&ParseIssue::FrameResync));
+    }
+
+    #[test]
+    fn padded_data_whose_pad_length_was_lost_still_counts() {
+        let (client, _) = simple();
+        let mut p = parser();
+        let mut out = ParserOutput::default();
+        feed(&mut p, Side::Client, 1, &client, &mut out);
+        let mut server = frame(HEADERS, END_HEADERS, 1, &indexed(8));
+        let head_len = server.len();
+        let mut padded = vec![4u8];
+        padded.extend_from_slice(b"abcdef");
+        padded.extend_from_slice(&[0; 4]);
+        server.extend(frame(DATA, PADDED | END_STREAM, 1, &padded));
+        // captured up to the DATA frame's header; its payload was not
+        p.feed(
+            Side::Server,
+            Segment {
+                ts_ns: 2,
+                data: &server[..head_len + FRAME_HEAD],
+                len: server.len() as u64,
+            },
+            &mut out,
+        );
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert_eq!(rows(&out), [row("GET", "/items/7?x=1", 200)]);
+        // at most the payload less its pad length byte
+        assert_eq!(out.exchanges[0].response_body_bytes, Some(10));
     }
 
     #[test]
