@@ -61,34 +61,10 @@ fn assert_addresses(ex: &[Value], port: u16) {
     }
 }
 
-fn tls_targets(agent: &Agent) -> Vec<Value> {
-    agent_json(agent, "/api/tls")
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-}
-
-/// Wait until `/api/tls` lists `pid` under an attached target whose path ends with one
-/// of `path_ends`; returns that target.
+/// Wait until `pid` is covered by an attached target whose path ends with one of
+/// `path_ends`; returns that target.
 fn wait_covered(agent: &Agent, path_ends: &[&str], pid: u32) -> Value {
-    wait_for(Duration::from_secs(10), || {
-        tls_targets(agent).into_iter().find(|t| {
-            t["attached"] == true
-                && t["path"]
-                    .as_str()
-                    .is_some_and(|p| path_ends.iter().any(|end| p.ends_with(end)))
-                && t["pids"]
-                    .as_array()
-                    .is_some_and(|p| p.iter().any(|x| x.as_u64() == Some(pid as u64)))
-        })
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "{path_ends:?} (pid {pid}) never attached; /api/tls: {:?}\n{}",
-            tls_targets(agent),
-            agent.stderr()
-        )
-    })
+    wait_tls_attached(agent, path_ends, pid).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[test]
@@ -100,14 +76,14 @@ fn nginx_tls_with_curl_and_python_clients_keepalive_and_large_body() {
     let port = free_port();
     let (_nginx, _cert) = Nginx::start_tls(port, "").unwrap();
     // nginx, curl and Python use the system libssl, attached at start for every process.
-    let libssl = tls_targets(&agent)
+    let libssl = tls_target_list(&agent)
         .into_iter()
         .find(|t| {
             t["path"]
                 .as_str()
                 .is_some_and(|p| p.ends_with("/libssl.so.3"))
         })
-        .unwrap_or_else(|| panic!("libssl.so.3 not attached: {:?}", tls_targets(&agent)));
+        .unwrap_or_else(|| panic!("libssl.so.3 not attached: {:?}", tls_target_list(&agent)));
     assert_eq!(libssl["attached"], true, "{libssl}");
     assert_eq!(libssl["system"], true, "{libssl}");
 
@@ -258,7 +234,7 @@ fn node_https_server_and_client_started_after_the_agent() {
     let pid = server.child.id();
     drop(server);
     let released = wait_for(Duration::from_secs(15), || {
-        let still = tls_targets(&agent).into_iter().any(|t| {
+        let still = tls_target_list(&agent).into_iter().any(|t| {
             t["pids"]
                 .as_array()
                 .is_some_and(|p| p.iter().any(|x| x.as_u64() == Some(pid as u64)))
@@ -268,7 +244,7 @@ fn node_https_server_and_client_started_after_the_agent() {
     assert!(
         released.is_some(),
         "pid {pid} still listed: {:?}",
-        tls_targets(&agent)
+        tls_target_list(&agent)
     );
 }
 
@@ -472,7 +448,7 @@ fn tls_server_running_before_the_agent_is_found_at_start() {
     let target = wait_covered(&agent, &["/node", "/libssl.so.3"], server.child.id());
     assert_eq!(target["library"], "openssl");
     // Each file is one target, however many processes map it.
-    let targets = tls_targets(&agent);
+    let targets = tls_target_list(&agent);
     let mut paths: Vec<_> = targets.iter().filter_map(|t| t["path"].as_str()).collect();
     let listed = paths.len();
     paths.sort();
