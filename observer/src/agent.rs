@@ -47,7 +47,10 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    /// Handle up to `BATCH` records waiting in the ring buffer; returns how many.
+    /// Handle up to `BATCH` records waiting in the ring buffer; returns how many. Their
+    /// exchanges go to the sessions and exports once per batch, so the session table's
+    /// lock is taken once per batch, not once per record: API readers holding it cannot
+    /// starve the draining (and so fill the ring buffer).
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
         let mut n = 0;
         while n < BATCH {
@@ -55,6 +58,7 @@ impl Pipeline {
             self.record(&item);
             n += 1;
         }
+        self.flush();
         n
     }
 
@@ -76,7 +80,6 @@ impl Pipeline {
                 tracing::debug!("bad kernel record: {e}");
             }
         }
-        self.flush();
     }
 
     fn flush(&mut self) {

@@ -255,9 +255,32 @@ fn main() -> anyhow::Result<()> {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level)?;
     let config = args.config()?;
+    // The capture (draining the ring buffer, on this thread, in `agent::run`) comes
+    // before the agent's API: a flood of API calls must not make the ring buffer
+    // overflow. The API's worker threads run at a lower priority; the draining thread
+    // keeps the default one, never above the traced programs.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_start(|| set_thread_nice(API_NICE))
         .enable_all()
         .build()?;
     runtime.block_on(agent::run(config))
+}
+
+/// Nice value of the runtime's worker threads (HTTP endpoints, control API).
+const API_NICE: i32 = 5;
+
+/// Set the calling thread's nice value (Linux: per thread); failure only costs priority.
+fn set_thread_nice(nice: i32) {
+    // SAFETY: plain syscalls on the calling thread.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "thread priority {nice} not set: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
