@@ -127,6 +127,7 @@ pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataEvent>();
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<SocketEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<SocketState>() == 16);
 const _: () = assert!(DATA_HEADER_LEN == 48);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 
@@ -172,6 +173,10 @@ pub struct SocketState {
     pub role: u32,
     /// `SOCKET_FLAG_*` bits.
     pub flags: u32,
+    /// When the socket was accepted or connected (the `ts_ns` of its Accept/Connect
+    /// record; 0 for sockets found at start): tells this socket from a later one that
+    /// reuses its fd.
+    pub opened_ns: u64,
 }
 
 /// The kernel has already reported this socket's addresses.
@@ -179,6 +184,9 @@ pub const SOCKET_FLAG_ADDRESSES_KNOWN: u32 = 1;
 /// A TLS library reads and writes this socket: its plaintext comes from the library
 /// hooks, so the syscall hooks skip its (encrypted) bytes.
 pub const SOCKET_FLAG_TLS: u32 = 2;
+/// The agent does not parse this socket's protocol (set by the agent once it has
+/// classified the connection): its bytes are no longer copied.
+pub const SOCKET_FLAG_IGNORED: u32 = 4;
 
 /// Go `crypto/tls`: where the socket's fd sits, from a `*tls.Conn`. These layouts have
 /// been the same from Go 1.12 to today (the OBI/Beyla project tracks them per release):

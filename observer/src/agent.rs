@@ -62,6 +62,18 @@ impl Pipeline {
         n
     }
 
+    /// Tell the kernel to stop copying the bytes of the connections no longer followed.
+    fn unfollow(&mut self, capture: &mut crate::capture::Capture) {
+        if self.out.unfollow.is_empty() {
+            return;
+        }
+        match capture.unfollow(&self.out.unfollow) {
+            Ok(n) => tracing::debug!("{n} sockets no longer copied by the kernel"),
+            Err(e) => tracing::debug!("unfollowing sockets: {e:#}"),
+        }
+        self.out.unfollow.clear();
+    }
+
     fn record(&mut self, bytes: &[u8]) {
         match decode::decode(bytes) {
             Ok(event) => {
@@ -331,9 +343,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 if pipeline.drain(guard.get_inner_mut()) < BATCH {
                     guard.clear_ready();
                 }
+                pipeline.unfollow(&mut capture);
             }
             _ = drain.tick() => {
                 pipeline.drain(ring.get_mut());
+                pipeline.unfollow(&mut capture);
                 if let Some(tls) = &mut tls {
                     for pid in pipeline.execs.drain(..) {
                         tls.on_exec(capture.ebpf_mut(), pid);

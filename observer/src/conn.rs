@@ -45,6 +45,10 @@ enum Stage {
 }
 
 struct Connection {
+    /// When the kernel saw it accepted or connected (`Some(0)`: found at start); `None`
+    /// when neither was seen. The kernel's key to tell this socket from a later one on
+    /// the same fd.
+    opened_ns: Option<u64>,
     role: Option<Role>,
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
@@ -58,6 +62,7 @@ struct Connection {
 impl Connection {
     fn new(role: Option<Role>, comm: Arc<str>, midstream: bool, now_ns: u64) -> Self {
         Self {
+            opened_ns: None,
             role,
             local: None,
             remote: None,
@@ -88,6 +93,18 @@ pub struct ConnStats {
 pub struct ConnOutput {
     pub exchanges: Vec<Exchange>,
     pub issues: Vec<ParseIssue>,
+    /// Sockets no longer followed (not a protocol we parse, a tunnel, or an ignored
+    /// process), as `(pid, fd, opened_ns)`: the kernel can stop copying their bytes.
+    pub unfollow: Vec<(u32, u32, u64)>,
+}
+
+/// Stop following a connection: its later bytes are ignored here, and the kernel is
+/// told (when it can tell this socket from a later one on the same fd).
+fn ignore(key: ConnKey, conn: &mut Connection, out: &mut ConnOutput) {
+    conn.stage = Stage::Ignored;
+    if let Some(opened) = conn.opened_ns {
+        out.unfollow.push((key.pid, key.fd, opened));
+    }
 }
 
 /// Every followed connection.
@@ -146,6 +163,7 @@ impl ConnTable {
     /// A connection that existed before the agent started.
     pub fn seed(&mut self, s: &ExistingSocket, now_ns: u64) {
         let mut conn = Connection::new(Some(s.role), Arc::from(s.comm.as_str()), true, now_ns);
+        conn.opened_ns = Some(0);
         conn.local = Some(s.local);
         conn.remote = Some(s.remote);
         self.insert(
@@ -209,6 +227,7 @@ impl ConnTable {
             fd: info.fd,
         };
         let mut conn = Connection::new(info.role, Arc::from(info.comm.as_str()), false, info.ts_ns);
+        conn.opened_ns = Some(info.ts_ns);
         conn.remote = info.remote;
         if let Some(old) = self.conns.remove(&key) {
             // The fd was reused without a close we saw.
@@ -219,7 +238,7 @@ impl ConnTable {
 
     fn insert(&mut self, key: ConnKey, mut conn: Connection, out: &mut ConnOutput) {
         if self.ignore_processes.iter().any(|p| **p == *conn.comm) {
-            conn.stage = Stage::Ignored;
+            ignore(key, &mut conn, out);
         }
         if let Some(resolver) = &mut self.workloads {
             conn.workload = resolver.resolve(key.pid);
@@ -422,7 +441,7 @@ impl Parsers {
                         }
                         None => {
                             stats.unknown_protocol += 1;
-                            conn.stage = Stage::Ignored;
+                            ignore(key, conn, out);
                             return;
                         }
                     }
@@ -433,7 +452,7 @@ impl Parsers {
                     *tries_left = tries_left.saturating_sub(1);
                     if *tries_left == 0 {
                         stats.unknown_protocol += 1;
-                        conn.stage = Stage::Ignored;
+                        ignore(key, conn, out);
                     }
                     return;
                 }
@@ -468,7 +487,7 @@ impl Parsers {
             }
             conn.stage = Stage::Parsing(parser);
         } else if self.scratch.issues.contains(&ParseIssue::Upgraded) {
-            conn.stage = Stage::Ignored;
+            ignore(key, conn, out);
         }
         emit(clock, key, conn, &mut self.scratch, out);
     }
@@ -700,6 +719,58 @@ mod tests {
         data(&mut t, 9, 3, Direction::Egress, RESP, &mut out);
         assert!(out.exchanges.is_empty());
         assert_eq!(t.stats.unknown_protocol, 1);
+        // the kernel is told, with the socket's open time to tell it from a later one
+        assert_eq!(out.unfollow, [(PID, 9, 1)]);
+    }
+
+    #[test]
+    fn unfollowing_needs_the_sockets_open_time() {
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        // a socket whose accept was not seen: no way to tell it from a later one
+        data(
+            &mut t,
+            30,
+            1,
+            Direction::Ingress,
+            b"\x00\x01binary",
+            &mut out,
+        );
+        for i in 0..MIDSTREAM_TRIES as u64 {
+            data(
+                &mut t,
+                30,
+                2 + i,
+                Direction::Ingress,
+                b"\x00\x01more",
+                &mut out,
+            );
+        }
+        assert_eq!(t.stats.unknown_protocol, 1);
+        assert!(out.unfollow.is_empty(), "{:?}", out.unfollow);
+        // a websocket upgrade is a tunnel: no longer followed
+        t.on_event(
+            Event::Accept(info(31, Some(Role::Server), None, None)),
+            &mut out,
+        );
+        data(
+            &mut t,
+            31,
+            5,
+            Direction::Ingress,
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            &mut out,
+        );
+        data(
+            &mut t,
+            31,
+            6,
+            Direction::Egress,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            &mut out,
+        );
+        assert_eq!(out.exchanges.len(), 1);
+        assert_eq!(out.unfollow, [(PID, 31, 1)]);
     }
 
     #[test]
@@ -780,6 +851,7 @@ mod tests {
         data(&mut t, 12, 1, Direction::Ingress, REQ, &mut out);
         data(&mut t, 12, 2, Direction::Egress, RESP, &mut out);
         assert!(out.exchanges.is_empty());
+        assert_eq!(out.unfollow, [(PID, 12, 1)]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     drop_reason, DataEvent, EventKind, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE,
-    SOCKET_FLAG_ADDRESSES_KNOWN, SOURCE_SYSCALL,
+    SOCKET_FLAG_ADDRESSES_KNOWN, SOCKET_FLAG_IGNORED, SOURCE_SYSCALL,
 };
 
 use super::{syscall_arg, syscall_ret};
@@ -40,8 +40,13 @@ fn gate(ctx: &TracePointContext, kind: u32, direction: u32) -> Option<(u32, u32,
     let (pid, tid) = current();
     let fd = syscall_arg(ctx, 0) as u32;
     let state = tracked(pid, fd)?;
-    if tls_socket(pid, tid, fd, direction, state) {
-        // SAFETY: map value pointer from a successful lookup.
+    // A socket the agent does not parse is skipped like a TLS one (after the TLS
+    // bookkeeping: its plaintext may still come from a TLS library).
+    // SAFETY: map value pointer from a successful lookup.
+    if tls_socket(pid, tid, fd, direction, state)
+        || unsafe { (*state).flags } & SOCKET_FLAG_IGNORED != 0
+    {
+        // SAFETY: as above.
         let flags = unsafe { (*state).flags };
         let unnamed = direction == DIR_INGRESS && flags & SOCKET_FLAG_ADDRESSES_KNOWN == 0;
         return unnamed.then_some((tid, fd, CALL_ADDRESSES));

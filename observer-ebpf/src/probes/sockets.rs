@@ -50,6 +50,19 @@ fn read_sockaddr(ptr: u64) -> Option<(u16, u16, [u8; 16])> {
 
 #[inline(always)]
 fn emit(kind: EventKind, pid: u32, tid: u32, fd: u32, fill: impl FnOnce(&mut SocketEvent)) {
+    // SAFETY: plain helper call.
+    emit_at(kind, pid, tid, fd, unsafe { bpf_ktime_get_ns() }, fill)
+}
+
+#[inline(always)]
+fn emit_at(
+    kind: EventKind,
+    pid: u32,
+    tid: u32,
+    fd: u32,
+    ts_ns: u64,
+    fill: impl FnOnce(&mut SocketEvent),
+) {
     let Some(mut entry) = EVENTS.reserve::<SocketEvent>(0) else {
         count_drop(drop_reason::RINGBUF_FULL);
         return;
@@ -59,16 +72,20 @@ fn emit(kind: EventKind, pid: u32, tid: u32, fd: u32, fill: impl FnOnce(&mut Soc
     ev.header.pid = pid;
     ev.header.tid = tid;
     ev.header.fd = fd;
-    // SAFETY: plain helper call.
-    ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.header.ts_ns = ts_ns;
     ev.comm = bpf_get_current_comm().unwrap_or_default();
     fill(&mut ev);
     entry.write(ev);
     entry.submit(wakeup_flags());
 }
 
-fn track(pid: u32, fd: u32, role: u32) {
-    let state = SocketState { role, flags: 0 };
+/// Follow a socket just accepted or connected at `opened_ns` (also its record's time).
+fn track(pid: u32, fd: u32, role: u32, opened_ns: u64) {
+    let state = SocketState {
+        role,
+        flags: 0,
+        opened_ns,
+    };
     if SOCKETS.insert(SocketKey { pid, fd }, state, 0).is_err() {
         count_drop(drop_reason::SOCKETS_FULL);
     }
@@ -146,8 +163,10 @@ fn on_exit_accept(ctx: &TracePointContext) {
             return; // unix and other sockets are not HTTP over TCP
         }
     }
-    track(pid, fd, ROLE_SERVER);
-    emit(EventKind::Accept, pid, tid, fd, |ev| {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    track(pid, fd, ROLE_SERVER, now);
+    emit_at(EventKind::Accept, pid, tid, fd, now, |ev| {
         ev.role = ROLE_SERVER;
         if let Some((family, port, addr)) = peer {
             ev.family = family;
@@ -194,8 +213,10 @@ pub fn exit_connect(ctx: TracePointContext) -> u32 {
     if ret != 0 && ret != -EINPROGRESS {
         return 0;
     }
-    track(pid, call.fd, ROLE_CLIENT);
-    emit(EventKind::Connect, pid, tid, call.fd, |ev| {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    track(pid, call.fd, ROLE_CLIENT, now);
+    emit_at(EventKind::Connect, pid, tid, call.fd, now, |ev| {
         ev.role = ROLE_CLIENT;
         ev.family = call.family;
         ev.remote_port = call.port;

@@ -215,12 +215,40 @@ impl Capture {
                     Role::Client => observer_common::ROLE_CLIENT,
                 },
                 flags: observer_common::SOCKET_FLAG_ADDRESSES_KNOWN,
+                opened_ns: 0,
             };
             let key = SocketKey {
                 pid: s.pid,
                 fd: s.fd,
             };
             if map.insert(key, state, 0).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Stop copying the bytes of sockets the agent does not parse: `(pid, fd, opened_ns)`
+    /// of each, where `opened_ns` tells the socket from a later one on the same fd (a
+    /// socket already closed, or replaced, is left alone). Returns how many were marked.
+    pub fn unfollow(&mut self, sockets: &[(u32, u32, u64)]) -> anyhow::Result<usize> {
+        let mut map: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
+            self.ebpf
+                .map_mut("SOCKETS")
+                .context("SOCKETS map missing")?,
+        )?;
+        let mut n = 0;
+        for &(pid, fd, opened_ns) in sockets {
+            let key = SocketKey { pid, fd };
+            let Ok(mut state) = map.get(&key, 0) else {
+                continue;
+            };
+            if state.opened_ns != opened_ns {
+                continue;
+            }
+            state.flags |= observer_common::SOCKET_FLAG_IGNORED;
+            // BPF_EXIST: never re-create an entry the kernel removed meanwhile.
+            if map.insert(key, state, BPF_EXIST).is_ok() {
                 n += 1;
             }
         }
@@ -238,6 +266,9 @@ impl Capture {
         Ok(out)
     }
 }
+
+/// `BPF_EXIST`: a map update that only replaces an existing entry.
+const BPF_EXIST: u64 = 2;
 
 fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
     let program: &mut TracePoint = ebpf

@@ -1,0 +1,84 @@
+//! Pay only for what is parsed: once the agent has classified a connection as a protocol
+//! it does not parse, the kernel stops copying its bytes.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::Command,
+};
+
+use e2e::*;
+
+/// A line-echo server and a client that speak a binary protocol: one message, then (on
+/// a line from stdin) 200 more on the same connection, each echoed.
+const ECHO: &str = r#"
+import socket, sys, threading
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0)); srv.listen(1)
+def serve():
+    c, _ = srv.accept()
+    while True:
+        b = c.recv(4096)
+        if not b: break
+        c.sendall(b)
+threading.Thread(target=serve, daemon=True).start()
+cli = socket.create_connection(srv.getsockname())
+msg = b"\x00\x17BINARY-PROTOCOL-FRAME\xff" * 4
+def roundtrip():
+    cli.sendall(msg)
+    got = b""
+    while len(got) < len(msg): got += cli.recv(4096)
+roundtrip()
+print("first", flush=True)
+sys.stdin.readline()
+for _ in range(200): roundtrip()
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+fn data_records(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("api_observer_capture_events_total{kind=\"data\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+#[test]
+fn a_connection_not_parsed_stops_producing_records() {
+    if !prerequisites() {
+        return;
+    }
+    let agent = Agent::start(&[]).unwrap();
+    let mut echo = Proc::spawn("echo", Command::new("python3").args(["-c", ECHO])).unwrap();
+    let mut lines = BufReader::new(echo.child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    // The first message was seen and classified; wait until the agent has said so.
+    let not_parsed = || {
+        agent
+            .metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("api_observer_connections_not_parsed_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        wait_for(std::time::Duration::from_secs(10), || (not_parsed() >= 1.0)
+            .then_some(()))
+        .is_some(),
+        "the binary connection was never classified:\n{}",
+        agent.metrics()
+    );
+    let before = data_records(&agent.metrics());
+    writeln!(echo.child.stdin.as_mut().unwrap(), "go").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = data_records(&agent.metrics());
+    eprintln!("data records: {before} before the 200 round trips, {after} after");
+    // 200 round trips are 800 reads and writes (both ends are traced). What is left is
+    // the test's own metrics requests, a few records each.
+    assert!(
+        after - before < 100,
+        "{} data records after the connection was classified (was {before})",
+        after - before
+    );
+}
