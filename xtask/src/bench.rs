@@ -288,7 +288,53 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks / hz)
 }
 
+/// Run time (ns) and run count of each loaded kernel program, summed by name
+/// (`bpftool prog show`; counted only while `kernel.bpf_stats_enabled` is 1).
+fn bpf_prog_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(o) = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+    else {
+        return out;
+    };
+    let Ok(serde_json::Value::Array(progs)) = serde_json::from_slice(&o.stdout) else {
+        return out;
+    };
+    for p in progs {
+        let name = p["name"].as_str().unwrap_or("?").to_string();
+        let ns = p["run_time_ns"].as_u64().unwrap_or(0);
+        let cnt = p["run_cnt"].as_u64().unwrap_or(0);
+        let e = out.entry(name).or_insert((0, 0));
+        e.0 += ns;
+        e.1 += cnt;
+    }
+    out
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Kernel time per program between two [`bpf_prog_stats`] snapshots: `(name, ns, runs)`,
+/// busiest first.
+fn kernel_time(
+    before: &std::collections::BTreeMap<String, (u64, u64)>,
+    after: &std::collections::BTreeMap<String, (u64, u64)>,
+) -> Vec<(String, u64, u64)> {
+    let mut v: Vec<_> = after
+        .iter()
+        .filter_map(|(name, &(ns, cnt))| {
+            let (ns0, cnt0) = before.get(name).copied().unwrap_or((0, 0));
+            let runs = cnt.saturating_sub(cnt0);
+            (runs > 0).then(|| (name.clone(), ns.saturating_sub(ns0), runs))
+        })
+        .collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v
+}
+
 struct AgentRun {
+    /// Kernel programs' time during the load: `(name, ns, runs)`.
+    kernel: Vec<(String, u64, u64)>,
     cpu_s: f64,
     drops: u64,
     requests_seen: u64,
@@ -332,8 +378,15 @@ fn with_agent<T>(bin: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, AgentR
         let _ = child.kill();
         return Err(e);
     }
+    let stats_was = std::fs::read_to_string(BPF_STATS).unwrap_or_default();
+    let _ = std::fs::write(BPF_STATS, "1");
+    let kernel_before = bpf_prog_stats();
     let cpu_before = cpu_seconds(child.id())?;
     let result = f();
+    let kernel = kernel_time(&kernel_before, &bpf_prog_stats());
+    if !stats_was.trim().is_empty() {
+        let _ = std::fs::write(BPF_STATS, stats_was.trim());
+    }
     std::thread::sleep(Duration::from_millis(1500)); // let the agent drain and fold drops
     let metrics = http_get(AGENT_PORT, "/metrics").unwrap_or_default();
     let cpu_s = cpu_seconds(child.id())? - cpu_before;
@@ -343,6 +396,7 @@ fn with_agent<T>(bin: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, AgentR
     Ok((
         result?,
         AgentRun {
+            kernel,
             cpu_s,
             drops: metric_sum(&metrics, "api_observer_capture_dropped_total"),
             requests_seen: metric_sum(&metrics, "api_observer_http_requests_total"),
@@ -426,6 +480,33 @@ fn overhead(
         100.0 * cpu / seconds as f64
     );
     println!("  requests reported per run (median): {seen:.0}; drops over all runs: {drops}");
+    if seen > 0.0 {
+        // Exchanges reported: one per request per traced end (both ends on loopback).
+        println!(
+            "  agent CPU per reported exchange:  {:.2} us",
+            cpu * 1e6 / seen
+        );
+    }
+    // Kernel time of the last round, per program.
+    if let Some(last) = runs.last().filter(|r| !r.kernel.is_empty()) {
+        let total: u64 = last.kernel.iter().map(|k| k.1).sum();
+        println!(
+            "  kernel programs (last round): {:.0} ms in all, {:.2} us per reported exchange",
+            total as f64 / 1e6,
+            if last.requests_seen > 0 {
+                total as f64 / 1e3 / last.requests_seen as f64
+            } else {
+                0.0
+            }
+        );
+        for (name, ns, runs) in last.kernel.iter().take(12) {
+            println!(
+                "    {name:<24} {runs:>10} runs {:>8.0} ns/run {:>8.1} ms",
+                *ns as f64 / *runs as f64,
+                *ns as f64 / 1e6
+            );
+        }
+    }
     Ok(())
 }
 
@@ -439,6 +520,21 @@ mod tests {
             .filter(|c| selected(case, c.name))
             .map(|c| c.name)
             .collect()
+    }
+
+    #[test]
+    fn kernel_time_is_the_difference_busiest_first() {
+        let before = [("a".to_string(), (100, 10)), ("b".to_string(), (0, 0))].into();
+        let after = [
+            ("a".to_string(), (400, 40)),
+            ("b".to_string(), (900, 3)),
+            ("c".to_string(), (5, 0)),
+        ]
+        .into();
+        assert_eq!(
+            kernel_time(&before, &after),
+            [("b".to_string(), 900, 3), ("a".to_string(), 300, 30)]
+        );
     }
 
     #[test]
