@@ -328,7 +328,7 @@ fn kernel_time(
             (runs > 0).then(|| (name.clone(), ns.saturating_sub(ns0), runs))
         })
         .collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|k| std::cmp::Reverse(k.1));
     v
 }
 
