@@ -118,7 +118,13 @@ pub struct ConnTable {
     ignore_processes: Vec<String>,
     /// Container/pod lookup (none in unit tests).
     workloads: Option<WorkloadResolver>,
+    /// Process names by pid, from the kernel's socket records (`/proc` is read only for
+    /// a pid none of them named): one shared name per process, no file read per event.
+    comms: HashMap<u32, Arc<str>>,
 }
+
+/// Most process names remembered; the cache starts over when full.
+const MAX_COMMS: usize = 4096;
 
 impl ConnTable {
     pub fn new(
@@ -139,7 +145,29 @@ impl ConnTable {
             stats: ConnStats::default(),
             ignore_processes: Vec::new(),
             workloads: None,
+            comms: HashMap::new(),
         }
+    }
+
+    /// The shared name of process `pid`: `named` when a kernel record named it, else
+    /// what is known, else `/proc/<pid>/comm` (read once per process).
+    fn comm(&mut self, pid: u32, named: Option<&str>) -> Arc<str> {
+        if let Some(known) = self.comms.get(&pid) {
+            if named.is_none_or(|n| **known == *n) {
+                return Arc::clone(known);
+            }
+        }
+        let comm: Arc<str> = match named {
+            Some(n) => Arc::from(n),
+            None => std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| Arc::from(c.trim_end()))
+                .unwrap_or_else(|_| Arc::from("")),
+        };
+        if self.comms.len() >= MAX_COMMS {
+            self.comms.clear();
+        }
+        self.comms.insert(pid, Arc::clone(&comm));
+        comm
     }
 
     /// Attribute connections to their container and pod.
@@ -162,7 +190,8 @@ impl ConnTable {
 
     /// A connection that existed before the agent started.
     pub fn seed(&mut self, s: &ExistingSocket, now_ns: u64) {
-        let mut conn = Connection::new(Some(s.role), Arc::from(s.comm.as_str()), true, now_ns);
+        let comm = self.comm(s.pid, Some(&s.comm));
+        let mut conn = Connection::new(Some(s.role), comm, true, now_ns);
         conn.opened_ns = Some(0);
         conn.local = Some(s.local);
         conn.remote = Some(s.remote);
@@ -185,9 +214,11 @@ impl ConnTable {
                     pid: info.pid,
                     fd: info.fd,
                 };
-                let conn = self.conns.entry(key).or_insert_with(|| {
-                    Connection::new(info.role, Arc::from(info.comm.as_str()), true, info.ts_ns)
-                });
+                let comm = self.comm(info.pid, Some(&info.comm));
+                let conn = self
+                    .conns
+                    .entry(key)
+                    .or_insert_with(|| Connection::new(info.role, comm, true, info.ts_ns));
                 conn.local = info.local.or(conn.local);
                 conn.remote = info.remote.or(conn.remote);
                 if conn.role.is_none() {
@@ -226,7 +257,8 @@ impl ConnTable {
             pid: info.pid,
             fd: info.fd,
         };
-        let mut conn = Connection::new(info.role, Arc::from(info.comm.as_str()), false, info.ts_ns);
+        let comm = self.comm(info.pid, Some(&info.comm));
+        let mut conn = Connection::new(info.role, comm, false, info.ts_ns);
         conn.opened_ns = Some(info.ts_ns);
         conn.remote = info.remote;
         if let Some(old) = self.conns.remove(&key) {
@@ -291,9 +323,7 @@ impl ConnTable {
     fn data(&mut self, key: ConnKey, tls: bool, chunk: Chunk<'_>, out: &mut ConnOutput) {
         if !self.conns.contains_key(&key) {
             // Traced by the kernel but unknown here (seeded socket we lost, or evicted).
-            let comm = std::fs::read_to_string(format!("/proc/{}/comm", key.pid))
-                .map(|c| Arc::from(c.trim_end()))
-                .unwrap_or_else(|_| Arc::from(""));
+            let comm = self.comm(key.pid, None);
             self.insert(key, Connection::new(None, comm, true, chunk.ts_ns), out);
         }
         let Some(conn) = self.conns.get_mut(&key) else {
@@ -986,6 +1016,24 @@ mod tests {
             "{out:?}"
         );
         assert!(out.issues.is_empty(), "{:?}", out.issues);
+    }
+
+    #[test]
+    fn unknown_sockets_take_the_process_name_the_kernel_gave() {
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(41, Some(Role::Server), None, None)),
+            &mut out,
+        );
+        // fd 42 of the same process was never seen opening: its name is not read from
+        // /proc (where pid 100 is some other process, or none), it is the one known
+        data(&mut t, 42, 1, Direction::Ingress, REQ, &mut out);
+        data(&mut t, 42, 2, Direction::Egress, RESP, &mut out);
+        assert_eq!(out.exchanges.len(), 1, "{out:?}");
+        assert_eq!(&*out.exchanges[0].comm, "srv");
+        // one shared name for the process
+        assert_eq!(t.comms.len(), 1);
     }
 
     #[test]
