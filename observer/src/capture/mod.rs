@@ -200,13 +200,18 @@ impl Capture {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// Make the kernel trace sockets that existed before start.
-    pub fn seed(&mut self, sockets: &[ExistingSocket]) -> anyhow::Result<usize> {
-        let mut map: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
+    /// The kernel's map of followed sockets.
+    fn sockets_map(&mut self) -> anyhow::Result<HashMap<&mut MapData, SocketKey, SocketState>> {
+        Ok(HashMap::try_from(
             self.ebpf
                 .map_mut("SOCKETS")
                 .context("SOCKETS map missing")?,
-        )?;
+        )?)
+    }
+
+    /// Make the kernel trace sockets that existed before start.
+    pub fn seed(&mut self, sockets: &[ExistingSocket]) -> anyhow::Result<usize> {
+        let mut map = self.sockets_map()?;
         let mut n = 0;
         for s in sockets {
             let state = SocketState {
@@ -232,11 +237,7 @@ impl Capture {
     /// of each, where `opened_ns` tells the socket from a later one on the same fd (a
     /// socket already closed, or replaced, is left alone). Returns how many were marked.
     pub fn unfollow(&mut self, sockets: &[(u32, u32, u64)]) -> anyhow::Result<usize> {
-        let mut map: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
-            self.ebpf
-                .map_mut("SOCKETS")
-                .context("SOCKETS map missing")?,
-        )?;
+        let mut map = self.sockets_map()?;
         let mut n = 0;
         for &(pid, fd, opened_ns) in sockets {
             let key = SocketKey { pid, fd };

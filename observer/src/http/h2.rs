@@ -395,7 +395,7 @@ impl Name {
 }
 
 /// One field kept from a header block.
-type Kept = (Name, Option<Vec<u8>>);
+type Kept = (Name, Option<String>);
 
 impl Http2Parser {
     /// A connection seen from its start: the client preface comes first.
@@ -825,7 +825,7 @@ impl Http2Parser {
                     None => Name::Unknown,
                 };
                 let value = if name.keeps_value() {
-                    field.value.map(<[u8]>::to_vec)
+                    field.value.map(|v| String::from_utf8_lossy(v).into_owned())
                 } else {
                     None
                 };
@@ -849,7 +849,7 @@ impl Http2Parser {
         }
         if block.kind == HEADERS {
             match side {
-                Side::Client => self.request_block(&block, &fields, ts_ns, out),
+                Side::Client => self.request_block(&block, &mut fields, ts_ns, out),
                 Side::Server => self.response_block(&block, &fields, ts_ns, out),
             }
             if block.end_stream {
@@ -890,7 +890,7 @@ impl Http2Parser {
     fn request_block(
         &mut self,
         block: &Block,
-        fields: &[Kept],
+        fields: &mut [Kept],
         ts_ns: u64,
         out: &mut ParserOutput,
     ) {
@@ -907,23 +907,19 @@ impl Http2Parser {
         let mut headers: Vec<Header> = Vec::new();
         let mut cookie: Option<String> = None;
         let mut unknown_pseudo = false;
-        for (name, value) in fields {
-            let text = || {
-                value
-                    .as_deref()
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            };
+        for (name, value) in fields.iter_mut() {
+            // Each kept value moves into the request once, without another copy.
             match name {
                 Name::Unknown => unknown_pseudo |= method.is_none() || path.is_none(),
-                Name::Method => method = text(),
-                Name::Path => path = text(),
-                Name::Authority => authority = text(),
+                Name::Method => method = value.take(),
+                Name::Path => path = value.take(),
+                Name::Authority => authority = value.take(),
                 Name::ContentType => {
                     grpc = value
                         .as_deref()
-                        .is_some_and(|v| v.starts_with(b"application/grpc"));
+                        .is_some_and(|v| v.starts_with("application/grpc"));
                     if self.allowlist.allows("content-type") {
-                        headers.extend(text().map(|value| Header {
+                        headers.extend(value.take().map(|value| Header {
                             name: "content-type".into(),
                             value,
                         }));
@@ -932,7 +928,7 @@ impl Http2Parser {
                 // Cookies may be split into several fields (RFC 9113 §8.2.3): joined
                 // back into one header, as HTTP/1 sends it.
                 Name::Cookie if self.allowlist.allows("cookie") => {
-                    if let Some(v) = text() {
+                    if let Some(v) = value.take() {
                         match &mut cookie {
                             Some(c) => {
                                 c.push_str("; ");
@@ -943,7 +939,7 @@ impl Http2Parser {
                     }
                 }
                 Name::Kept(name) if headers.len() < self.limits.max_headers => {
-                    headers.extend(text().map(|value| Header {
+                    headers.extend(value.take().map(|value| Header {
                         name: name.clone(),
                         value,
                     }));
@@ -1003,12 +999,7 @@ impl Http2Parser {
             return;
         };
         let mut status = None;
-        let number = |value: &Option<Vec<u8>>| {
-            value
-                .as_deref()
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.parse::<u16>().ok())
-        };
+        let number = |value: &Option<String>| value.as_deref().and_then(|v| v.parse::<u16>().ok());
         for (name, value) in fields {
             match name {
                 Name::Status => status = number(value),
