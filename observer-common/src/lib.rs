@@ -118,17 +118,29 @@ pub struct DataEvent {
     pub len: u64,
     /// Payload bytes that follow this header (`<= len`, `<= MAX_CAPTURE`).
     pub captured: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// `DATA_FLAG_*` bits.
+    pub flags: u32,
+    /// With `DATA_FLAG_OFFSETS`: bytes this socket had moved in this record's direction
+    /// (and source) before this call, counted by the kernel whether or not their records
+    /// reached the agent. A record whose offset is past what the agent has seen shows a
+    /// loss, exactly where it happened.
+    pub offset: u64,
+    /// With `DATA_FLAG_OFFSETS`: bytes the socket had moved in the other direction (same
+    /// source) when this call happened. A response written before a request had been
+    /// read cannot answer it.
+    pub peer_offset: u64,
 }
+
+/// `DataEvent::offset` and `peer_offset` are set (the socket is in the tracked map).
+pub const DATA_FLAG_OFFSETS: u32 = 1;
 
 /// Size of the Data record header in bytes.
 pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataEvent>();
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<SocketEvent>() == 88);
-const _: () = assert!(core::mem::size_of::<SocketState>() == 16);
-const _: () = assert!(DATA_HEADER_LEN == 48);
+const _: () = assert!(core::mem::size_of::<SocketState>() == 48);
+const _: () = assert!(DATA_HEADER_LEN == 64);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 
 /// Indexes of the per-CPU drop counters (`DROPS` map).
@@ -177,6 +189,15 @@ pub struct SocketState {
     /// record; 0 for sockets found at start): tells this socket from a later one that
     /// reuses its fd.
     pub opened_ns: u64,
+    /// Bytes moved so far, indexed by [`offset_index`]: per source (syscall or TLS
+    /// plaintext) and direction. Stamped on each data record (`DataEvent::offset`).
+    pub offsets: [u64; 4],
+}
+
+/// Index into `SocketState::offsets` of a source (`SOURCE_*`) and direction (`DIR_*`).
+#[inline(always)]
+pub const fn offset_index(source: u32, direction: u32) -> usize {
+    ((source & 1) * 2 + (direction & 1)) as usize
 }
 
 /// The kernel has already reported this socket's addresses.

@@ -367,16 +367,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     Ok(totals) => pipeline.capture_metrics.update_kernel_drops(totals),
                     Err(e) => tracing::debug!("reading kernel drop counters: {e:#}"),
                 }
-                let before = pipeline.conns.stats.evicted;
                 pipeline.conns.sweep(monotonic_ns(), IDLE_CONNECTION, &mut pipeline.out);
                 pipeline.conns.clock = Clock::system();
-                let evicted = pipeline.conns.stats.evicted - before;
-                if evicted > 0 {
-                    pipeline.capture_metrics.dropped.with_label_values(&["connection_evicted"]).inc_by(evicted);
-                }
                 pipeline.capture_metrics.connections.set(pipeline.conns.len() as i64);
-                let not_parsed = pipeline.conns.stats.unknown_protocol;
-                pipeline.capture_metrics.not_parsed.inc_by(not_parsed.saturating_sub(pipeline.capture_metrics.not_parsed.get()));
+                pipeline.capture_metrics.update_conns(&pipeline.conns.stats);
                 pipeline.flush();
             }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }

@@ -323,6 +323,7 @@ mod tests {
             response_body_bytes: None,
             grpc: None,
             workload: Default::default(),
+            lost_before: 0,
         };
         let p = PrivacyConfig {
             ignore_processes: vec!["payroll".into()],

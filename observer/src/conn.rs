@@ -14,7 +14,7 @@ use crate::{
     clock::Clock,
     exchange::{split_target, Exchange, Role, UNKNOWN_ADDR},
     http::{
-        self, h2, Detection, HeaderAllowlist, ParseIssue, ParsedExchange, ParserLimits,
+        self, h2, Detection, HeaderAllowlist, Offsets, ParseIssue, ParsedExchange, ParserLimits,
         ParserOutput, Segment, Side, StreamParser,
     },
     route::RouteTemplate,
@@ -32,10 +32,19 @@ struct ConnKey {
     fd: u32,
 }
 
+/// A segment held while the protocol is not known yet.
+struct Held {
+    side: Side,
+    ts_ns: u64,
+    data: Vec<u8>,
+    len: u64,
+    at: Option<Offsets>,
+}
+
 enum Stage {
     /// Waiting for the client's first bytes.
     Detecting {
-        pending: Vec<(Side, u64, Vec<u8>, u64)>,
+        pending: Vec<Held>,
         buffered: usize,
         tries_left: u32,
     },
@@ -57,6 +66,33 @@ struct Connection {
     tls: bool,
     stage: Stage,
     last_ns: u64,
+    /// The stream offset each direction's next record should start at (ingress, egress),
+    /// for the source in use; `None` until known. A record that starts later shows a loss.
+    next: [Option<u64>; 2],
+    /// Lost exchanges of this connection: `proven` by the parser (a request whose answer
+    /// was lost, an answer to a request never seen), `estimated` from the client bytes
+    /// lost at the connection's mean request size (exchanges lost whole, neither end of
+    /// them seen, are found only so), and how many were `attributed` to reported ones.
+    lost: LostExchanges,
+    /// Client bytes and exchanges seen, for the mean request size.
+    client_bytes: u64,
+    exchanges: u64,
+}
+
+#[derive(Default)]
+struct LostExchanges {
+    proven: u64,
+    estimated: u64,
+    attributed: u64,
+}
+
+impl LostExchanges {
+    /// Lost exchanges not attributed yet.
+    fn take(&mut self) -> u64 {
+        let n = self.proven.max(self.estimated) - self.attributed;
+        self.attributed += n;
+        n
+    }
 }
 
 impl Connection {
@@ -75,17 +111,39 @@ impl Connection {
                 tries_left: if midstream { MIDSTREAM_TRIES } else { 1 },
             },
             last_ns: now_ns,
+            next: [None; 2],
+            lost: LostExchanges::default(),
+            client_bytes: 0,
+            exchanges: 0,
         }
+    }
+
+    /// Expect every byte from the start: the kernel counts this socket's bytes from
+    /// when it began to follow it, as this connection did.
+    fn counted_from_start(mut self) -> Self {
+        self.next = [Some(0); 2];
+        self
     }
 }
 
 /// Counters the table keeps for metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ConnStats {
-    /// Connections dropped because the table was full or they went idle.
+    /// Connections dropped because the table was full.
     pub evicted: u64,
+    /// Connections forgotten after going idle (their close was lost): not a loss.
+    pub swept: u64,
     /// Connections whose protocol is not one we parse.
     pub unknown_protocol: u64,
+    /// Gaps in followed connections: records that never reached the agent.
+    pub losses: u64,
+    /// Bytes in those gaps.
+    pub lost_bytes: u64,
+    /// Exchanges that happened but were not reported whole because of a gap.
+    pub lost_exchanges: u64,
+    /// Records that started before what was already seen (two calls on one socket at
+    /// once): handled as they come, not counted as a loss.
+    pub overlaps: u64,
 }
 
 /// What one event produced.
@@ -191,7 +249,7 @@ impl ConnTable {
     /// A connection that existed before the agent started.
     pub fn seed(&mut self, s: &ExistingSocket, now_ns: u64) {
         let comm = self.comm(s.pid, Some(&s.comm));
-        let mut conn = Connection::new(Some(s.role), comm, true, now_ns);
+        let mut conn = Connection::new(Some(s.role), comm, true, now_ns).counted_from_start();
         conn.opened_ns = Some(0);
         conn.local = Some(s.local);
         conn.remote = Some(s.remote);
@@ -237,12 +295,15 @@ impl ConnTable {
                 direction,
                 tls,
                 len,
+                offsets,
                 payload,
             } => {
                 let chunk = Chunk {
                     ts_ns,
                     direction,
                     len,
+                    offsets,
+                    lost_before: 0,
                     payload,
                 };
                 self.data(ConnKey { pid, fd }, tls, chunk, out)
@@ -258,7 +319,7 @@ impl ConnTable {
             fd: info.fd,
         };
         let comm = self.comm(info.pid, Some(&info.comm));
-        let mut conn = Connection::new(info.role, comm, false, info.ts_ns);
+        let mut conn = Connection::new(info.role, comm, false, info.ts_ns).counted_from_start();
         conn.opened_ns = Some(info.ts_ns);
         conn.remote = info.remote;
         if let Some(old) = self.conns.remove(&key) {
@@ -306,7 +367,7 @@ impl ConnTable {
             .collect();
         for key in stale {
             if let Some(conn) = self.conns.remove(&key) {
-                self.stats.evicted += 1;
+                self.stats.swept += 1;
                 self.finish(key, conn, now_ns, out);
             }
         }
@@ -316,11 +377,13 @@ impl ConnTable {
         if let Stage::Parsing(parser) = &mut conn.stage {
             let produced = &mut self.parsers.scratch;
             parser.finish(ts_ns, produced);
-            emit(&self.clock, key, &conn, produced, out);
+            emit(&self.clock, &mut self.stats, key, &mut conn, produced, out);
         }
+        // Lost after the last exchange reported: counted, attributed to no session.
+        self.stats.lost_exchanges += conn.lost.take();
     }
 
-    fn data(&mut self, key: ConnKey, tls: bool, chunk: Chunk<'_>, out: &mut ConnOutput) {
+    fn data(&mut self, key: ConnKey, tls: bool, mut chunk: Chunk<'_>, out: &mut ConnOutput) {
         if !self.conns.contains_key(&key) {
             // Traced by the kernel but unknown here (seeded socket we lost, or evicted).
             let comm = self.comm(key.pid, None);
@@ -332,16 +395,55 @@ impl ConnTable {
         conn.last_ns = chunk.ts_ns;
         if tls && !conn.tls {
             // Plaintext from a TLS library: the syscall bytes were ciphertext; start over.
+            // The kernel counts plaintext apart, from when it followed the socket.
             conn.tls = true;
             conn.stage = Stage::Detecting {
                 pending: Vec::new(),
                 buffered: 0,
                 tries_left: MIDSTREAM_TRIES,
             };
+            conn.next = match conn.opened_ns {
+                Some(_) => [Some(0); 2],
+                None => [None; 2],
+            };
         }
         if conn.tls != tls {
             // Ciphertext of a connection whose plaintext we see through its TLS library.
             return;
+        }
+        if let Some(at) = chunk.offsets {
+            let d = match chunk.direction {
+                Direction::Ingress => 0,
+                Direction::Egress => 1,
+            };
+            let expected = conn.next[d].unwrap_or(at.own);
+            if at.own > expected && !matches!(conn.stage, Stage::Ignored) {
+                let gap = at.own - expected;
+                chunk.lost_before = gap;
+                self.stats.losses += 1;
+                self.stats.lost_bytes += gap;
+                let client = conn
+                    .role
+                    .is_some_and(|r| side_of(r, chunk.direction) == Side::Client);
+                if client {
+                    // Requests lost whole, at this connection's mean request size.
+                    let mean = (conn.client_bytes / conn.exchanges.max(1)).max(1);
+                    conn.lost.estimated += if conn.exchanges == 0 {
+                        1
+                    } else {
+                        gap.div_ceil(mean)
+                    };
+                }
+            }
+            if conn
+                .role
+                .is_some_and(|r| side_of(r, chunk.direction) == Side::Client)
+            {
+                conn.client_bytes += chunk.len;
+            } else if at.own < expected {
+                self.stats.overlaps += 1;
+            }
+            conn.next[d] = Some(expected.max(at.own + chunk.len));
         }
         self.parsers
             .feed(&mut self.stats, &self.clock, key, conn, chunk, out);
@@ -353,6 +455,9 @@ struct Chunk<'a> {
     ts_ns: u64,
     direction: Direction,
     len: u64,
+    offsets: Option<Offsets>,
+    /// Bytes of this direction lost just before this chunk.
+    lost_before: u64,
     payload: &'a [u8],
 }
 
@@ -388,6 +493,8 @@ impl Parsers {
             ts_ns,
             direction,
             len,
+            offsets,
+            lost_before,
             payload,
         } = chunk;
         if let Stage::Detecting {
@@ -396,6 +503,13 @@ impl Parsers {
             tries_left,
         } = &mut conn.stage
         {
+            if lost_before > 0 {
+                // What was held may not be the stream's start any more: look for a
+                // message start from here, as for a connection joined under way.
+                pending.clear();
+                *buffered = 0;
+                *tries_left = (*tries_left).max(MIDSTREAM_TRIES);
+            }
             // Which side is the client: known from accept/connect, else the side whose
             // first bytes look like a request.
             let candidate_role = match direction {
@@ -424,11 +538,13 @@ impl Parsers {
                         ts_ns,
                         data: payload,
                         len,
+                        at: offsets,
+                        lost_before: 0,
                     },
                     &mut self.scratch,
                 );
                 conn.stage = Stage::Parsing(parser);
-                emit(clock, key, conn, &mut self.scratch, out);
+                emit(clock, stats, key, conn, &mut self.scratch, out);
                 return;
             }
             // The first bytes of the client's stream: this segment alone in the common
@@ -439,7 +555,7 @@ impl Parsers {
             } else {
                 joined = pending
                     .iter()
-                    .flat_map(|(_, _, d, _)| d.iter().copied())
+                    .flat_map(|h| h.data.iter().copied())
                     .chain(payload.iter().copied())
                     .take(DETECT_BYTES)
                     .collect();
@@ -450,7 +566,13 @@ impl Parsers {
                     if *buffered + payload.len() < DETECT_BYTES && payload.len() as u64 == len =>
                 {
                     *buffered += payload.len();
-                    pending.push((side, ts_ns, payload.to_vec(), len));
+                    pending.push(Held {
+                        side,
+                        ts_ns,
+                        data: payload.to_vec(),
+                        len,
+                        at: offsets,
+                    });
                     return;
                 }
                 detection @ (Detection::Http1 | Detection::Http2) => {
@@ -459,13 +581,15 @@ impl Parsers {
                             if conn.role.is_none() {
                                 conn.role = Some(candidate_role);
                             }
-                            for (s, ts, d, l) in pending.drain(..) {
+                            for held in pending.drain(..) {
                                 let segment = Segment {
-                                    ts_ns: ts,
-                                    data: &d,
-                                    len: l,
+                                    ts_ns: held.ts_ns,
+                                    data: &held.data,
+                                    len: held.len,
+                                    at: held.at,
+                                    lost_before: 0,
                                 };
-                                parser.feed(s, segment, &mut self.scratch);
+                                parser.feed(held.side, segment, &mut self.scratch);
                             }
                             conn.stage = Stage::Parsing(parser);
                         }
@@ -496,6 +620,8 @@ impl Parsers {
             ts_ns,
             data: payload,
             len,
+            at: offsets,
+            lost_before,
         };
         parser.feed(side, segment, &mut self.scratch);
         if let Some(upgrade) = self.scratch.h2c.take() {
@@ -511,6 +637,11 @@ impl Parsers {
                 ts_ns,
                 data: &payload[offset..],
                 len: len.saturating_sub(offset as u64),
+                at: offsets.map(|a| Offsets {
+                    own: a.own + offset as u64,
+                    peer: a.peer,
+                }),
+                lost_before: 0,
             };
             if rest.len > 0 {
                 parser.feed(side, rest, &mut self.scratch);
@@ -519,21 +650,30 @@ impl Parsers {
         } else if self.scratch.issues.contains(&ParseIssue::Upgraded) {
             ignore(key, conn, out);
         }
-        emit(clock, key, conn, &mut self.scratch, out);
+        emit(clock, stats, key, conn, &mut self.scratch, out);
     }
 }
 
-/// Move what a parser produced to `out`, turning paired heads into [`Exchange`]s.
+/// Move what a parser produced to `out`, turning paired heads into [`Exchange`]s. Lost
+/// exchanges ride on the connection's next reported one (the same client, as a rule),
+/// so that its session knows what it did not see.
 fn emit(
     clock: &Clock,
+    stats: &mut ConnStats,
     key: ConnKey,
-    conn: &Connection,
+    conn: &mut Connection,
     produced: &mut ParserOutput,
     out: &mut ConnOutput,
 ) {
     out.issues.append(&mut produced.issues);
+    conn.lost.proven += u64::from(std::mem::take(&mut produced.lost_exchanges));
     for parsed in produced.exchanges.drain(..) {
-        out.exchanges.push(exchange(clock, key, conn, parsed));
+        conn.exchanges += 1;
+        let mut ex = exchange(clock, key, conn, parsed);
+        let lost = conn.lost.take();
+        stats.lost_exchanges += lost;
+        ex.lost_before = u32::try_from(lost).unwrap_or(u32::MAX);
+        out.exchanges.push(ex);
     }
 }
 
@@ -570,6 +710,7 @@ fn exchange(clock: &Clock, key: ConnKey, conn: &Connection, p: ParsedExchange) -
         response_body_bytes: p.response_body_bytes,
         grpc: p.grpc,
         workload: Arc::clone(&conn.workload),
+        lost_before: 0,
     }
 }
 
@@ -618,6 +759,7 @@ mod tests {
                 direction,
                 tls: false,
                 len: bytes.len() as u64,
+                offsets: None,
                 payload: bytes,
             },
             out,
@@ -828,6 +970,7 @@ mod tests {
                     direction: dir,
                     tls: true,
                     len: bytes.len() as u64,
+                    offsets: None,
                     payload: bytes,
                 },
                 &mut out,
@@ -1034,6 +1177,59 @@ mod tests {
         assert_eq!(&*out.exchanges[0].comm, "srv");
         // one shared name for the process
         assert_eq!(t.comms.len(), 1);
+    }
+
+    /// Kernel records of one keep-alive connection, stamped with the kernel's byte counts
+    /// as `emit_data` stamps them, some never delivered (a full ring buffer).
+    #[test]
+    fn lost_records_are_found_where_they_happened() {
+        use crate::capture::decode::{decode, tests::data_record_at};
+        use observer_common::{DIR_EGRESS, DIR_INGRESS};
+
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(9, Some(Role::Server), None, Some("10.0.0.9:4000"))),
+            &mut out,
+        );
+        let mut sent = [0u64; 2];
+        let mut ts = 10;
+        let mut call =
+            |t: &mut ConnTable, dir: u32, bytes: &[u8], lost: bool, out: &mut ConnOutput| {
+                let d = dir as usize;
+                let record = data_record_at(dir, bytes, ts, 9, sent[d], sent[1 - d]);
+                sent[d] += bytes.len() as u64;
+                ts += 10;
+                if !lost {
+                    t.on_event(decode(&record).unwrap(), out);
+                }
+            };
+        for i in 0..6u16 {
+            let req = format!("GET /r/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let resp = format!("HTTP/1.1 {} OK\r\nContent-Length: 0\r\n\r\n", 200 + i);
+            // The answer to request 1 and the request 4 itself never reach the agent.
+            call(&mut t, DIR_INGRESS, req.as_bytes(), i == 4, &mut out);
+            call(&mut t, DIR_EGRESS, resp.as_bytes(), i == 1, &mut out);
+        }
+        let seen: Vec<(String, u16, u32)> = out
+            .exchanges
+            .iter()
+            .map(|e| (e.path.clone(), e.status, e.lost_before))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("/r/0".into(), 200, 0),
+                ("/r/2".into(), 202, 1),
+                ("/r/3".into(), 203, 0),
+                ("/r/5".into(), 205, 1),
+            ]
+        );
+        assert_eq!((t.stats.losses, t.stats.lost_exchanges), (2, 2));
+        let lost_bytes = "HTTP/1.1 201 OK\r\nContent-Length: 0\r\n\r\n".len()
+            + "GET /r/4 HTTP/1.1\r\nHost: x\r\n\r\n".len();
+        assert_eq!(t.stats.lost_bytes, lost_bytes as u64);
+        assert!(!out.issues.contains(&ParseIssue::UnpairedResponse));
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct Exchange {
     pub grpc: Option<Grpc>,
     /// Container and pod of the traced process (empty outside containers).
     pub workload: Arc<Workload>,
+    /// Exchanges on the same connection, since the one reported before this, that were
+    /// not seen whole (records lost): counted against this exchange's session.
+    pub lost_before: u32,
 }
 
 impl Exchange {
@@ -312,6 +315,7 @@ mod tests {
             response_body_bytes: None,
             grpc: None,
             workload: Default::default(),
+            lost_before: 0,
         };
         let printed = format!(
             "{ex:?} {}",

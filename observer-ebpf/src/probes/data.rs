@@ -12,8 +12,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use observer_common::{
-    drop_reason, DataEvent, EventKind, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE,
-    SOCKET_FLAG_ADDRESSES_KNOWN, SOCKET_FLAG_IGNORED, SOURCE_SYSCALL,
+    drop_reason, offset_index, DataEvent, EventKind, DATA_FLAG_OFFSETS, DATA_HEADER_LEN,
+    DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, SOCKET_FLAG_ADDRESSES_KNOWN, SOCKET_FLAG_IGNORED,
+    SOURCE_SYSCALL,
 };
 
 use super::{syscall_arg, syscall_ret};
@@ -167,6 +168,30 @@ pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
     } else if call.kind == CALL_IOV {
         captured = copy_iovecs(buf, call, cap);
     }
+    // Stamp the socket's byte counts: this record's place in its stream, and how far the
+    // other direction had got. Counted before the ring buffer is tried, so a record that
+    // does not make it shows as a gap.
+    let (flags, offset, peer_offset) = match tracked(pid, call.fd) {
+        Some(state) => {
+            let own = offset_index(source, call.direction);
+            let peer = offset_index(source, call.direction ^ 1);
+            // SAFETY: map value pointer from a successful lookup. A plain add, not an
+            // atomic one (stable Rust has no atomic read-modify-write for BPF): two
+            // threads writing one socket in the same direction at the same instant
+            // interleave their bytes anyway, so nothing exact is lost.
+            unsafe {
+                let counters = core::ptr::addr_of_mut!((*state).offsets) as *mut u64;
+                let offset = core::ptr::read_volatile(counters.add(own));
+                core::ptr::write_volatile(counters.add(own), offset + len);
+                (
+                    DATA_FLAG_OFFSETS,
+                    offset,
+                    core::ptr::read_volatile(counters.add(peer)),
+                )
+            }
+        }
+        None => (0, 0, 0),
+    };
     let header = DataEvent {
         header: observer_common::EventHeader {
             kind: EventKind::Data as u32,
@@ -180,7 +205,9 @@ pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
         source,
         len,
         captured: captured as u32,
-        _pad: 0,
+        flags,
+        offset,
+        peer_offset,
     };
     // SAFETY: the scratch buffer starts with room for the header.
     unsafe { core::ptr::write_unaligned(buf as *mut DataEvent, header) };

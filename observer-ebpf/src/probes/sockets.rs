@@ -85,6 +85,7 @@ fn track(pid: u32, fd: u32, role: u32, opened_ns: u64) {
         role,
         flags: 0,
         opened_ns,
+        offsets: [0; 4],
     };
     if SOCKETS.insert(SocketKey { pid, fd }, state, 0).is_err() {
         count_drop(drop_reason::SOCKETS_FULL);

@@ -4,11 +4,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use observer_common::{
-    DataEvent, EventHeader, EventKind, SocketEvent, AF_INET, AF_INET6, DATA_HEADER_LEN, DIR_EGRESS,
-    DIR_INGRESS, MAX_CAPTURE, ROLE_CLIENT, ROLE_SERVER, SOURCE_TLS,
+    DataEvent, EventHeader, EventKind, SocketEvent, AF_INET, AF_INET6, DATA_FLAG_OFFSETS,
+    DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, ROLE_CLIENT, ROLE_SERVER, SOURCE_TLS,
 };
 
-use crate::exchange::Role;
+use crate::{exchange::Role, http::Offsets};
 
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +76,9 @@ pub enum Event<'a> {
         direction: Direction,
         tls: bool,
         len: u64,
+        /// Where the call's bytes sit in the socket's streams, when the kernel counted
+        /// them.
+        offsets: Option<Offsets>,
         payload: &'a [u8],
     },
 }
@@ -167,6 +170,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 direction,
                 tls: data.source == SOURCE_TLS,
                 len: data.len,
+                offsets: (data.flags & DATA_FLAG_OFFSETS != 0).then_some(Offsets {
+                    own: data.offset,
+                    peer: data.peer_offset,
+                }),
                 payload: &bytes[DATA_HEADER_LEN..DATA_HEADER_LEN + claimed],
             }
         }
@@ -198,11 +205,55 @@ pub(crate) mod tests {
             source: 0,
             len,
             captured: payload.len() as u32,
-            _pad: 0,
+            ..Default::default()
         };
         let mut bytes = as_bytes(&ev);
         bytes.extend_from_slice(payload);
         bytes
+    }
+
+    /// A data record stamped with the kernel's byte counts.
+    pub(crate) fn data_record_at(
+        dir: u32,
+        payload: &[u8],
+        ts_ns: u64,
+        fd: u32,
+        offset: u64,
+        peer_offset: u64,
+    ) -> Vec<u8> {
+        let ev = DataEvent {
+            header: EventHeader {
+                kind: EventKind::Data as u32,
+                pid: 100,
+                tid: 100,
+                fd,
+                ts_ns,
+            },
+            direction: dir,
+            len: payload.len() as u64,
+            captured: payload.len() as u32,
+            flags: DATA_FLAG_OFFSETS,
+            offset,
+            peer_offset,
+            ..Default::default()
+        };
+        let mut bytes = as_bytes(&ev);
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    #[test]
+    fn offsets_only_when_flagged() {
+        let bytes = data_record_at(DIR_EGRESS, b"HTTP/1.1 200 OK\r\n", 5, 3, 700, 90);
+        let Event::Data { offsets, .. } = decode(&bytes).unwrap() else {
+            panic!("not data")
+        };
+        assert_eq!(offsets, Some(Offsets { own: 700, peer: 90 }));
+        let Event::Data { offsets, .. } = decode(&data_record(DIR_EGRESS, 3, b"abc")).unwrap()
+        else {
+            panic!("not data")
+        };
+        assert_eq!(offsets, None);
     }
 
     #[test]

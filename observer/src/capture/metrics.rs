@@ -5,6 +5,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use observer_common::drop_reason;
 
 use super::decode::{Direction, Event};
+use crate::conn::ConnStats;
 
 pub struct CaptureMetrics {
     pub events: IntCounterVec,
@@ -14,6 +15,15 @@ pub struct CaptureMetrics {
     /// Connections whose protocol is not one the agent parses (followed no further).
     pub not_parsed: IntCounter,
     pub probes: IntGaugeVec,
+    /// Gaps in followed connections (records that never reached the agent), the bytes in
+    /// them, and the exchanges they cost.
+    gaps: IntCounter,
+    lost_bytes: IntCounter,
+    lost_exchanges: IntCounter,
+    /// Connections forgotten after going idle (their close was not seen): not a loss.
+    swept: IntCounter,
+    /// The connection table's counters as last folded in.
+    conn_seen: ConnStats,
     kernel_seen: [u64; drop_reason::COUNT as usize],
     /// Per-record counters resolved once: no label hashing per kernel record.
     per_kind: [IntCounter; 6],
@@ -59,6 +69,25 @@ impl CaptureMetrics {
             ),
             &["attach_point"],
         )?;
+        let gaps = IntCounter::new(
+            "api_observer_capture_gaps_total",
+            "Places where a followed connection's records never reached the agent (the kernel's byte count jumped): the parser skipped the gap and resynchronised.",
+        )?;
+        let lost_bytes = IntCounter::new(
+            "api_observer_capture_lost_bytes_total",
+            "Bytes in those gaps.",
+        )?;
+        let lost_exchanges = IntCounter::new(
+            "api_observer_capture_lost_exchanges_total",
+            "Exchanges that happened but were not reported whole because of a gap (counted against the session of the connection's next exchange).",
+        )?;
+        let swept = IntCounter::new(
+            "api_observer_connections_swept_total",
+            "Connections forgotten after going idle without a close the agent saw.",
+        )?;
+        for c in [&gaps, &lost_bytes, &lost_exchanges, &swept] {
+            registry.register(Box::new(c.clone()))?;
+        }
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(dropped.clone()))?;
@@ -81,6 +110,11 @@ impl CaptureMetrics {
             connections,
             not_parsed,
             probes,
+            gaps,
+            lost_bytes,
+            lost_exchanges,
+            swept,
+            conn_seen: ConnStats::default(),
             kernel_seen: [0; drop_reason::COUNT as usize],
         })
     }
@@ -115,6 +149,24 @@ impl CaptureMetrics {
                 self.kernel_seen[i] = total;
             }
         }
+    }
+
+    /// Fold the connection table's cumulative counters in.
+    pub fn update_conns(&mut self, stats: &ConnStats) {
+        let last = self.conn_seen;
+        let delta = |now: u64, then: u64| now.saturating_sub(then);
+        self.dropped
+            .with_label_values(&["connection_evicted"])
+            .inc_by(delta(stats.evicted, last.evicted));
+        self.not_parsed
+            .inc_by(delta(stats.unknown_protocol, last.unknown_protocol));
+        self.gaps.inc_by(delta(stats.losses, last.losses));
+        self.lost_bytes
+            .inc_by(delta(stats.lost_bytes, last.lost_bytes));
+        self.lost_exchanges
+            .inc_by(delta(stats.lost_exchanges, last.lost_exchanges));
+        self.swept.inc_by(delta(stats.swept, last.swept));
+        self.conn_seen = *stats;
     }
 
     /// Sum of every drop counter (for logs and the benchmark).

@@ -221,6 +221,7 @@ impl Capture {
                 },
                 flags: observer_common::SOCKET_FLAG_ADDRESSES_KNOWN,
                 opened_ns: 0,
+                offsets: [0; 4],
             };
             let key = SocketKey {
                 pid: s.pid,

@@ -92,10 +92,12 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::{
-    Detection, H2cUpgrade, Header, HeaderAllowlist, ParseIssue, ParsedExchange, ParserLimits,
-    ParserOutput, Protocol, RequestHead, Segment, Side, StreamParser,
+    Detection, H2cUpgrade, Header, HeaderAllowlist, Offsets, ParseIssue, ParsedExchange,
+    ParserLimits, ParserOutput, Protocol, RequestHead, Segment, Side, StreamParser,
 };
 
+#[cfg(test)]
+mod loss_tests;
 #[cfg(test)]
 mod proptests;
 
@@ -312,9 +314,24 @@ pub fn detect(first: &[u8]) -> Detection {
 /// Whether a segment begins a new message on this side (used to resynchronise).
 fn starts_message(side: Side, data: &[u8]) -> bool {
     match side {
-        Side::Client => leading_blank(data)
-            .is_some_and(|blank| scan_request_line(&data[blank..]) == LineScan::Complete),
-        Side::Server => RESPONSE_STARTS.iter().any(|s| data.starts_with(s)),
+        // A whole request line, or a segment that ends inside one after a well-known
+        // method and a space (a short read), with an origin-form target if any.
+        Side::Client => leading_blank(data).is_some_and(|blank| {
+            let line = &data[blank..];
+            match scan_request_line(line) {
+                LineScan::Complete | LineScan::Prefix { version: true, .. } => true,
+                LineScan::Prefix { method, target, .. } => {
+                    line.len() > method.len()
+                        && WELL_KNOWN_METHODS.contains(&method)
+                        && target.first().is_none_or(|&b| b == b'/')
+                }
+                LineScan::Invalid => false,
+            }
+        }),
+        // `HTTP/1.x `, or a short read that ends inside it (from `HTTP/` on).
+        Side::Server => RESPONSE_STARTS
+            .iter()
+            .any(|s| data.starts_with(s) || (data.len() >= 5 && s.starts_with(data))),
     }
 }
 
@@ -362,6 +379,8 @@ struct Direction {
     buf: BytesMut,
     /// Time of the segment holding the first byte of the head being parsed.
     head_start_ns: u64,
+    /// The other side's byte count (kernel's) when that segment was sent, if known.
+    head_start_peer: Option<u64>,
 }
 
 /// Result of [`Direction::accumulate`].
@@ -383,6 +402,7 @@ impl Direction {
             state: State::Head,
             buf: BytesMut::new(),
             head_start_ns: 0,
+            head_start_peer: None,
         }
     }
 
@@ -629,6 +649,9 @@ struct Pending {
     seq: u64,
     /// `None`: a request whose head was lost; its response is consumed silently.
     request: Option<RequestInfo>,
+    /// When the kernel counted bytes: `own`, the client's stream offset where the head
+    /// ended; `peer`, the server's when the head was read.
+    stamps: Option<Offsets>,
 }
 
 /// HTTP/1.x parser for one connection.
@@ -647,6 +670,15 @@ pub struct Http1Parser {
     upgraded: bool,
     /// The request a 101 just upgraded to h2c, until `feed` knows where the 101 ended.
     h2c_request: Option<RequestHead>,
+    /// The kernel's offsets of the segment being fed, and where in it the current step
+    /// starts.
+    at: Option<Offsets>,
+    pos: usize,
+    /// The client's stream offset after the last client bytes fed (or lost).
+    seen_client: Option<u64>,
+    /// Client bytes holding request heads were lost, and no request was read since: a
+    /// response with no request waiting answers one of those.
+    unknown_requests: bool,
 }
 
 impl Http1Parser {
@@ -672,6 +704,10 @@ impl Http1Parser {
             client_body_seq: None,
             upgraded: false,
             h2c_request: None,
+            at: None,
+            pos: 0,
+            seen_client: None,
+            unknown_requests: false,
         }
     }
 
@@ -711,7 +747,7 @@ impl Http1Parser {
             Side::Client => {
                 self.client_body_seq = None;
                 if head_lost {
-                    self.push_pending(None, out);
+                    self.push_pending(None, None, out);
                 }
             }
             Side::Server => {
@@ -730,7 +766,12 @@ impl Http1Parser {
         }
     }
 
-    fn push_pending(&mut self, request: Option<RequestInfo>, out: &mut ParserOutput) -> u64 {
+    fn push_pending(
+        &mut self,
+        request: Option<RequestInfo>,
+        stamps: Option<Offsets>,
+        out: &mut ParserOutput,
+    ) -> u64 {
         if self.pending.len() >= self.limits.max_pending.max(1) {
             if let Some(dropped) = self.take_front() {
                 if dropped.request.is_some() {
@@ -740,7 +781,11 @@ impl Http1Parser {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.pending.push_back(Pending { seq, request });
+        self.pending.push_back(Pending {
+            seq,
+            request,
+            stamps,
+        });
         seq
     }
 
@@ -772,6 +817,7 @@ impl Http1Parser {
     fn head(&mut self, side: Side, ts_ns: u64, data: &[u8], out: &mut ParserOutput) -> usize {
         let max = self.limits.max_head_bytes;
         let max_headers = self.limits.max_headers;
+        let peer = self.at.map(|a| a.peer);
         let dir = self.dir_mut(side);
         if dir.buf.is_empty() {
             // Stray line ends between messages are not part of the next head.
@@ -783,6 +829,7 @@ impl Http1Parser {
                 return blank;
             }
             dir.head_start_ns = ts_ns;
+            dir.head_start_peer = peer;
         }
         match side {
             Side::Client => {
@@ -793,7 +840,11 @@ impl Http1Parser {
                 });
                 match step {
                     Step::Done(head, used) => {
-                        self.on_request(head, ts_ns, out);
+                        let stamps = self.at.map(|a| Offsets {
+                            own: a.own + (self.pos + used) as u64,
+                            peer: a.peer,
+                        });
+                        self.on_request(head, ts_ns, stamps, out);
                         used
                     }
                     Step::Partial => data.len(),
@@ -823,7 +874,14 @@ impl Http1Parser {
         }
     }
 
-    fn on_request(&mut self, head: ParsedRequest, ts_ns: u64, out: &mut ParserOutput) {
+    fn on_request(
+        &mut self,
+        head: ParsedRequest,
+        ts_ns: u64,
+        stamps: Option<Offsets>,
+        out: &mut ParserOutput,
+    ) {
+        self.unknown_requests = false;
         let is_connect = head.method == "CONNECT";
         let body_bytes = match head.framing {
             Framing::Length(n) => n,
@@ -839,7 +897,7 @@ impl Http1Parser {
             body_bytes,
             h2c: head.h2c,
         };
-        let seq = self.push_pending(Some(info), out);
+        let seq = self.push_pending(Some(info), stamps, out);
         self.client.state = if is_connect {
             State::Held
         } else {
@@ -865,10 +923,28 @@ impl Http1Parser {
             // Informational (100 Continue, 103 Early Hints): the final response follows.
             return;
         }
-        let request = match self.take_front() {
-            Some(pending) => pending.request,
+        // The kernel's count of client bytes when this response began to be written: it
+        // cannot answer a request whose head ended after that.
+        let written_after = self.server.head_start_peer;
+        let request = match self.pending.front() {
+            Some(Pending {
+                stamps: Some(stamps),
+                ..
+            }) if written_after.is_some_and(|p| p < stamps.own) => {
+                // It answers a request that was lost before the oldest one waiting.
+                out.lost_exchanges += 1;
+                None
+            }
+            Some(_) => self.take_front().and_then(|p| p.request),
             None => {
-                out.issues.push(ParseIssue::UnpairedResponse);
+                let unseen =
+                    matches!((written_after, self.seen_client), (Some(p), Some(c)) if p > c);
+                if self.unknown_requests || unseen {
+                    // The answer to a request whose bytes were lost.
+                    out.lost_exchanges += 1;
+                } else {
+                    out.issues.push(ParseIssue::UnpairedResponse);
+                }
                 None
             }
         };
@@ -1051,6 +1127,91 @@ impl Http1Parser {
     }
 }
 
+impl Http1Parser {
+    /// `gap` bytes that `side` sent were lost before its next segment, which starts at
+    /// the stream offset `resume_at` (when the kernel counted it). A gap inside a body
+    /// only shortens the body. A gap where heads were expected resynchronises the side,
+    /// and the pairing stays right by the kernel's counts rather than by position:
+    /// * server bytes lost: every waiting request read before the lost bytes ended may have
+    ///   been answered in them, so it is dropped (a lost exchange); requests read after
+    ///   stay, for the responses to come;
+    /// * client bytes lost: responses that answer the lost requests are recognised when
+    ///   they come (written before the oldest waiting request was read, or with none
+    ///   waiting) and counted as lost instead of being paired.
+    fn lost(&mut self, side: Side, mut gap: u64, resume_at: Option<u64>, out: &mut ParserOutput) {
+        while gap > 0 {
+            let dir = self.dir_mut(side);
+            match dir.state {
+                State::Length(left) => {
+                    if gap < left {
+                        dir.state = State::Length(left - gap);
+                        return;
+                    }
+                    gap -= left;
+                    self.message_done(side);
+                }
+                State::ChunkData(left) => {
+                    if gap < left {
+                        dir.state = State::ChunkData(left - gap);
+                        return;
+                    }
+                    gap -= left;
+                    dir.state = State::ChunkEnd { seen_cr: false };
+                }
+                State::UntilClose | State::Held => return,
+                State::Head
+                | State::ChunkSize
+                | State::ChunkEnd { .. }
+                | State::Trailers
+                | State::Desync => break,
+            }
+        }
+        if gap == 0 {
+            return;
+        }
+        if self.dir(side).state != State::Desync {
+            self.lose_sync(side, ParseIssue::Lost, false, out);
+        }
+        match side {
+            Side::Client => self.unknown_requests = true,
+            Side::Server => match resume_at {
+                Some(end) => {
+                    while let Some(front) = self.pending.front() {
+                        if front.stamps.is_some_and(|s| s.peer >= end) {
+                            break;
+                        }
+                        if self.take_front().is_some_and(|p| p.request.is_some()) {
+                            out.lost_exchanges += 1;
+                        }
+                    }
+                }
+                None => {
+                    // Without the kernel's counts, the oldest request is the likeliest answered.
+                    if self.take_front().is_some_and(|p| p.request.is_some()) {
+                        out.lost_exchanges += 1;
+                    }
+                }
+            },
+        }
+    }
+}
+
+impl Http1Parser {
+    /// The server side resumes at stream offset `at` after skipping bytes: a waiting
+    /// request read before the server had written `at` bytes was answered (as a rule, one
+    /// request at a time) by a response that began in what was skipped.
+    fn resync_server(&mut self, at: u64, out: &mut ParserOutput) {
+        while let Some(front) = self.pending.front() {
+            if front.stamps.is_none_or(|s| s.peer >= at) {
+                break;
+            }
+            if self.take_front().is_some_and(|p| p.request.is_some()) {
+                out.lost_exchanges += 1;
+            }
+        }
+    }
+}
+
 impl StreamParser for Http1Parser {
     fn protocol(&self) -> Protocol {
         Protocol::Http1
@@ -1059,6 +1220,13 @@ impl StreamParser for Http1Parser {
     fn feed(&mut self, side: Side, segment: Segment<'_>, out: &mut ParserOutput) {
         if self.upgraded {
             return;
+        }
+        self.at = segment.at;
+        if segment.lost_before > 0 {
+            self.lost(side, segment.lost_before, segment.at.map(|a| a.own), out);
+        }
+        if let (Side::Client, Some(at)) = (side, segment.at) {
+            self.seen_client = Some(at.own + segment.len);
         }
         let data = segment.data;
         let gap = segment.len.saturating_sub(data.len() as u64);
@@ -1069,9 +1237,13 @@ impl StreamParser for Http1Parser {
             }
             dir.state = State::Head;
             dir.reset_buf();
+            if let (Side::Server, Some(at)) = (side, segment.at) {
+                self.resync_server(at.own, out);
+            }
         }
         let mut pos = 0;
         while pos < data.len() && !self.upgraded {
+            self.pos = pos;
             let rest = &data[pos..];
             let used = match self.dir(side).state {
                 State::Head => self.head(side, segment.ts_ns, rest, out),
@@ -1119,6 +1291,8 @@ impl StreamParser for Http1Parser {
         self.client_body_seq = None;
         self.upgraded = false;
         self.h2c_request = None;
+        self.seen_client = None;
+        self.unknown_requests = false;
     }
 }
 
@@ -1147,7 +1321,16 @@ mod tests {
         len: u64,
     ) -> ParserOutput {
         let mut out = ParserOutput::default();
-        p.feed(side, Segment { ts_ns, data, len }, &mut out);
+        p.feed(
+            side,
+            Segment {
+                ts_ns,
+                data,
+                len,
+                ..Default::default()
+            },
+            &mut out,
+        );
         out
     }
 
@@ -2651,6 +2834,7 @@ mod tests {
                         ts_ns: i,
                         data: &data,
                         len,
+                        ..Default::default()
                     },
                     &mut out,
                 );

@@ -1103,6 +1103,12 @@ impl StreamParser for Http2Parser {
     }
 
     fn feed(&mut self, side: Side, segment: Segment<'_>, out: &mut ParserOutput) {
+        if segment.lost_before > 0 {
+            // Lost records: inside a frame's payload they only shorten it; over a frame
+            // head the side resyncs at a segment of whole frames, with the header table
+            // marked unknown (the lost bytes may have held insertions).
+            self.skip_gap(side, segment.lost_before, out);
+        }
         let data = segment.data;
         let gap = segment.len.saturating_sub(data.len() as u64);
         let dir = self.dir_mut(side);
@@ -1229,6 +1235,7 @@ pub(crate) mod tests {
                 ts_ns,
                 data,
                 len: data.len() as u64,
+                ..Default::default()
             },
             out,
         );
@@ -1575,6 +1582,7 @@ pub(crate) mod tests {
                 ts_ns: 2,
                 data: &server[..cut],
                 len: server.len() as u64,
+                ..Default::default()
             },
             &mut out,
         );
@@ -1591,6 +1599,7 @@ pub(crate) mod tests {
                 ts_ns: 3,
                 data: &lost[..5],
                 len: (lost.len() + 20) as u64,
+                ..Default::default()
             },
             &mut out,
         );
@@ -1628,6 +1637,7 @@ pub(crate) mod tests {
                 ts_ns: 2,
                 data: &server[..head_len + FRAME_HEAD],
                 len: server.len() as u64,
+                ..Default::default()
             },
             &mut out,
         );

@@ -33,7 +33,7 @@ impl Side {
 }
 
 /// The bytes of one read or write on a connection.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Segment<'a> {
     /// Monotonic time of the call, nanoseconds.
     pub ts_ns: u64,
@@ -42,6 +42,22 @@ pub struct Segment<'a> {
     /// How many bytes the call transferred (`>= data.len()`); the bytes after `data` were
     /// not captured and are a gap the parser must skip or resynchronise after.
     pub len: u64,
+    /// Where the call sat in the connection's streams, when the kernel counted it.
+    pub at: Option<Offsets>,
+    /// Bytes this side sent before `data` that were never seen (their records were
+    /// lost): the parser skips them as a gap before this segment.
+    pub lost_before: u64,
+}
+
+/// A call's place in its connection, as the kernel counted bytes per socket, direction
+/// and source (syscall bytes or TLS plaintext).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offsets {
+    /// Bytes moved in the call's direction before it: the stream offset of its first byte.
+    pub own: u64,
+    /// Bytes moved in the other direction when the call happened. A response written
+    /// before a request was read cannot answer it.
+    pub peer: u64,
 }
 
 /// Protocols a connection can be detected as.
@@ -226,10 +242,13 @@ pub enum ParseIssue {
     StreamReset,
     /// An HTTP/2 stream ended by GOAWAY without a response.
     GoAway,
+    /// Records of the connection never reached the agent (ring buffer full): the parser
+    /// skipped the bytes and resynchronised.
+    Lost,
 }
 
 impl ParseIssue {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Malformed,
         Self::Truncated,
         Self::HeadTooLarge,
@@ -243,6 +262,7 @@ impl ParseIssue {
         Self::HeaderListTooLarge,
         Self::StreamReset,
         Self::GoAway,
+        Self::Lost,
     ];
 
     /// Label value for metrics.
@@ -261,6 +281,7 @@ impl ParseIssue {
             Self::HeaderListTooLarge => "header_list_too_large",
             Self::StreamReset => "h2_stream_reset",
             Self::GoAway => "h2_goaway",
+            Self::Lost => "capture_loss",
         }
     }
 }
@@ -272,6 +293,9 @@ pub struct ParserOutput {
     pub issues: Vec<ParseIssue>,
     /// Set by the HTTP/1 parser when the connection switched to HTTP/2 (`Upgrade: h2c`).
     pub h2c: Option<H2cUpgrade>,
+    /// Exchanges that happened but could not be reported whole because bytes of them were
+    /// lost (a request whose response was lost, a response to a request never seen).
+    pub lost_exchanges: u32,
 }
 
 /// Limits every parser enforces.

@@ -9,6 +9,9 @@
 //!   credentials in query strings).
 //! - `api_observer_session_tier_usage_ratio{session,tier}`: use against the access tier
 //!   (the larger of rate and daily quota ratios) of the K largest consumers only.
+//! - `api_observer_session_capture_completeness{session}`: share of exchanges seen whole
+//!   of the K least completely captured sessions (those that lost any), and
+//!   `api_observer_sessions_incomplete`: how many sessions lost any.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -26,6 +29,9 @@ pub struct SessionMetrics {
     evictions: IntCounter,
     findings: IntGaugeVec,
     tier_usage: GaugeVec,
+    completeness: GaugeVec,
+    incomplete: prometheus::IntGauge,
+    exported_completeness: HashSet<String>,
     top_k: usize,
     exported: HashSet<String>,
     exported_usage: HashSet<(String, String)>,
@@ -74,6 +80,19 @@ impl SessionMetrics {
             ),
             &["session", "tier"],
         )?;
+        let completeness = GaugeVec::new(
+            Opts::new(
+                "api_observer_session_capture_completeness",
+                "Share of a session's exchanges seen whole (records lost make it less than 1), for the least complete sessions.",
+            ),
+            &["session"],
+        )?;
+        let incomplete = prometheus::IntGauge::new(
+            "api_observer_sessions_incomplete",
+            "Sessions with exchanges that were not seen whole (records lost).",
+        )?;
+        registry.register(Box::new(completeness.clone()))?;
+        registry.register(Box::new(incomplete.clone()))?;
         registry.register(Box::new(findings.clone()))?;
         registry.register(Box::new(tier_usage.clone()))?;
         for f in FindingKind::ALL {
@@ -98,6 +117,9 @@ impl SessionMetrics {
             evictions,
             findings,
             tier_usage,
+            completeness,
+            incomplete,
+            exported_completeness: HashSet::new(),
             top_k,
             exported: HashSet::new(),
             exported_usage: HashSet::new(),
@@ -125,6 +147,16 @@ impl SessionMetrics {
             self.tier_usage.with_label_values(&[id, tier]).set(*ratio);
         }
         self.exported_usage = now;
+        let (least, n) = table.least_complete(self.top_k);
+        self.incomplete.set(n as i64);
+        let now: HashSet<String> = least.iter().map(|(id, _)| id.clone()).collect();
+        for stale in self.exported_completeness.difference(&now) {
+            let _ = self.completeness.remove_label_values(&[stale]);
+        }
+        for (id, share) in &least {
+            self.completeness.with_label_values(&[id]).set(*share);
+        }
+        self.exported_completeness = now;
         let counts = table.state_counts();
         for st in HealthState::ALL {
             for d in Direction::ALL {

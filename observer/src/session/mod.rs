@@ -580,6 +580,7 @@ impl SessionTable {
         } else {
             s.plaintext_requests += 1;
         }
+        s.lost_exchanges += u64::from(ex.lost_before);
 
         // Credentials.
         if let Some(p) = primary {

@@ -168,6 +168,10 @@ pub(crate) struct Session {
     pub workloads: Vec<Arc<crate::workload::Workload>>,
     pub tls_requests: u64,
     pub plaintext_requests: u64,
+    /// Exchanges of this session's connections that happened but were not seen whole
+    /// (their records were lost): `requests / (requests + lost_exchanges)` is how
+    /// completely the session was captured.
+    pub lost_exchanges: u64,
     pub jwt: Option<Box<JwtClaims>>,
     pub jwt_error: Option<JwtError>,
     pub window: Ring<Counts>,
@@ -207,6 +211,16 @@ pub(crate) struct Limits {
 }
 
 impl Session {
+    /// Share of the session's exchanges seen whole.
+    pub fn capture_completeness(&self) -> f64 {
+        let all = self.requests + self.lost_exchanges;
+        if all == 0 {
+            1.0
+        } else {
+            self.requests as f64 / all as f64
+        }
+    }
+
     pub(crate) fn new(
         id: Arc<str>,
         direction: Direction,
@@ -238,6 +252,7 @@ impl Session {
             workloads: Vec::new(),
             tls_requests: 0,
             plaintext_requests: 0,
+            lost_exchanges: 0,
             jwt: None,
             jwt_error: None,
             window: Ring::new(limits.window, SESSION_BUCKETS),

@@ -573,3 +573,31 @@ fn table_can_be_shared_between_tasks() {
     send_sync::<SessionTable>();
     send_sync::<metrics::SessionMetrics>();
 }
+
+#[test]
+fn capture_completeness_counts_what_was_lost() {
+    let mut t = table();
+    for i in 0..8 {
+        let mut ex = ExchangeBuilder::new()
+            .bearer("lossy-token-aaaaaaaaaa")
+            .at(f64::from(i))
+            .build();
+        // Two exchanges of this session's connection were lost along the way.
+        ex.lost_before = u32::from(i == 3 || i == 6);
+        t.observe(&ex, ex.started_at);
+    }
+    obs(
+        &mut t,
+        ExchangeBuilder::new()
+            .bearer("whole-token-bbbbbbbbbb")
+            .at(1.0),
+    );
+    let mut l = credential_sessions(&t, &ListQuery::default());
+    l.sort_by(|a, b| a.capture_completeness.total_cmp(&b.capture_completeness));
+    assert_eq!((l[0].requests, l[0].lost_exchanges), (8, 2));
+    assert!((l[0].capture_completeness - 0.8).abs() < 1e-9);
+    assert_eq!((l[1].lost_exchanges, l[1].capture_completeness), (0, 1.0));
+    let (least, n) = t.least_complete(5);
+    assert_eq!(n, 1);
+    assert_eq!(least, vec![(l[0].id.clone(), l[0].capture_completeness)]);
+}

@@ -51,6 +51,7 @@ impl ExchangeBuilder {
             response_body_bytes: Some(100),
             grpc: None,
             workload: Default::default(),
+            lost_before: 0,
         })
     }
 

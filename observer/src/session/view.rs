@@ -70,6 +70,11 @@ pub struct SessionSummary {
     pub networks: usize,
     pub agents: usize,
     pub frozen: bool,
+    /// Share of the session's exchanges seen whole (1 when no record was lost); the
+    /// evidence its verdict rests on.
+    pub capture_completeness: f64,
+    /// Exchanges that happened on its connections but were not seen whole.
+    pub lost_exchanges: u64,
     /// Use against the credential's access tier, when tiers are configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumption: Option<Consumption>,
@@ -215,6 +220,8 @@ impl SessionTable {
             networks: s.networks.map.len(),
             agents: s.agents.map.len(),
             frozen: s.frozen,
+            capture_completeness: s.capture_completeness(),
+            lost_exchanges: s.lost_exchanges,
             consumption: s.consumption(&self.tiers, &self.scoring, self.now),
         }
     }
@@ -267,6 +274,20 @@ impl SessionTable {
             .take(k)
             .map(|s| (s.id.to_string(), s.score))
             .collect()
+    }
+
+    /// The `k` sessions captured least completely (records of theirs were lost), as
+    /// (id, share of exchanges seen whole), and how many sessions lost any.
+    pub fn least_complete(&self, k: usize) -> (Vec<(String, f64)>, usize) {
+        let mut v: Vec<(String, f64)> = self
+            .listed()
+            .filter(|s| s.lost_exchanges > 0)
+            .map(|s| (s.id.to_string(), s.capture_completeness()))
+            .collect();
+        let n = v.len();
+        v.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        v.truncate(k);
+        (v, n)
     }
 
     /// The `k` consumers closest to (or over) their tier's limits: (id, tier, ratio).

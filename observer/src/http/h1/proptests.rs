@@ -453,6 +453,7 @@ fn run(
                 ts_ns: ts,
                 data: &stream.bytes[captured],
                 len: range.len() as u64,
+                ..Default::default()
             },
             &mut out,
         );
@@ -494,6 +495,7 @@ proptest! {
                     ts_ns: ts as u64,
                     data: &seg.data,
                     len: seg.data.len() as u64 + seg.gap,
+                    ..Default::default()
                 },
                 &mut out,
             );

@@ -115,7 +115,7 @@ proptest! {
             ts += 1;
             p.feed(
                 s.side,
-                Segment { ts_ns: ts, data: &s.data, len: s.data.len() as u64 + s.gap },
+                Segment { ts_ns: ts, data: &s.data, len: s.data.len() as u64 + s.gap, ..Default::default() },
                 &mut out,
             );
             prop_assert!(p.streams.len() <= MAX_STREAMS);
@@ -391,8 +391,8 @@ proptest! {
         // Whole: all requests, then all responses.
         let mut p = Http2Parser::new(ParserLimits::default(), Arc::new(HeaderAllowlist::default()));
         let mut out = ParserOutput::default();
-        p.feed(Side::Client, Segment { ts_ns: 1, data: &client, len: client.len() as u64 }, &mut out);
-        p.feed(Side::Server, Segment { ts_ns: 2, data: &server, len: server.len() as u64 }, &mut out);
+        p.feed(Side::Client, Segment { ts_ns: 1, data: &client, len: client.len() as u64, ..Default::default() }, &mut out);
+        p.feed(Side::Server, Segment { ts_ns: 2, data: &server, len: server.len() as u64, ..Default::default() }, &mut out);
         prop_assert!(out.issues.is_empty(), "{:?}", out.issues);
         prop_assert_eq!(seen(&out), want.clone());
         prop_assert!(p.streams.is_empty());
@@ -401,10 +401,10 @@ proptest! {
         let mut p = Http2Parser::new(ParserLimits::default(), Arc::new(HeaderAllowlist::default()));
         let mut out = ParserOutput::default();
         for (i, seg) in cut(&client, &client_cuts).iter().enumerate() {
-            p.feed(Side::Client, Segment { ts_ns: i as u64, data: seg, len: seg.len() as u64 }, &mut out);
+            p.feed(Side::Client, Segment { ts_ns: i as u64, data: seg, len: seg.len() as u64, ..Default::default() }, &mut out);
         }
         for (i, seg) in cut(&server, &server_cuts).iter().enumerate() {
-            p.feed(Side::Server, Segment { ts_ns: 100 + i as u64, data: seg, len: seg.len() as u64 }, &mut out);
+            p.feed(Side::Server, Segment { ts_ns: 100 + i as u64, data: seg, len: seg.len() as u64, ..Default::default() }, &mut out);
         }
         prop_assert!(out.issues.is_empty(), "{:?}", out.issues);
         prop_assert_eq!(seen(&out), want);
