@@ -14,14 +14,18 @@ use observer_common::{
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// TCP sockets worth tracing, by (pid, fd). LRU so that sockets whose close we never saw
-/// (for example fds inherited across exec) cannot fill it.
+/// TCP sockets worth tracing, by (pid, fd); sized by the agent from
+/// `capture.max_connections`. Not LRU: a socket is never dropped silently. When it is full
+/// a new socket is not followed and `SOCKETS_FULL` counts it; sockets whose close was
+/// never seen (their process exited) are removed by the agent's sweep.
 #[map]
-pub static SOCKETS: LruHashMap<SocketKey, SocketState> = LruHashMap::with_max_entries(65536, 0);
+pub static SOCKETS: HashMap<SocketKey, SocketState> = HashMap::with_max_entries(65536, 0);
 
 /// Calls in flight, by thread id: what `sys_enter_*` saw, for `sys_exit_*` to finish.
+/// Not LRU either: a full table is counted (`INFLIGHT_FULL`), and a thread's entry goes
+/// when the thread exits (`thread_exit`).
 #[map]
-pub static INFLIGHT: LruHashMap<u32, Call> = LruHashMap::with_max_entries(16384, 0);
+pub static INFLIGHT: HashMap<u32, Call> = HashMap::with_max_entries(16384, 0);
 
 /// TLS state of each thread that has called a TLS library: the call in flight, the
 /// socket it last read, and a library object waiting for its socket. Threads that never

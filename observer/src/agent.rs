@@ -280,6 +280,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         out: ConnOutput::default(),
         execs: Vec::new(),
     };
+    let sweep_task = match capture.sockets_map_id() {
+        Ok(id) => Some(tokio::spawn(sweep_loop(
+            id,
+            Duration::from_secs(config.capture.sweep_interval_secs),
+            pipeline.capture_metrics.kernel_sockets.clone(),
+            pipeline.capture_metrics.kernel_sockets_swept.clone(),
+        ))),
+        Err(e) => {
+            tracing::warn!("closed sockets will not be swept from the kernel's table: {e:#}");
+            None
+        }
+    };
     let scoring_task = tokio::spawn(scoring_loop(
         Clock::system(),
         Arc::clone(&state),
@@ -395,6 +407,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(control_socket);
     scoring_task.abort();
+    if let Some(t) = sweep_task {
+        t.abort();
+    }
     drop(ring);
     drop(capture);
     tracing::info!(
@@ -503,6 +518,33 @@ async fn scoring_loop(
             if let Some(a) = &mut alerts {
                 a.write(change);
             }
+        }
+    }
+}
+
+/// Sweep the kernel's socket table now and then, on a blocking thread: sockets closed
+/// without a `close` the hooks saw (their process exited) would otherwise fill it.
+async fn sweep_loop(
+    map_id: u32,
+    every: Duration,
+    entries: prometheus::IntGauge,
+    swept: prometheus::IntCounter,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match tokio::task::spawn_blocking(move || crate::capture::sweep_sockets(map_id)).await {
+            Ok(Ok(s)) => {
+                entries.set((s.entries - s.removed) as i64);
+                swept.inc_by(s.removed as u64);
+                tracing::debug!(
+                    "kernel socket table: {} entries, {} closed ones removed",
+                    s.entries,
+                    s.removed
+                );
+            }
+            Ok(Err(e)) => tracing::debug!("sweeping the kernel socket table: {e:#}"),
+            Err(e) => tracing::debug!("socket sweep task: {e}"),
         }
     }
 }

@@ -66,6 +66,10 @@ impl Default for Config {
     }
 }
 
+/// Most connections `capture.max_connections` may ask for: the kernel's socket table is
+/// sized from it (about 100 bytes of kernel memory per entry).
+pub const MAX_CONNECTIONS: usize = 4 * 1024 * 1024;
+
 /// `[capture]`: what the kernel side copies and how much the agent holds.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -78,6 +82,8 @@ pub struct CaptureConfig {
     pub max_connections: usize,
     /// Extra request headers to keep besides the built-in allowlist.
     pub extra_headers: Vec<String>,
+    /// Seconds between sweeps of the kernel's socket table for sockets closed unseen.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for CaptureConfig {
@@ -87,6 +93,7 @@ impl Default for CaptureConfig {
             ring_buffer_bytes: 16 * 1024 * 1024,
             max_connections: 65536,
             extra_headers: Vec::new(),
+            sweep_interval_secs: 60,
         }
     }
 }
@@ -203,10 +210,16 @@ impl Config {
                 why: format!("{} is not a power of two >= 4096", c.ring_buffer_bytes),
             });
         }
-        if c.max_connections == 0 {
+        if c.sweep_interval_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "capture.sweep_interval_secs".into(),
+                why: "must be at least 1".into(),
+            });
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&c.max_connections) {
             return Err(ConfigError::Invalid {
                 key: "capture.max_connections".into(),
-                why: "must be at least 1".into(),
+                why: format!("{} is outside 1..={MAX_CONNECTIONS}", c.max_connections),
             });
         }
         if let Some(bad) = c

@@ -82,3 +82,53 @@ fn a_connection_not_parsed_stops_producing_records() {
         after - before
     );
 }
+
+/// A process that exits closes its sockets without `close()`: the kernel's socket table
+/// keeps their entries until the agent's sweep finds them gone.
+#[test]
+fn sockets_closed_by_exit_are_swept_from_the_kernel_table() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = scratch_dir("sweep");
+    let config = dir.join("observer.toml");
+    std::fs::write(&config, "[capture]\nsweep_interval_secs = 1\n").unwrap();
+    let agent = Agent::start(&["--config", config.to_str().unwrap()]).unwrap();
+    let swept = || {
+        agent
+            .metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("api_observer_kernel_sockets_swept_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = swept();
+    // Ten clients connect to a server that stays, and exit without closing.
+    let script = r#"
+import os, socket, subprocess, sys, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(16)
+port = srv.getsockname()[1]
+code = "import os, socket; s = socket.create_connection(('127.0.0.1', %d)); s.sendall(b'x'); os._exit(0)" % port
+for _ in range(10):
+    subprocess.run([sys.executable, "-c", code], check=True)
+kept = [srv.accept()[0] for _ in range(10)]
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+    let mut p = Proc::spawn(
+        "exiting clients",
+        Command::new("python3").args(["-c", script]),
+    )
+    .unwrap();
+    let mut lines = BufReader::new(p.child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    let got = wait_for(std::time::Duration::from_secs(15), || {
+        (swept() - before >= 10.0).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "{} entries swept, 10 expected:\n{}",
+        swept() - before,
+        agent.metrics()
+    );
+}

@@ -24,7 +24,8 @@ use observer_common::{
 use super::data::emit_data;
 use crate::maps::{
     bind_tls, count_drop, current, is_agent, mark_tls, tls_wanted, tracked, wakeup_flags, Call,
-    TlsCall, TlsThread, CALL_BUF, DIR_HANDSHAKE, EVENTS, GO_READS, NO_FD, TLS_SOCKETS, TLS_THREADS,
+    TlsCall, TlsThread, CALL_BUF, DIR_HANDSHAKE, EVENTS, GO_READS, INFLIGHT, NO_FD, TLS_SOCKETS,
+    TLS_THREADS,
 };
 
 fn ssl_enter(ctx: &ProbeContext, direction: u32, ex: bool) {
@@ -272,6 +273,15 @@ pub fn go_tls_read_return(ctx: ProbeContext) -> u32 {
     if n > 0 {
         emit_plaintext(pid, tid, call.fd, DIR_INGRESS, call.buf, n as u64);
     }
+    0
+}
+
+/// A thread exited: its call in flight and TLS state can never finish.
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn thread_exit(_ctx: TracePointContext) -> u32 {
+    let (_, tid) = current();
+    let _ = INFLIGHT.remove(tid);
+    let _ = TLS_THREADS.remove(tid);
     0
 }
 

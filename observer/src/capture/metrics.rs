@@ -22,6 +22,9 @@ pub struct CaptureMetrics {
     lost_exchanges: IntCounter,
     /// Connections forgotten after going idle (their close was not seen): not a loss.
     swept: IntCounter,
+    /// Entries in the kernel's socket table, and those swept from it (closed unseen).
+    pub kernel_sockets: IntGauge,
+    pub kernel_sockets_swept: IntCounter,
     /// The connection table's counters as last folded in.
     conn_seen: ConnStats,
     kernel_seen: [u64; drop_reason::COUNT as usize],
@@ -85,7 +88,22 @@ impl CaptureMetrics {
             "api_observer_connections_swept_total",
             "Connections forgotten after going idle without a close the agent saw.",
         )?;
-        for c in [&gaps, &lost_bytes, &lost_exchanges, &swept] {
+        let kernel_sockets = IntGauge::new(
+            "api_observer_kernel_sockets",
+            "Sockets in the kernel's table at the last sweep (at most capture.max_connections; beyond it new sockets are not followed and counted as dropped, reason sockets_full).",
+        )?;
+        let kernel_sockets_swept = IntCounter::new(
+            "api_observer_kernel_sockets_swept_total",
+            "Entries removed from the kernel's socket table because their socket was closed unseen (process exit, dup2, exec).",
+        )?;
+        registry.register(Box::new(kernel_sockets.clone()))?;
+        for c in [
+            &gaps,
+            &lost_bytes,
+            &lost_exchanges,
+            &swept,
+            &kernel_sockets_swept,
+        ] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(events.clone()))?;
@@ -114,6 +132,8 @@ impl CaptureMetrics {
             lost_bytes,
             lost_exchanges,
             swept,
+            kernel_sockets,
+            kernel_sockets_swept,
             conn_seen: ConnStats::default(),
             kernel_seen: [0; drop_reason::COUNT as usize],
         })

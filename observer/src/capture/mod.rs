@@ -76,6 +76,7 @@ pub const PROBES: &[ProbeSpec] = &[
     probe("exit_sendfile", "syscalls", "sys_exit_sendfile64", false),
     probe("tcp_rcv_space_adjust", "tcp", "tcp_rcv_space_adjust", false),
     probe("process_exec", "sched", "sched_process_exec", false),
+    probe("thread_exit", "sched", "sched_process_exit", false),
 ];
 
 /// How attaching one probe went.
@@ -132,8 +133,14 @@ impl Capture {
         }
         let tracefs = TracefsGuard::ensure()?;
         raise_memlock();
+        // The kernel's tables follow the configured limits: a socket per followed
+        // connection, a call in flight per thread busy on one.
+        let sockets = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", settings.ring_buffer_bytes)
+            .map_max_entries("SOCKETS", sockets)
+            .map_max_entries("TLS_SOCKETS", sockets)
+            .map_max_entries("INFLIGHT", (sockets / 4).clamp(1024, 65536))
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow::anyhow!(privilege_hint(&e)))
             .context("loading the eBPF object")?;
@@ -257,6 +264,15 @@ impl Capture {
         Ok(n)
     }
 
+    /// Id of the kernel's socket map, for [`sweep_sockets`] on another thread.
+    pub fn sockets_map_id(&self) -> anyhow::Result<u32> {
+        let map = self.ebpf.map("SOCKETS").context("SOCKETS map missing")?;
+        let aya::maps::Map::HashMap(data) = map else {
+            bail!("SOCKETS is not a hash map");
+        };
+        Ok(data.info()?.id())
+    }
+
     /// Kernel-side drop counters summed over CPUs, by `drop_reason` index.
     pub fn kernel_drops(&self) -> anyhow::Result<[u64; drop_reason::COUNT as usize]> {
         let map: PerCpuArray<_, u64> =
@@ -266,6 +282,55 @@ impl Capture {
             *slot = map.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// What a sweep of the kernel's socket map found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SocketSweep {
+    /// Entries in the map.
+    pub entries: usize,
+    /// Entries removed: their process exited, or the fd is no longer a socket (closed
+    /// without a `close` the kernel hooks saw: process exit, `dup2`, exec).
+    pub removed: usize,
+}
+
+/// Remove the entries of sockets that are gone from the kernel's socket map (by id, so
+/// that it runs on a blocking thread, off the draining task). Not a loss: the sockets
+/// are closed.
+pub fn sweep_sockets(map_id: u32) -> anyhow::Result<SocketSweep> {
+    let data = MapData::from_id(map_id).context("opening the SOCKETS map")?;
+    let mut map: HashMap<MapData, SocketKey, SocketState> =
+        HashMap::try_from(aya::maps::Map::HashMap(data))?;
+    let entries: Vec<(SocketKey, SocketState)> = map.iter().filter_map(Result::ok).collect();
+    let mut sweep = SocketSweep {
+        entries: entries.len(),
+        removed: 0,
+    };
+    for (key, state) in entries {
+        if socket_open(key.pid, key.fd) {
+            continue;
+        }
+        // Only the socket looked at: not a new one that took its fd meanwhile.
+        let same = map
+            .get(&key, 0)
+            .is_ok_and(|now| now.opened_ns == state.opened_ns);
+        if same && map.remove(&key).is_ok() {
+            sweep.removed += 1;
+        }
+    }
+    Ok(sweep)
+}
+
+/// Whether fd `fd` of process `pid` is (still) a socket. Unknown (no permission) counts
+/// as open.
+fn socket_open(pid: u32, fd: u32) -> bool {
+    match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+        Ok(target) => target
+            .as_os_str()
+            .as_encoded_bytes()
+            .starts_with(b"socket:"),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
     }
 }
 
@@ -282,4 +347,22 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
         .attach(spec.category, spec.name)
         .context("attaching")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd as _;
+
+    use super::socket_open;
+
+    #[test]
+    fn only_open_sockets_count_as_open() {
+        let me = std::process::id();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(socket_open(me, listener.as_raw_fd() as u32));
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(!socket_open(me, file.as_raw_fd() as u32));
+        // A process that does not exist.
+        assert!(!socket_open(u32::MAX - 1, 3));
+    }
 }
