@@ -209,6 +209,23 @@ pub const SOCKET_FLAG_TLS: u32 = 2;
 /// classified the connection): its bytes are no longer copied.
 pub const SOCKET_FLAG_IGNORED: u32 = 4;
 
+/// Value of the `ORDERS` map, written by the agent only (the kernel never writes it, so
+/// the agent never races the kernel's byte counts in `SocketState`). Looked up only for
+/// calls larger than the capture size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketOrders {
+    /// The socket these orders are for (`SocketState::opened_ns`): a later socket on the
+    /// same fd ignores them.
+    pub opened_ns: u64,
+    /// Per [`offset_index`]: bytes up to this stream offset are a body the agent has
+    /// delimited (Content-Length, chunk size): a call that lies wholly before it is
+    /// counted in the offsets but not copied, and sends no record.
+    pub skip_until: [u64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<SocketOrders>() == 40);
+
 /// Go `crypto/tls`: where the socket's fd sits, from a `*tls.Conn`. These layouts have
 /// been the same from Go 1.12 to today (the OBI/Beyla project tracks them per release):
 /// `tls.Conn.conn` is the first field (an interface: itab, then data pointer), the data
@@ -277,6 +294,7 @@ mod pod {
     // SAFETY: all are `repr(C)` plain integers and arrays with explicit padding.
     unsafe impl aya::Pod for SocketKey {}
     unsafe impl aya::Pod for SocketState {}
+    unsafe impl aya::Pod for SocketOrders {}
     unsafe impl aya::Pod for CaptureConfig {}
     unsafe impl aya::Pod for SslKey {}
 }

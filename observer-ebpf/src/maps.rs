@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_common::{
-    drop_reason, CaptureConfig, SocketKey, SocketState, SslKey, DATA_HEADER_LEN, DIR_INGRESS,
-    MAX_CAPTURE, SOCKET_FLAG_TLS,
+    drop_reason, CaptureConfig, SocketKey, SocketOrders, SocketState, SslKey, DATA_HEADER_LEN,
+    DIR_INGRESS, MAX_CAPTURE, SOCKET_FLAG_TLS,
 };
 
 /// Records for the agent. The agent may resize it before loading.
@@ -20,6 +20,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 /// never seen (their process exited) are removed by the agent's sweep.
 #[map]
 pub static SOCKETS: HashMap<SocketKey, SocketState> = HashMap::with_max_entries(65536, 0);
+
+/// What the agent wants done with a socket's bytes (`SocketOrders`), read by the data
+/// hooks when `SOCKET_FLAG_ORDERS` is set. Removed with the socket.
+#[map]
+pub static ORDERS: HashMap<SocketKey, SocketOrders> = HashMap::with_max_entries(65536, 0);
 
 /// Calls in flight, by thread id: what `sys_enter_*` saw, for `sys_exit_*` to finish.
 /// Not LRU either: a full table is counted (`INFLIGHT_FULL`), and a thread's entry goes

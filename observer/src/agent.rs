@@ -62,6 +62,17 @@ impl Pipeline {
         n
     }
 
+    /// Tell the kernel to count long bodies ahead without copying them.
+    fn order_skips(&mut self, capture: &mut crate::capture::Capture) {
+        if self.out.skips.is_empty() {
+            return;
+        }
+        if let Err(e) = capture.order_skips(&self.out.skips) {
+            tracing::debug!("ordering body skips: {e:#}");
+        }
+        self.out.skips.clear();
+    }
+
     /// Tell the kernel to stop copying the bytes of the connections no longer followed.
     fn unfollow(&mut self, capture: &mut crate::capture::Capture) {
         if self.out.unfollow.is_empty() {
@@ -280,7 +291,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         out: ConnOutput::default(),
         execs: Vec::new(),
     };
-    let sweep_task = match capture.sockets_map_id() {
+    let sweep_task = match capture.sweep_map_ids() {
         Ok(id) => Some(tokio::spawn(sweep_loop(
             id,
             Duration::from_secs(config.capture.sweep_interval_secs),
@@ -356,10 +367,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     guard.clear_ready();
                 }
                 pipeline.unfollow(&mut capture);
+                pipeline.order_skips(&mut capture);
             }
             _ = drain.tick() => {
                 pipeline.drain(ring.get_mut());
                 pipeline.unfollow(&mut capture);
+                pipeline.order_skips(&mut capture);
                 if let Some(tls) = &mut tls {
                     for pid in pipeline.execs.drain(..) {
                         tls.on_exec(capture.ebpf_mut(), pid);
@@ -525,7 +538,7 @@ async fn scoring_loop(
 /// Sweep the kernel's socket table now and then, on a blocking thread: sockets closed
 /// without a `close` the hooks saw (their process exited) would otherwise fill it.
 async fn sweep_loop(
-    map_id: u32,
+    map_id: (u32, u32),
     every: Duration,
     entries: prometheus::IntGauge,
     swept: prometheus::IntCounter,

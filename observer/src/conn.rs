@@ -6,6 +6,8 @@
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
+use observer_common::{offset_index, DIR_EGRESS, DIR_INGRESS, SOURCE_SYSCALL, SOURCE_TLS};
+
 use crate::{
     capture::{
         decode::{Direction, Event, SocketInfo},
@@ -77,6 +79,9 @@ struct Connection {
     /// Client bytes and exchanges seen, for the mean request size.
     client_bytes: u64,
     exchanges: u64,
+    /// Per direction (ingress, egress): the kernel was asked not to copy bytes before this
+    /// stream offset (a long body), so a gap up to it is not a loss.
+    skip_until: [u64; 2],
 }
 
 #[derive(Default)]
@@ -115,6 +120,7 @@ impl Connection {
             lost: LostExchanges::default(),
             client_bytes: 0,
             exchanges: 0,
+            skip_until: [0; 2],
         }
     }
 
@@ -137,6 +143,8 @@ pub struct ConnStats {
     pub unknown_protocol: u64,
     /// Gaps in followed connections: records that never reached the agent.
     pub losses: u64,
+    /// Body bytes the kernel counted without copying, as asked.
+    pub skipped_bytes: u64,
     /// Bytes in those gaps.
     pub lost_bytes: u64,
     /// Exchanges that happened but were not reported whole because of a gap.
@@ -154,6 +162,21 @@ pub struct ConnOutput {
     /// Sockets no longer followed (not a protocol we parse, a tunnel, or an ignored
     /// process), as `(pid, fd, opened_ns)`: the kernel can stop copying their bytes.
     pub unfollow: Vec<(u32, u32, u64)>,
+    /// Long bodies ahead: the kernel can count them without copying.
+    pub skips: Vec<Skip>,
+}
+
+/// Bytes of one socket the kernel may count without copying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skip {
+    pub pid: u32,
+    pub fd: u32,
+    /// Which socket on that fd (`SocketState::opened_ns`).
+    pub opened_ns: u64,
+    /// `observer_common::offset_index` of the source and direction.
+    pub index: usize,
+    /// Stream offset the body ends at.
+    pub until: u64,
 }
 
 /// Stop following a connection: its later bytes are ignored here, and the kernel is
@@ -406,6 +429,7 @@ impl ConnTable {
                 Some(_) => [Some(0); 2],
                 None => [None; 2],
             };
+            conn.skip_until = [0; 2];
         }
         if conn.tls != tls {
             // Ciphertext of a connection whose plaintext we see through its TLS library.
@@ -416,32 +440,35 @@ impl ConnTable {
                 Direction::Ingress => 0,
                 Direction::Egress => 1,
             };
+            let client = conn
+                .role
+                .is_some_and(|r| side_of(r, chunk.direction) == Side::Client);
             let expected = conn.next[d].unwrap_or(at.own);
             if at.own > expected && !matches!(conn.stage, Stage::Ignored) {
                 let gap = at.own - expected;
                 chunk.lost_before = gap;
-                self.stats.losses += 1;
-                self.stats.lost_bytes += gap;
-                let client = conn
-                    .role
-                    .is_some_and(|r| side_of(r, chunk.direction) == Side::Client);
-                if client {
-                    // Requests lost whole, at this connection's mean request size.
-                    let mean = (conn.client_bytes / conn.exchanges.max(1)).max(1);
-                    conn.lost.estimated += if conn.exchanges == 0 {
-                        1
-                    } else {
-                        gap.div_ceil(mean)
-                    };
+                // What the kernel was asked to count without copying is no loss.
+                let skipped = conn.skip_until[d].saturating_sub(expected).min(gap);
+                self.stats.skipped_bytes += skipped;
+                let lost = gap - skipped;
+                if lost > 0 {
+                    self.stats.losses += 1;
+                    self.stats.lost_bytes += lost;
+                    if client {
+                        // Requests lost whole, at this connection's mean request size.
+                        let mean = (conn.client_bytes / conn.exchanges.max(1)).max(1);
+                        conn.lost.estimated += if conn.exchanges == 0 {
+                            1
+                        } else {
+                            lost.div_ceil(mean)
+                        };
+                    }
                 }
-            }
-            if conn
-                .role
-                .is_some_and(|r| side_of(r, chunk.direction) == Side::Client)
-            {
-                conn.client_bytes += chunk.len;
             } else if at.own < expected {
                 self.stats.overlaps += 1;
+            }
+            if client {
+                conn.client_bytes += chunk.len;
             }
             conn.next[d] = Some(expected.max(at.own + chunk.len));
         }
@@ -667,6 +694,25 @@ fn emit(
 ) {
     out.issues.append(&mut produced.issues);
     conn.lost.proven += u64::from(std::mem::take(&mut produced.lost_exchanges));
+    for (side, until) in produced.skips.drain(..) {
+        let (Some(role), Some(opened_ns)) = (conn.role, conn.opened_ns) else {
+            continue;
+        };
+        // The direction of `side`'s bytes for this end's process.
+        let d = match (role, side) {
+            (Role::Server, Side::Client) | (Role::Client, Side::Server) => DIR_INGRESS,
+            _ => DIR_EGRESS,
+        };
+        let source = if conn.tls { SOURCE_TLS } else { SOURCE_SYSCALL };
+        conn.skip_until[d as usize] = conn.skip_until[d as usize].max(until);
+        out.skips.push(Skip {
+            pid: key.pid,
+            fd: key.fd,
+            opened_ns,
+            index: offset_index(source, d),
+            until,
+        });
+    }
     for parsed in produced.exchanges.drain(..) {
         conn.exchanges += 1;
         let mut ex = exchange(clock, key, conn, parsed);
@@ -1230,6 +1276,63 @@ mod tests {
             + "GET /r/4 HTTP/1.1\r\nHost: x\r\n\r\n".len();
         assert_eq!(t.stats.lost_bytes, lost_bytes as u64);
         assert!(!out.issues.contains(&ParseIssue::UnpairedResponse));
+    }
+
+    /// A long body is ordered skipped; the bytes the kernel then counts without sending
+    /// are not a loss.
+    #[test]
+    fn skipped_bodies_are_ordered_and_not_lost() {
+        use crate::capture::decode::{decode, tests::data_record_at};
+        use observer_common::{DIR_EGRESS, DIR_INGRESS};
+
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        t.on_event(
+            Event::Accept(info(9, Some(Role::Server), None, Some("10.0.0.9:4000"))),
+            &mut out,
+        );
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n";
+        let req = b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n";
+        let feed = |t: &mut ConnTable, dir, bytes: &[u8], own, peer, out: &mut ConnOutput| {
+            t.on_event(
+                decode(&data_record_at(dir, bytes, 5, 9, own, peer)).unwrap(),
+                out,
+            );
+        };
+        feed(&mut t, DIR_INGRESS, req, 0, 0, &mut out);
+        feed(&mut t, DIR_EGRESS, head, 0, req.len() as u64, &mut out);
+        assert_eq!(
+            out.skips,
+            [Skip {
+                pid: PID,
+                fd: 9,
+                opened_ns: 1,
+                index: offset_index(SOURCE_SYSCALL, DIR_EGRESS),
+                until: head.len() as u64 + 200_000,
+            }]
+        );
+        // The whole body was counted by the kernel, never sent; the next exchange follows.
+        let next = req.len() as u64;
+        feed(
+            &mut t,
+            DIR_INGRESS,
+            req,
+            next,
+            head.len() as u64 + 200_000,
+            &mut out,
+        );
+        feed(
+            &mut t,
+            DIR_EGRESS,
+            RESP,
+            head.len() as u64 + 200_000,
+            2 * next,
+            &mut out,
+        );
+        assert_eq!(out.exchanges.len(), 2, "{out:?}");
+        assert_eq!(out.exchanges[0].response_body_bytes, Some(200_000));
+        assert_eq!((t.stats.skipped_bytes, t.stats.losses), (200_000, 0));
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use observer_common::{
-    drop_reason, offset_index, DataEvent, EventKind, DATA_FLAG_OFFSETS, DATA_HEADER_LEN,
+    drop_reason, offset_index, DataEvent, EventKind, SocketKey, DATA_FLAG_OFFSETS, DATA_HEADER_LEN,
     DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, SOCKET_FLAG_ADDRESSES_KNOWN, SOCKET_FLAG_IGNORED,
     SOURCE_SYSCALL,
 };
@@ -20,7 +20,7 @@ use observer_common::{
 use super::{syscall_arg, syscall_ret};
 use crate::maps::{
     config, count_drop, current, tls_socket, tracked, wakeup_flags, Call, CALL_ADDRESSES, CALL_BUF,
-    CALL_IOV, CALL_SENDFILE, EVENTS, INFLIGHT, SCRATCH,
+    CALL_IOV, CALL_SENDFILE, EVENTS, INFLIGHT, ORDERS, SCRATCH,
 };
 
 /// Most iovecs copied from one vectored call.
@@ -133,18 +133,48 @@ fn finish(ctx: &TracePointContext) {
 /// Send a Data record: the header and up to the configured number of bytes of `call`'s
 /// buffer (or iovecs), of which `len` were transferred.
 pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
+    // Stamp the socket's byte counts: this record's place in its stream, and how far the
+    // other direction had got. Counted before the ring buffer is tried, so a record that
+    // does not make it shows as a gap.
+    let (flags, offset, peer_offset, skip_until) = match tracked(pid, call.fd) {
+        Some(state) => {
+            let own = offset_index(source, call.direction);
+            let peer = offset_index(source, call.direction ^ 1);
+            // SAFETY: map value pointer from a successful lookup. A plain add, not an
+            // atomic one (stable Rust has no atomic read-modify-write for BPF): two
+            // threads writing one socket in the same direction at the same instant
+            // interleave their bytes anyway, so nothing exact is lost.
+            unsafe {
+                let counters = core::ptr::addr_of_mut!((*state).offsets) as *mut u64;
+                let offset = core::ptr::read_volatile(counters.add(own));
+                core::ptr::write_volatile(counters.add(own), offset + len);
+                // Only a call larger than what is copied can be worth skipping: small
+                // ones pay no lookup.
+                let skip_until = if len > capture_bytes() {
+                    skip_until(pid, call.fd, (*state).opened_ns, own)
+                } else {
+                    0
+                };
+                (
+                    DATA_FLAG_OFFSETS,
+                    offset,
+                    core::ptr::read_volatile(counters.add(peer)),
+                    skip_until,
+                )
+            }
+        }
+        None => (0, 0, 0, 0),
+    };
+    if offset + len <= skip_until {
+        // All of it is a body the agent has delimited: counted above, not copied.
+        return;
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU map value, used by this program only while it runs.
     let buf = unsafe { (*scratch).buf.as_mut_ptr() };
-    let mut cap = match config() {
-        Some(c) => c.capture_bytes as u64,
-        None => return,
-    };
-    if cap > MAX_CAPTURE as u64 {
-        cap = MAX_CAPTURE as u64;
-    }
+    let mut cap = capture_bytes();
     if cap > len {
         cap = len;
     }
@@ -168,30 +198,6 @@ pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
     } else if call.kind == CALL_IOV {
         captured = copy_iovecs(buf, call, cap);
     }
-    // Stamp the socket's byte counts: this record's place in its stream, and how far the
-    // other direction had got. Counted before the ring buffer is tried, so a record that
-    // does not make it shows as a gap.
-    let (flags, offset, peer_offset) = match tracked(pid, call.fd) {
-        Some(state) => {
-            let own = offset_index(source, call.direction);
-            let peer = offset_index(source, call.direction ^ 1);
-            // SAFETY: map value pointer from a successful lookup. A plain add, not an
-            // atomic one (stable Rust has no atomic read-modify-write for BPF): two
-            // threads writing one socket in the same direction at the same instant
-            // interleave their bytes anyway, so nothing exact is lost.
-            unsafe {
-                let counters = core::ptr::addr_of_mut!((*state).offsets) as *mut u64;
-                let offset = core::ptr::read_volatile(counters.add(own));
-                core::ptr::write_volatile(counters.add(own), offset + len);
-                (
-                    DATA_FLAG_OFFSETS,
-                    offset,
-                    core::ptr::read_volatile(counters.add(peer)),
-                )
-            }
-        }
-        None => (0, 0, 0),
-    };
     let header = DataEvent {
         header: observer_common::EventHeader {
             kind: EventKind::Data as u32,
@@ -219,6 +225,27 @@ pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
     let record = unsafe { core::slice::from_raw_parts(buf as *const u8, size as usize) };
     if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
         count_drop(drop_reason::RINGBUF_FULL);
+    }
+}
+
+/// Bytes copied per call (configured, at most `MAX_CAPTURE`; 0 before configuration).
+#[inline(always)]
+fn capture_bytes() -> u64 {
+    match config() {
+        Some(c) if (c.capture_bytes as u64) < MAX_CAPTURE as u64 => c.capture_bytes as u64,
+        Some(_) => MAX_CAPTURE as u64,
+        None => 0,
+    }
+}
+
+/// Where the body the agent delimited on this socket (in direction/source `index`) ends;
+/// 0 when there is none, or the orders are for an earlier socket on the same fd.
+#[inline(always)]
+fn skip_until(pid: u32, fd: u32, opened_ns: u64, index: usize) -> u64 {
+    // SAFETY: plain lookup, copied out.
+    match unsafe { ORDERS.get(SocketKey { pid, fd }) } {
+        Some(o) if o.opened_ns == opened_ns && index < 4 => o.skip_until[index],
+        _ => 0,
     }
 }
 

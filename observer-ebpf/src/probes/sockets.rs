@@ -13,7 +13,7 @@ use observer_common::{
 use super::{syscall_arg, syscall_ret};
 use crate::maps::{
     config, count_drop, current, is_agent, tracked, wakeup_flags, Call, CALL_ACCEPT, CALL_CONNECT,
-    EVENTS, INFLIGHT, SOCKETS,
+    EVENTS, INFLIGHT, ORDERS, SOCKETS,
 };
 
 const EINPROGRESS: i64 = 115;
@@ -234,6 +234,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     // SAFETY: the value is copied out before it is removed.
     if unsafe { SOCKETS.get(key) }.is_some() {
         let _ = SOCKETS.remove(key);
+        let _ = ORDERS.remove(key);
         emit(EventKind::Close, pid, tid, fd, |_| {});
     }
     0

@@ -19,6 +19,8 @@ pub struct CaptureMetrics {
     /// them, and the exchanges they cost.
     gaps: IntCounter,
     lost_bytes: IntCounter,
+    /// Long body bytes the kernel counted without copying, as the agent asked.
+    skipped_bytes: IntCounter,
     lost_exchanges: IntCounter,
     /// Connections forgotten after going idle (their close was not seen): not a loss.
     swept: IntCounter,
@@ -84,6 +86,10 @@ impl CaptureMetrics {
             "api_observer_capture_lost_exchanges_total",
             "Exchanges that happened but were not reported whole because of a gap (counted against the session of the connection's next exchange).",
         )?;
+        let skipped_bytes = IntCounter::new(
+            "api_observer_capture_skipped_bytes_total",
+            "Body bytes of known length (Content-Length, chunk sizes) the kernel counted without copying them, as the agent asked once it had read the head.",
+        )?;
         let swept = IntCounter::new(
             "api_observer_connections_swept_total",
             "Connections forgotten after going idle without a close the agent saw.",
@@ -100,6 +106,7 @@ impl CaptureMetrics {
         for c in [
             &gaps,
             &lost_bytes,
+            &skipped_bytes,
             &lost_exchanges,
             &swept,
             &kernel_sockets_swept,
@@ -130,6 +137,7 @@ impl CaptureMetrics {
             probes,
             gaps,
             lost_bytes,
+            skipped_bytes,
             lost_exchanges,
             swept,
             kernel_sockets,
@@ -183,6 +191,8 @@ impl CaptureMetrics {
         self.gaps.inc_by(delta(stats.losses, last.losses));
         self.lost_bytes
             .inc_by(delta(stats.lost_bytes, last.lost_bytes));
+        self.skipped_bytes
+            .inc_by(delta(stats.skipped_bytes, last.skipped_bytes));
         self.lost_exchanges
             .inc_by(delta(stats.lost_exchanges, last.lost_exchanges));
         self.swept.inc_by(delta(stats.swept, last.swept));

@@ -14,7 +14,9 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use observer_common::{drop_reason, CaptureConfig as KernelConfig, SocketKey, SocketState};
+use observer_common::{
+    drop_reason, CaptureConfig as KernelConfig, SocketKey, SocketOrders, SocketState,
+};
 
 use crate::{config::CaptureConfig, exchange::Role};
 use procfs::ExistingSocket;
@@ -140,6 +142,7 @@ impl Capture {
             .map_max_entries("EVENTS", settings.ring_buffer_bytes)
             .map_max_entries("SOCKETS", sockets)
             .map_max_entries("TLS_SOCKETS", sockets)
+            .map_max_entries("ORDERS", sockets)
             .map_max_entries("INFLIGHT", (sockets / 4).clamp(1024, 65536))
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow::anyhow!(privilege_hint(&e)))
@@ -264,11 +267,48 @@ impl Capture {
         Ok(n)
     }
 
-    /// Id of the kernel's socket map, for [`sweep_sockets`] on another thread.
-    pub fn sockets_map_id(&self) -> anyhow::Result<u32> {
-        let map = self.ebpf.map("SOCKETS").context("SOCKETS map missing")?;
+    /// Ask the kernel to count long bodies without copying them (see `SocketOrders`).
+    /// Returns how many orders were written.
+    pub fn order_skips(&mut self, skips: &[crate::conn::Skip]) -> anyhow::Result<usize> {
+        let mut map: HashMap<&mut MapData, SocketKey, SocketOrders> =
+            HashMap::try_from(self.ebpf.map_mut("ORDERS").context("ORDERS map missing")?)?;
+        let mut n = 0;
+        for s in skips {
+            let key = SocketKey {
+                pid: s.pid,
+                fd: s.fd,
+            };
+            let mut orders = match map.get(&key, 0) {
+                Ok(o) if o.opened_ns == s.opened_ns => o,
+                _ => SocketOrders {
+                    opened_ns: s.opened_ns,
+                    ..Default::default()
+                },
+            };
+            let Some(slot) = orders.skip_until.get_mut(s.index) else {
+                continue;
+            };
+            *slot = (*slot).max(s.until);
+            if map.insert(key, orders, 0).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Ids of the kernel's socket and orders maps, for [`sweep_sockets`] on another
+    /// thread.
+    pub fn sweep_map_ids(&self) -> anyhow::Result<(u32, u32)> {
+        Ok((self.map_id("SOCKETS")?, self.map_id("ORDERS")?))
+    }
+
+    fn map_id(&self, name: &str) -> anyhow::Result<u32> {
+        let map = self
+            .ebpf
+            .map(name)
+            .with_context(|| format!("{name} map missing"))?;
         let aya::maps::Map::HashMap(data) = map else {
-            bail!("SOCKETS is not a hash map");
+            bail!("{name} is not a hash map");
         };
         Ok(data.info()?.id())
     }
@@ -298,10 +338,22 @@ pub struct SocketSweep {
 /// Remove the entries of sockets that are gone from the kernel's socket map (by id, so
 /// that it runs on a blocking thread, off the draining task). Not a loss: the sockets
 /// are closed.
-pub fn sweep_sockets(map_id: u32) -> anyhow::Result<SocketSweep> {
-    let data = MapData::from_id(map_id).context("opening the SOCKETS map")?;
+pub fn sweep_sockets((sockets_id, orders_id): (u32, u32)) -> anyhow::Result<SocketSweep> {
+    let data = MapData::from_id(sockets_id).context("opening the SOCKETS map")?;
     let mut map: HashMap<MapData, SocketKey, SocketState> =
         HashMap::try_from(aya::maps::Map::HashMap(data))?;
+    // Orders left for sockets that are gone (closed as the order was written).
+    let data = MapData::from_id(orders_id).context("opening the ORDERS map")?;
+    let mut orders: HashMap<MapData, SocketKey, SocketOrders> =
+        HashMap::try_from(aya::maps::Map::HashMap(data))?;
+    let stale: Vec<SocketKey> = orders
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| map.get(k, 0).is_err())
+        .collect();
+    for k in stale {
+        let _ = orders.remove(&k);
+    }
     let entries: Vec<(SocketKey, SocketState)> = map.iter().filter_map(Result::ok).collect();
     let mut sweep = SocketSweep {
         entries: entries.len(),

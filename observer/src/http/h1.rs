@@ -93,7 +93,7 @@ use bytes::BytesMut;
 
 use super::{
     Detection, H2cUpgrade, Header, HeaderAllowlist, Offsets, ParseIssue, ParsedExchange,
-    ParserLimits, ParserOutput, Protocol, RequestHead, Segment, Side, StreamParser,
+    ParserLimits, ParserOutput, Protocol, RequestHead, Segment, Side, StreamParser, SKIP_MIN,
 };
 
 #[cfg(test)]
@@ -861,7 +861,8 @@ impl Http1Parser {
                     .accumulate(data, max, |b| parse_response(b, config, max_headers));
                 match step {
                     Step::Done(head, used) => {
-                        self.on_response(head, ts_ns, out);
+                        let end = self.at.map(|a| a.own + (self.pos + used) as u64);
+                        self.on_response(head, ts_ns, end, out);
                         used
                     }
                     Step::Partial => data.len(),
@@ -903,7 +904,10 @@ impl Http1Parser {
         } else {
             match head.framing {
                 Framing::Unspecified | Framing::Length(0) => State::Head,
-                Framing::Length(n) => State::Length(n),
+                Framing::Length(n) => {
+                    Self::body_ahead(Side::Client, stamps.map(|s| s.own), n, out);
+                    State::Length(n)
+                }
                 Framing::Chunked => {
                     self.client_body_seq = Some(seq);
                     State::ChunkSize
@@ -917,7 +921,21 @@ impl Http1Parser {
         };
     }
 
-    fn on_response(&mut self, head: ResponseHead, ts_ns: u64, out: &mut ParserOutput) {
+    /// A body of `n` bytes starts at stream offset `start` on `side`: a long one is left
+    /// to the kernel to count.
+    fn body_ahead(side: Side, start: Option<u64>, n: u64, out: &mut ParserOutput) {
+        if let Some(start) = start.filter(|_| n >= SKIP_MIN) {
+            out.skips.push((side, start + n));
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        head: ResponseHead,
+        ts_ns: u64,
+        head_end: Option<u64>,
+        out: &mut ParserOutput,
+    ) {
         let status = head.status;
         if (100..200).contains(&status) && status != 101 {
             // Informational (100 Continue, 103 Early Hints): the final response follows.
@@ -1002,6 +1020,9 @@ impl Http1Parser {
         } else if next == State::Desync {
             self.lose_sync(Side::Server, ParseIssue::Malformed, false, out);
         } else {
+            if let State::Length(n) = next {
+                Self::body_ahead(Side::Server, head_end, n, out);
+            }
             self.server.state = next;
         }
     }
@@ -1010,6 +1031,8 @@ impl Http1Parser {
     fn body(&mut self, side: Side, data: &[u8], out: &mut ParserOutput) -> usize {
         let max = self.limits.max_head_bytes;
         let max_headers = self.limits.max_headers;
+        // The stream offset of `data`, for a chunk whose size is learnt here.
+        let here = self.at.map(|a| a.own + self.pos as u64);
         let dir = self.dir_mut(side);
         match dir.state {
             State::Length(left) => {
@@ -1033,6 +1056,7 @@ impl Http1Parser {
             }
             State::ChunkSize => match dir.accumulate(data, max, parse_chunk_line) {
                 Step::Done(size, used) => {
+                    Self::body_ahead(side, here.map(|h| h + used as u64), size, out);
                     dir.state = if size == 0 {
                         State::Trailers
                     } else {

@@ -296,7 +296,13 @@ pub struct ParserOutput {
     /// Exchanges that happened but could not be reported whole because bytes of them were
     /// lost (a request whose response was lost, a response to a request never seen).
     pub lost_exchanges: u32,
+    /// Bodies of known length ahead on a side, as the stream offset where each ends: the
+    /// kernel can count them without copying (only those of at least [`SKIP_MIN`] bytes).
+    pub skips: Vec<(Side, u64)>,
 }
+
+/// Shortest body worth asking the kernel not to copy (one map update per body).
+pub const SKIP_MIN: u64 = 32 * 1024;
 
 /// Limits every parser enforces.
 #[derive(Clone, Debug)]

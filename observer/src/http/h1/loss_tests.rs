@@ -297,3 +297,47 @@ fn random_losses_never_shift_the_pairing() {
         );
     }
 }
+
+/// Long bodies of known length are announced (as the stream offset they end at) so that
+/// the kernel can count them without copying; the bytes it skips come as a gap, which the
+/// body absorbs, and the next exchange pairs as usual.
+#[test]
+fn long_bodies_are_left_to_the_kernel_to_count() {
+    let mut w = Wire::new();
+    let big = response(0, 100_000);
+    let head_len = big.len() - 100_000;
+    w.send(Side::Client, &request(0), false);
+    w.send(Side::Server, &big[..head_len + 1000], false);
+    let server_start = w.sent[1] - (head_len as u64 + 1000);
+    assert_eq!(
+        w.out.skips,
+        [(Side::Server, server_start + big.len() as u64)]
+    );
+    // The kernel counts the rest without sending it; the next answer comes after it.
+    w.send(Side::Server, &big[head_len + 1000..], true);
+    w.send(Side::Client, &request(1), false);
+    w.send(Side::Server, &response(1, 10), false);
+    assert_eq!(w.pairs(), [0, 1].map(pair));
+    assert_eq!(w.out.lost_exchanges, 0);
+    assert!(w.out.issues.is_empty(), "{:?}", w.out.issues);
+
+    // A chunk of known size, and a request body: likewise. Short ones are not worth it.
+    let mut w = Wire::new();
+    let mut post = post(2, 50_000);
+    post.truncate(post.len() - 50_000 + 10);
+    w.send(Side::Client, &post, false);
+    let request_body_end = w.sent[0] - 10 + 50_000;
+    w.send(Side::Client, &[b'y'; 49_990], true);
+    w.send(Side::Server, &chunked_response(2, &[40_000, 7]), false);
+    let chunk_start = w.sent[1] - chunked_response(2, &[40_000, 7]).len() as u64
+        + "HTTP/1.1 202 OK\r\nTransfer-Encoding: chunked\r\n\r\n".len() as u64
+        + "9c40\r\n".len() as u64;
+    assert_eq!(
+        w.out.skips,
+        [
+            (Side::Client, request_body_end),
+            (Side::Server, chunk_start + 40_000)
+        ]
+    );
+    assert_eq!(w.pairs(), [pair(2)]);
+}
