@@ -326,7 +326,10 @@ pub(crate) struct StreamGenerator {
     next_token: usize,
     next_port: u16,
     ts_ns: u64,
-    requests: u64,
+    /// Requests promised to the connections opened so far: a connection is opened only
+    /// with requests left to give it, so each gets all of its own (and a credential used
+    /// in turn has all of its exchanges).
+    committed: u64,
     scratch: Vec<u8>,
 }
 
@@ -379,14 +382,14 @@ impl StreamGenerator {
             next_token: 0,
             next_port: 32_768,
             ts_ns,
-            requests: 0,
+            committed: 0,
             scratch: Vec::new(),
         }
     }
 
     /// Whether every exchange and close has been generated.
     pub(crate) fn done(&self) -> bool {
-        self.requests >= self.spec.exchanges && self.slots.iter().all(Option::is_none)
+        self.committed >= self.spec.exchanges && self.slots.iter().all(Option::is_none)
     }
 
     fn tick(&mut self) -> u64 {
@@ -402,7 +405,7 @@ impl StreamGenerator {
         while answered < max && !self.done() {
             let slot = self.rng.below(self.slots.len() as u64) as usize;
             match self.slots[slot].take() {
-                None if self.requests < self.spec.exchanges => {
+                None if self.committed < self.spec.exchanges => {
                     let live = self.open(slot, out);
                     self.slots[slot] = Some(live);
                 }
@@ -411,7 +414,7 @@ impl StreamGenerator {
                     if let Some(reply) = live.pending.take() {
                         self.response(&mut live, reply, out);
                         answered += 1;
-                    } else if live.left > 0 && self.requests < self.spec.exchanges {
+                    } else if live.left > 0 {
                         live.pending = Some(self.request(&mut live, out));
                     } else {
                         self.close(&live, out);
@@ -489,6 +492,9 @@ impl StreamGenerator {
         };
         out.push(record_bytes(&ev), &[]);
         let (lo, hi) = self.spec.per_connection;
+        let wanted = u64::from(lo) + self.rng.below(u64::from(hi - lo) + 1);
+        let left = wanted.min(self.spec.exchanges - self.committed) as u32;
+        self.committed += u64::from(left);
         Live {
             pid,
             fd,
@@ -497,7 +503,7 @@ impl StreamGenerator {
             server,
             token,
             agent,
-            left: lo + self.rng.below(u64::from(hi - lo) + 1) as u32,
+            left,
             pending: None,
             addresses_sent: false,
         }
@@ -549,7 +555,6 @@ impl StreamGenerator {
     /// Write a request on `live`; returns how it will be answered.
     fn request(&mut self, live: &mut Live, out: &mut Records) -> Reply {
         live.left = live.left.saturating_sub(1);
-        self.requests += 1;
         let r = &mut self.rng;
         let id = 1 + r.below(250_000);
         let ok = |status, body| Reply {
@@ -1192,10 +1197,12 @@ mod tests {
 
     #[test]
     fn one_session_per_credential() {
-        let (replay, _) = replayed(StreamSpec::sessions(500, 3));
-        assert_eq!(replay.exchanges, 1500);
+        let (replay, _) = replayed(StreamSpec::sessions(3000, 3));
+        assert_eq!(replay.exchanges, 9000);
         assert_eq!(replay.issues, 0);
-        assert_eq!(replay.table().len(), 500);
+        let table = replay.table();
+        assert_eq!(table.len(), 3000);
+        assert_eq!(table.counters().sessions_created, 3000);
     }
 
     #[test]
