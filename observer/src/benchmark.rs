@@ -1067,6 +1067,16 @@ pub(crate) fn status_kib(status: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// Slots of a std `HashMap` holding `n` entries: the smallest power of two of which
+/// 7/8 hold `n` (hashbrown's growth rule; 4 or 8 for small maps).
+fn table_slots(n: usize) -> usize {
+    let mut slots = 4;
+    while slots * 7 / 8 < n {
+        slots *= 2;
+    }
+    slots
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -1139,6 +1149,26 @@ fn sessions_bench(n: usize, each: u32, passes: usize) -> anyhow::Result<()> {
         mib(after),
         mib(after.saturating_sub(before)),
         after.saturating_sub(before) as f64 / 1024.0 / live.max(1) as f64
+    );
+    // What holds it: the table keeps each `Session` inline in its hash map's slots (a
+    // power of two of them, at most 7/8 full), the rest is each session's own maps
+    // (networks, agents, routes), rings and shared names.
+    let slots = table_slots(live);
+    let slot_size = std::mem::size_of::<(Arc<str>, crate::session::state::Session)>() + 1;
+    let slot_bytes = (slots * slot_size) as u64;
+    let snapshot_bytes = after.saturating_sub(observed);
+    let rest = after
+        .saturating_sub(before)
+        .saturating_sub(slot_bytes + snapshot_bytes);
+    println!(
+        "  of which (estimate): table slots {:.1} MiB ({slots} x {slot_size} B), published snapshot {:.1} MiB, the rest {:.1} MiB = {:.0} B per session in its own allocations (route {} B, network/agent {} B each, id ring {} B, window ring)",
+        mib(slot_bytes),
+        mib(snapshot_bytes),
+        mib(rest),
+        rest as f64 / live.max(1) as f64,
+        std::mem::size_of::<crate::session::state::RouteStats>(),
+        std::mem::size_of::<crate::session::window::DimStat>(),
+        std::mem::size_of::<crate::session::window::Ring<crate::session::window::Bits>>()
     );
     let t = ms(median(total.clone()));
     let goal = if n <= 10_000 {
@@ -1248,6 +1278,16 @@ mod tests {
         assert_eq!(kinds.first(), Some(&"open"));
         assert_eq!(kinds.last(), Some(&"close"));
         assert!(kinds.contains(&"addresses"));
+    }
+
+    #[test]
+    fn hash_map_slots() {
+        assert_eq!(table_slots(3), 4);
+        assert_eq!(table_slots(7), 8);
+        assert_eq!(table_slots(10_000), 16_384);
+        assert_eq!(table_slots(14_336), 16_384);
+        assert_eq!(table_slots(14_337), 32_768);
+        assert_eq!(table_slots(100_000), 131_072);
     }
 
     #[test]

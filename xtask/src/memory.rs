@@ -122,6 +122,7 @@ pub fn live(bin: &Path, tokens: usize) -> Result<()> {
     let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", agent.pid())).unwrap_or_default();
     let sessions = metric_by_label(&metrics, "api_observer_sessions", "direction");
     let live: u64 = sessions.values().sum();
+    let evicted = crate::bench::metric_sum(&metrics, "api_observer_session_evictions_total");
     drop(agent);
     println!(
         "live agent (nginx under wrk, {CONNECTIONS} connections, {} requests, {} distinct synthetic bearer tokens):",
@@ -129,7 +130,7 @@ pub fn live(bin: &Path, tokens: usize) -> Result<()> {
         sent.min(tokens as u64)
     );
     println!(
-        "  sessions: {live} ({})",
+        "  sessions: {live} ({}); evicted (idle or table full): {evicted}",
         sessions
             .iter()
             .map(|(d, n)| format!("{d} {n}"))
@@ -145,7 +146,13 @@ pub fn live(bin: &Path, tokens: usize) -> Result<()> {
     );
     println!("  largest resident mappings:");
     for (name, bytes) in smaps_by_mapping(&smaps).into_iter().take(6) {
-        println!("    {:>7.1} MiB  {name}", mib(bytes));
+        let note = if name.starts_with("anon_inode:bpf-map") {
+            "  (the kernel's maps, mostly the ring buffer: its data pages are mapped twice, \
+             for reads across the wrap, and counted twice)"
+        } else {
+            ""
+        };
+        println!("    {:>7.1} MiB  {name}{note}", mib(bytes));
     }
     Ok(())
 }
