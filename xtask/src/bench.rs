@@ -234,6 +234,15 @@ pub(crate) struct Throughput {
     pub per_s: f64,
     /// Requests completed in the run.
     pub requests: u64,
+    /// Socket errors and error responses (a run with errors measures something else).
+    pub errors: u64,
+}
+
+/// Sum of the numbers in `text` (`connect 0, read 3, write 0, timeout 1`).
+fn numbers_sum(text: &str) -> u64 {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
 }
 
 /// `Requests/sec:` and `N requests in ...` of wrk's report.
@@ -248,7 +257,21 @@ fn parse_wrk(text: &str) -> Option<Throughput> {
         let (n, rest) = l.trim().split_once(' ')?;
         rest.starts_with("requests in").then(|| n.parse().ok())?
     })?;
-    Some(Throughput { per_s, requests })
+    // "Socket errors: connect 0, read 0, write 0, timeout 0", "Non-2xx or 3xx responses: 7"
+    let errors = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("Socket errors:")
+                .or_else(|| l.strip_prefix("Non-2xx or 3xx responses:"))
+        })
+        .map(numbers_sum)
+        .sum();
+    Some(Throughput {
+        per_s,
+        requests,
+        errors,
+    })
 }
 
 /// wrk for `seconds` over `connections` keep-alive connections; `script` is a Lua file
@@ -286,14 +309,20 @@ fn parse_h2load(text: &str) -> Option<Throughput> {
         .trim()
         .parse()
         .ok()?;
-    let requests = text.lines().find_map(|l| {
-        l.strip_prefix("requests: ")?
-            .split_once(" total")?
-            .0
-            .parse()
-            .ok()
-    })?;
-    Some(Throughput { per_s, requests })
+    // "requests: 266047 total, 266367 started, 266047 done, 266047 succeeded, 0 failed,
+    // 0 errored, 0 timeout"
+    let line = text.lines().find_map(|l| l.strip_prefix("requests: "))?;
+    let field = |name: &str| {
+        line.split(", ")
+            .find_map(|f| f.strip_suffix(name)?.trim().parse::<u64>().ok())
+    };
+    Some(Throughput {
+        per_s,
+        requests: field(" total")?,
+        errors: field(" failed").unwrap_or(0)
+            + field(" errored").unwrap_or(0)
+            + field(" timeout").unwrap_or(0),
+    })
 }
 
 /// HTTP/2 load: `connections` connections with [`H2_STREAMS`] concurrent streams each,
@@ -730,8 +759,9 @@ fn overhead(
         )?;
         let (traced, agent) = with_agent(bin, || load.run(&url, seconds, connections))?;
         println!(
-            "{name} round {round}: without {:.0} req/s, empty probes {:.0} req/s, agent {:.0} req/s; agent cpu {:.2} s, drops {}, requests seen {}, parse issues {}",
-            base.per_s, floor.per_s, traced.per_s, agent.cpu_s, drops_text(&agent.drops), agent.requests_seen, agent.parse_issues
+            "{name} round {round}: without {:.0} req/s, empty probes {:.0} req/s, agent {:.0} req/s; agent cpu {:.2} s, drops {}, requests seen {}, parse issues {}{}",
+            base.per_s, floor.per_s, traced.per_s, agent.cpu_s, drops_text(&agent.drops), agent.requests_seen, agent.parse_issues,
+            load_errors(&[base, floor, traced])
         );
         without.push(base.per_s);
         empty.push(floor.per_s);
@@ -838,6 +868,15 @@ fn overhead(
         );
     }
     Ok(())
+}
+
+/// A warning when a load run (without, empty probes, agent) had errors.
+fn load_errors(runs: &[Throughput; 3]) -> String {
+    if runs.iter().all(|t| t.errors == 0) {
+        return String::new();
+    }
+    let [a, b, c] = runs.map(|t| t.errors);
+    format!("; LOAD ERRORS (without / empty probes / agent): {a} / {b} / {c}")
 }
 
 fn drops_text(drops: &BTreeMap<String, u64>) -> String {
@@ -953,17 +992,26 @@ mod tests {
             parse_wrk(wrk),
             Some(Throughput {
                 per_s: 45913.2,
-                requests: 137_813
+                requests: 137_813,
+                errors: 0
             })
         );
         assert_eq!(parse_wrk("Requests/sec: 1\n"), None);
+        let failing = format!(
+            "{wrk}  Socket errors: connect 0, read 12, write 0, timeout 3\n  Non-2xx or 3xx responses: 5\n"
+        );
+        assert_eq!(parse_wrk(&failing).map(|t| t.errors), Some(20));
+        let h2_failing = "finished in 3.00s, 10.00 req/s, 1MB/s\n\
+            requests: 30 total, 30 started, 30 done, 28 succeeded, 1 failed, 1 errored, 0 timeout\n";
+        assert_eq!(parse_h2load(h2_failing).map(|t| t.errors), Some(2));
         let h2 = "finished in 3.00s, 53209.40 req/s, 6.30MB/s\n\
             requests: 159628 total, 159948 started, 159628 done, 159628 succeeded, 0 failed, 0 errored, 0 timeout\n";
         assert_eq!(
             parse_h2load(h2),
             Some(Throughput {
                 per_s: 53209.4,
-                requests: 159_628
+                requests: 159_628,
+                errors: 0
             })
         );
     }
