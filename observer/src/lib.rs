@@ -6,6 +6,7 @@
 //! subcommands.
 
 pub mod agent;
+pub mod benchmark;
 pub mod capture;
 pub mod cli;
 pub mod clock;

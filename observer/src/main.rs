@@ -76,6 +76,12 @@ enum Command {
         #[command(flatten)]
         credential: CredentialArgs,
     },
+    /// Measurements for `cargo xtask bench` (no kernel needed).
+    #[command(hide = true)]
+    Bench {
+        #[command(subcommand)]
+        which: observer::benchmark::Bench,
+    },
 }
 
 /// Where the CLI reaches the agent: its control socket (default), or its TCP control
@@ -249,6 +255,7 @@ fn main() -> anyhow::Result<()> {
             }
             credential.run(CredentialAction::Lookup)
         }
+        Some(Command::Bench { which }) => observer::benchmark::run(which),
     }
 }
 

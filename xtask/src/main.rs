@@ -3,7 +3,10 @@
 //! kernel object), so xtask is not a second build system.
 
 mod bench;
+mod floor;
+mod memory;
 mod peers;
+mod startup;
 mod testrun;
 mod toolchain;
 mod verdicts;

@@ -86,6 +86,11 @@ pub const PEERS: &[Peer] = &[
         used_by: "gRPC server and client",
     },
     cmd("bpftool", Source::Apt("bpftool"), "program listing checks"),
+    cmd(
+        "bpftrace",
+        Source::Apt("bpftrace"),
+        "empty probes: the overhead benchmark's floor",
+    ),
     Peer {
         probe: Probe::PythonModule("yaml"),
         source: Source::Pip("pyyaml"),
@@ -226,14 +231,26 @@ fn install(peers: &[Peer]) -> Result<()> {
 /// otherwise stop listing what is missing and the command that installs it. With
 /// `allow_missing` a machine that cannot install them goes on (their tests skip).
 pub fn ensure(allow_missing: bool) -> Result<()> {
-    let missing = missing();
+    ensure_some(|_| true, allow_missing)
+}
+
+/// [`ensure`] for the peers found by these commands only (what one benchmark needs).
+pub fn ensure_commands(names: &[&str]) -> Result<()> {
+    ensure_some(
+        |p| matches!(p.probe, Probe::Command(c) if names.contains(&c)),
+        false,
+    )
+}
+
+fn ensure_some(wanted: impl Fn(&Peer) -> bool, allow_missing: bool) -> Result<()> {
+    let missing: Vec<Peer> = missing().into_iter().filter(|p| wanted(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
     let debian = Path::new("/etc/debian_version").exists() && on_path("apt-get");
     if is_root() && debian {
         install(&missing)?;
-        let still = self::missing();
+        let still: Vec<Peer> = self::missing().into_iter().filter(|p| wanted(p)).collect();
         if !still.is_empty() {
             bail!(
                 "test peers still missing after installing them: {}",

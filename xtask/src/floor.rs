@@ -1,0 +1,132 @@
+//! The floor of the design: what the traced workload pays for the traps alone, with
+//! nothing done in them. bpftrace puts programs with empty actions (`{}`) on exactly the
+//! hooks the agent attaches; the list comes from the agent itself (`observer bench
+//! hooks`: its tracepoint table, and the TLS entry points it finds in the system libssl,
+//! each with a uprobe and a uretprobe), so the two cannot drift apart. The gap between
+//! this column and "without" is the price of the hooks; the gap between this column and
+//! the agent's is what the agent's programs and its user-space side add.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// The agent's hooks in bpftrace's probe syntax (`tracepoint:syscalls:sys_enter_read`,
+/// `uretprobe:/usr/lib/x86_64-linux-gnu/libssl.so.3:SSL_read`).
+pub fn agent_hooks(bin: &Path) -> Result<Vec<String>> {
+    let out = Command::new(bin)
+        .args(["bench", "hooks"])
+        .output()
+        .with_context(|| format!("running {} bench hooks", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "observer bench hooks failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let hooks = parse_hooks(&String::from_utf8_lossy(&out.stdout));
+    if hooks.is_empty() {
+        bail!("observer bench hooks listed no hooks");
+    }
+    Ok(hooks)
+}
+
+fn parse_hooks(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| {
+            ["tracepoint:", "uprobe:", "uretprobe:"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// A bpftrace program with an empty action on every hook.
+fn script(hooks: &[String]) -> String {
+    hooks.iter().map(|h| format!("{h} {{}}\n")).collect()
+}
+
+/// bpftrace running the empty probes; stopped (probes detached) when dropped.
+pub struct EmptyProbes {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl EmptyProbes {
+    /// Start bpftrace and wait until every hook has its program loaded.
+    pub fn start(hooks: &[String]) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("observer-floor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("empty.bt");
+        std::fs::write(&path, script(hooks))?;
+        let before = crate::bench::progs();
+        let stderr = std::fs::File::create(dir.join("stderr"))?;
+        let child = Command::new("bpftrace")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("starting bpftrace (apt-get install bpftrace)")?;
+        let mut probes = Self { child, dir };
+        // bpftrace loads and attaches the programs one after the other: once the last
+        // is loaded, a moment more sees it attached.
+        let start = Instant::now();
+        loop {
+            let loaded = crate::bench::progs()
+                .keys()
+                .filter(|id| !before.contains_key(id))
+                .count();
+            if loaded >= hooks.len() {
+                std::thread::sleep(Duration::from_millis(500));
+                return Ok(probes);
+            }
+            if let Ok(Some(status)) = probes.child.try_wait() {
+                let err = std::fs::read_to_string(probes.dir.join("stderr")).unwrap_or_default();
+                bail!("bpftrace exited ({status}) before attaching its probes:\n{err}");
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!(
+                    "bpftrace loaded {loaded} of {} programs in 120 s",
+                    hooks.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for EmptyProbes {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child; SIGINT makes bpftrace detach and exit.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooks_become_empty_probes() {
+        let listed = "tracepoint:syscalls:sys_enter_read\n\
+                      uprobe:/usr/lib/x86_64-linux-gnu/libssl.so.3:SSL_read\n\
+                      uretprobe:/usr/lib/x86_64-linux-gnu/libssl.so.3:SSL_read\n\
+                      \n\
+                      some log line\n";
+        let hooks = parse_hooks(listed);
+        assert_eq!(hooks.len(), 3);
+        assert_eq!(
+            script(&hooks),
+            "tracepoint:syscalls:sys_enter_read {}\n\
+             uprobe:/usr/lib/x86_64-linux-gnu/libssl.so.3:SSL_read {}\n\
+             uretprobe:/usr/lib/x86_64-linux-gnu/libssl.so.3:SSL_read {}\n"
+        );
+    }
+}
