@@ -22,8 +22,8 @@ use std::{
 use anyhow::Context as _;
 use base64::Engine as _;
 use observer_common::{
-    DataEvent, EventHeader, EventKind, SocketEvent, AF_INET, DEFAULT_CAPTURE, DIR_EGRESS,
-    DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER, SOURCE_SYSCALL,
+    DataEvent, EventHeader, EventKind, SocketEvent, AF_INET, DATA_FLAG_OFFSETS, DEFAULT_CAPTURE,
+    DIR_EGRESS, DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER, SOURCE_SYSCALL,
 };
 use prometheus::Registry;
 
@@ -308,6 +308,8 @@ struct Live {
     /// The response owed to the last request.
     pending: Option<Reply>,
     addresses_sent: bool,
+    /// Bytes moved so far (ingress, egress), as the kernel stamps them on records.
+    moved: [u64; 2],
 }
 
 /// Makes the record stream, chunk after chunk.
@@ -506,6 +508,7 @@ impl StreamGenerator {
             left,
             pending: None,
             addresses_sent: false,
+            moved: [0; 2],
         }
     }
 
@@ -535,7 +538,14 @@ impl StreamGenerator {
         out.push(record_bytes(&ev), &[]);
     }
 
-    fn data(&mut self, live: &Live, ingress: bool, len: u64, payload: &[u8], out: &mut Records) {
+    fn data(
+        &mut self,
+        live: &mut Live,
+        ingress: bool,
+        len: u64,
+        payload: &[u8],
+        out: &mut Records,
+    ) {
         let captured = payload
             .len()
             .min(len as usize)
@@ -547,8 +557,11 @@ impl StreamGenerator {
             source: SOURCE_SYSCALL,
             len,
             captured: captured as u32,
-            ..Default::default()
+            flags: DATA_FLAG_OFFSETS,
+            offset: live.moved[usize::from(!ingress)],
+            peer_offset: live.moved[usize::from(ingress)],
         };
+        live.moved[usize::from(!ingress)] += len;
         out.push(record_bytes(&ev), &payload[..captured]);
     }
 
