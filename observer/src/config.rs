@@ -90,7 +90,7 @@ impl Default for CaptureConfig {
     fn default() -> Self {
         Self {
             capture_bytes: DEFAULT_CAPTURE,
-            ring_buffer_bytes: 16 * 1024 * 1024,
+            ring_buffer_bytes: 8 * 1024 * 1024,
             max_connections: 65536,
             extra_headers: Vec::new(),
             sweep_interval_secs: 60,

@@ -123,6 +123,9 @@ const OPENSSL_SYMBOLS: [(&str, &str); 7] = [
     ("SSL_connect", "ssl_handshake"),
     ("SSL_accept", "ssl_handshake"),
 ];
+/// Programs larger than this leave enough freed memory after their analysis to be worth
+/// returning to the system.
+const TRIM_AFTER_READING: u64 = 4 * 1024 * 1024;
 /// The return probe shared by the four.
 const OPENSSL_RETURN: &str = "ssl_return";
 const GO_READ: &str = "crypto/tls.(*Conn).Read";
@@ -396,6 +399,12 @@ impl AnalysisCache {
                 None
             }
         };
+        if meta.len() > TRIM_AFTER_READING {
+            // Reading a large program's symbol tables leaves tens of MiB free in the
+            // allocator; hand them back to the system rather than keep them resident.
+            // SAFETY: malloc_trim has no preconditions.
+            unsafe { libc::malloc_trim(0) };
+        }
         self.by_inode
             .insert(key.id, (key.clone(), analysis.clone()));
         Some((key, analysis))
