@@ -284,8 +284,10 @@ pub struct CaptureConfig {
     /// 1 when TLS hooks report only processes listed in the `TLS_PIDS` map (a process
     /// filter is configured); 0 when they report every process.
     pub tls_filter: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Offset of `newstate` in `sock:inet_sock_set_state`, when that hook is attached: a
+    /// connect is then followed only if it made a TCP socket start connecting (UDP
+    /// sockets, which `connect` too, are not followed). 0: every connect is followed.
+    pub tcp_state_offset: u32,
 }
 
 #[cfg(feature = "user")]

@@ -102,7 +102,8 @@ pub struct Call {
     /// Connect: the peer's family and port, decoded at entry.
     pub family: u16,
     pub port: u16,
-    pub _pad: u32,
+    /// Connect: 1 once the socket started a TCP handshake during the call.
+    pub tcp: u32,
     /// Connect: the peer's address.
     pub addr: [u8; 16],
 }
@@ -214,7 +215,7 @@ impl Call {
             ptr,
             family: 0,
             port: 0,
-            _pad: 0,
+            tcp: 0,
             addr: [0; 16],
         }
     }

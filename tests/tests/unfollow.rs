@@ -132,3 +132,59 @@ sys.stdin.readline()
         agent.metrics()
     );
 }
+
+fn events(metrics: &str, kind: &str) -> f64 {
+    let prefix = format!("api_observer_capture_events_total{{kind=\"{kind}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// UDP sockets `connect` too (every DNS lookup does): they are not followed, so they
+/// cost no records, while TCP connects still are.
+#[test]
+fn udp_sockets_that_connect_are_not_followed() {
+    if !prerequisites() {
+        return;
+    }
+    let agent = Agent::start(&[]).unwrap();
+    let before = agent.metrics();
+    assert!(
+        before.contains("api_observer_probe_attached{attach_point=\"sock:inet_sock_set_state\"} 1"),
+        "the TCP state hook is not attached"
+    );
+    let script = r#"
+import socket, sys
+srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); srv.bind(("127.0.0.1", 0))
+for i in range(200):
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.connect(srv.getsockname())
+    c.send(b"GET /udp HTTP/1.1\r\nHost: x\r\n\r\n")
+    data, peer = srv.recvfrom(100)
+    srv.sendto(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", peer)
+    c.recv(100)
+    c.close()
+tcp = socket.socket(); tcp.bind(("127.0.0.1", 0)); tcp.listen(8)
+for i in range(5):
+    socket.create_connection(tcp.getsockname()).close()
+print("done", flush=True)
+"#;
+    let mut p = Proc::spawn("udp", Command::new("python3").args(["-c", script])).unwrap();
+    let mut lines = BufReader::new(p.child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = agent.metrics();
+    let connects = events(&after, "connect") - events(&before, "connect");
+    let data = events(&after, "data") - events(&before, "data");
+    eprintln!("connect records {connects}, data records {data}");
+    // The 5 TCP connects are followed (plus the test's own metrics requests); none of the
+    // 200 UDP ones, nor their 400 sends and receives.
+    assert!(
+        (5.0..20.0).contains(&connects),
+        "{connects} connect records"
+    );
+    assert!(data < 50.0, "{data} data records");
+    assert!(agent.exchanges().iter().all(|e| e["path"] != "/udp"));
+}

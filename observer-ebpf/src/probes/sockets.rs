@@ -130,7 +130,7 @@ fn on_enter_accept(ctx: &TracePointContext) {
         ptr: syscall_arg(ctx, 1),
         family: 0,
         port: 0,
-        _pad: 0,
+        tcp: 0,
         addr: [0; 16],
     };
     remember(tid, &call);
@@ -197,7 +197,7 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
         ptr: 0,
         family,
         port,
-        _pad: 0,
+        tcp: 0,
         addr,
     };
     remember(tid, &call);
@@ -212,6 +212,10 @@ pub fn exit_connect(ctx: TracePointContext) -> u32 {
     };
     let ret = syscall_ret(&ctx);
     if ret != 0 && ret != -EINPROGRESS {
+        return 0;
+    }
+    if call.tcp == 0 && config().is_some_and(|c| c.tcp_state_offset != 0) {
+        // No TCP handshake started: a UDP socket given a default peer. Not followed.
         return 0;
     }
     // SAFETY: plain helper call.
@@ -236,6 +240,32 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         let _ = SOCKETS.remove(key);
         let _ = ORDERS.remove(key);
         emit(EventKind::Close, pid, tid, fd, |_| {});
+    }
+    0
+}
+
+/// `TCP_SYN_SENT`: a TCP socket starts connecting.
+const TCP_SYN_SENT: i32 = 2;
+
+/// A TCP socket changed state. Inside `connect`, in the connecting thread, the move to
+/// `SYN_SENT` shows that the socket is TCP: only such connects are followed.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn tcp_state(ctx: TracePointContext) -> u32 {
+    let Some(offset) = config().map(|c| c.tcp_state_offset).filter(|o| *o != 0) else {
+        return 0;
+    };
+    // SAFETY: the offset comes from this tracepoint's format file.
+    if unsafe { ctx.read_at::<i32>(offset as usize) } != Ok(TCP_SYN_SENT) {
+        return 0;
+    }
+    let (_, tid) = current();
+    if let Some(call) = INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: map value pointer from a successful lookup.
+        unsafe {
+            if (*call).kind == CALL_CONNECT {
+                (*call).tcp = 1;
+            }
+        }
     }
     0
 }

@@ -79,6 +79,7 @@ pub const PROBES: &[ProbeSpec] = &[
     probe("tcp_rcv_space_adjust", "tcp", "tcp_rcv_space_adjust", false),
     probe("process_exec", "sched", "sched_process_exec", false),
     probe("thread_exit", "sched", "sched_process_exit", false),
+    probe("tcp_state", "sock", "inet_sock_set_state", false),
 ];
 
 /// How attaching one probe went.
@@ -155,13 +156,13 @@ impl Capture {
                 Default::default()
             }
         };
-        let kernel_config = KernelConfig {
+        let mut kernel_config = KernelConfig {
             capture_bytes: settings.capture_bytes,
             agent_pid: std::process::id(),
             wakeup_bytes: u64::from(settings.ring_buffer_bytes / 8),
             tuple,
             tls_filter: u32::from(tls_filter),
-            _pad: 0,
+            tcp_state_offset: 0,
         };
         let mut config: Array<_, KernelConfig> =
             Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;
@@ -188,6 +189,21 @@ impl Capture {
                 }
             }
             probes.push(status);
+        }
+        // With the TCP state hook in place, connects that start no TCP handshake (UDP)
+        // are not followed; without it, every connect is.
+        let state_hook = probes
+            .iter()
+            .any(|p| p.program == "tcp_state" && p.attached);
+        match tracefs.field_offset("sock/inet_sock_set_state", "newstate") {
+            Ok(offset) if state_hook => {
+                kernel_config.tcp_state_offset = offset;
+                let mut config: Array<_, KernelConfig> =
+                    Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;
+                config.set(0, kernel_config, 0).context("writing CONFIG")?;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("UDP sockets that connect will be followed: {e:#}"),
         }
         Ok(Self {
             ebpf,

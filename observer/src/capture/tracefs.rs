@@ -70,6 +70,14 @@ impl TracefsGuard {
     }
 
     /// Offsets of the address fields of `tcp:tcp_rcv_space_adjust` on this kernel.
+    /// Offset of `field` in tracepoint `event` (`category/name`).
+    pub fn field_offset(&self, event: &str, field: &str) -> anyhow::Result<u32> {
+        let path = self.root.join(format!("events/{event}/format"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        field_offset(&text, field).with_context(|| format!("field {field} missing from {event}"))
+    }
+
     pub fn tcp_tuple_offsets(&self) -> anyhow::Result<TcpTupleOffsets> {
         let path = self.root.join("events/tcp/tcp_rcv_space_adjust/format");
         let text = std::fs::read_to_string(&path)
