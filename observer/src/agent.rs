@@ -249,7 +249,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let attached = capture.probes.iter().filter(|p| p.attached).count();
     tracing::info!("attached {attached} of {} probes", capture.probes.len());
 
-    let mut tls = start_tls(&config, &mut capture, &state);
+    let tls = start_tls(&config, &mut capture, &state)?;
 
     let clock = Clock::system();
     let mut conns = ConnTable::new(
@@ -291,18 +291,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         out: ConnOutput::default(),
         execs: Vec::new(),
     };
-    let sweep_task = match capture.sweep_map_ids() {
-        Ok(id) => Some(tokio::spawn(sweep_loop(
-            id,
-            Duration::from_secs(config.capture.sweep_interval_secs),
-            pipeline.capture_metrics.kernel_sockets.clone(),
-            pipeline.capture_metrics.kernel_sockets_swept.clone(),
-        ))),
-        Err(e) => {
-            tracing::warn!("closed sockets will not be swept from the kernel's table: {e:#}");
-            None
-        }
-    };
+    let sweep_task = tokio::spawn(sweep_loop(
+        capture.sweep_map_ids(),
+        Duration::from_secs(config.capture.sweep_interval_secs),
+        pipeline.capture_metrics.kernel_sockets.clone(),
+        pipeline.capture_metrics.kernel_sockets_swept.clone(),
+    ));
     let scoring_task = tokio::spawn(scoring_loop(
         Clock::system(),
         Arc::clone(&state),
@@ -373,21 +367,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 pipeline.drain(ring.get_mut());
                 pipeline.unfollow(&mut capture);
                 pipeline.order_skips(&mut capture);
-                if let Some(tls) = &mut tls {
+                if let Some(tls) = &tls {
                     for pid in pipeline.execs.drain(..) {
-                        tls.on_exec(capture.ebpf_mut(), pid);
-                    }
-                    tls.poll(capture.ebpf_mut());
-                    if tls.take_changed() {
-                        *state.tls.lock().unwrap_or_else(|e| e.into_inner()) = tls.status();
+                        let _ = tls.execs.send(pid);
                     }
                 }
                 pipeline.execs.clear();
             }
             _ = tick.tick() => {
-                if let Some(tls) = &mut tls {
-                    tls.reap(capture.ebpf_mut());
-                }
                 match capture.kernel_drops() {
                     Ok(totals) => pipeline.capture_metrics.update_kernel_drops(totals),
                     Err(e) => tracing::debug!("reading kernel drop counters: {e:#}"),
@@ -420,10 +407,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(control_socket);
     scoring_task.abort();
-    if let Some(t) = sweep_task {
-        t.abort();
-    }
+    sweep_task.abort();
     drop(ring);
+    if let Some(tls) = tls {
+        // Its thread drops the programs it holds: every probe is detached.
+        tls.stop();
+    }
     drop(capture);
     tracing::info!(
         "stopped; probes detached; {} records dropped in total",
@@ -432,34 +421,91 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Load the TLS library probes and attach them to what runs now. A failure leaves the
-/// agent running on plaintext capture, with the reason in the log.
+/// The TLS attachment on a thread of its own: scanning `/proc`, reading programs' ELF
+/// files and attaching uprobes never hold up the draining of the ring buffer. It owns
+/// the kernel programs from then on; stopping it detaches them.
+struct TlsThread {
+    /// Processes that called `exec`, to look at.
+    execs: std::sync::mpsc::Sender<u32>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl TlsThread {
+    fn stop(self) {
+        drop(self.execs);
+        if self.handle.join().is_err() {
+            tracing::warn!("tls: the attachment thread panicked");
+        }
+    }
+}
+
+/// How often the TLS thread looks for work when no process calls `exec`.
+const TLS_POLL: Duration = Duration::from_millis(50);
+
+/// Load the TLS library probes, attach them to what runs now, and go on in a thread of
+/// their own. A failure to load them leaves the agent running on plaintext capture, with
+/// the reason in the log; a thread that cannot be started stops the agent (it would take
+/// the programs with it).
 fn start_tls(
     config: &Config,
     capture: &mut Capture,
-    state: &server::AppState,
-) -> Option<TlsProbes> {
+    state: &Arc<server::AppState>,
+) -> anyhow::Result<Option<TlsThread>> {
     if !config.tls.enabled {
         tracing::info!("tls: disabled in the configuration");
-        return None;
+        return Ok(None);
     }
-    match TlsProbes::new(capture.ebpf_mut(), config.tls.clone(), &state.registry) {
-        Ok(mut tls) => {
-            tls.start(capture.ebpf_mut());
-            let status = tls.status();
-            tracing::info!(
-                "tls: {} target(s) attached, {} could not be probed",
-                status.iter().filter(|t| t.attached).count(),
-                status.iter().filter(|t| !t.attached).count()
-            );
-            *state.tls.lock().unwrap_or_else(|e| e.into_inner()) = status;
-            Some(tls)
-        }
+    let Some(ebpf) = capture.ebpf_mut() else {
+        return Ok(None);
+    };
+    let mut tls = match TlsProbes::new(ebpf, config.tls.clone(), &state.registry) {
+        Ok(tls) => tls,
         Err(e) => {
             tracing::warn!("tls: library probes unavailable, capturing plaintext only: {e:#}");
-            None
+            return Ok(None);
         }
-    }
+    };
+    tls.start(ebpf);
+    let status = tls.status();
+    tracing::info!(
+        "tls: {} target(s) attached, {} could not be probed",
+        status.iter().filter(|t| t.attached).count(),
+        status.iter().filter(|t| !t.attached).count()
+    );
+    *state.tls.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    let Some(mut ebpf) = capture.take_ebpf() else {
+        return Ok(None);
+    };
+    let (execs, incoming) = std::sync::mpsc::channel::<u32>();
+    let state = Arc::clone(state);
+    let handle = std::thread::Builder::new()
+        .name("tls-attach".into())
+        .spawn(move || {
+            let mut last_reap = std::time::Instant::now();
+            loop {
+                match incoming.recv_timeout(TLS_POLL) {
+                    Ok(pid) => tls.on_exec(&mut ebpf, pid),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                while let Ok(pid) = incoming.try_recv() {
+                    tls.on_exec(&mut ebpf, pid);
+                }
+                tls.poll(&mut ebpf);
+                if last_reap.elapsed() >= Duration::from_secs(1) {
+                    tls.reap(&mut ebpf);
+                    last_reap = std::time::Instant::now();
+                }
+                if tls.take_changed() {
+                    *state.tls.lock().unwrap_or_else(|e| e.into_inner()) = tls.status();
+                }
+            }
+            // Dropping the programs detaches every probe.
+            drop(tls);
+            drop(ebpf);
+        })
+        .context("starting the TLS attachment thread")?;
+    Ok(Some(TlsThread { execs, handle }))
 }
 
 /// The capture side of `/privacy`: what is read from the wire and what is never

@@ -94,7 +94,18 @@ pub struct ProbeStatus {
 /// The loaded and attached kernel programs. Dropping it detaches everything (the links
 /// belong to the `Ebpf` object) and unmounts tracefs if the agent mounted it.
 pub struct Capture {
-    ebpf: Ebpf,
+    /// The programs and the maps the TLS attachment uses; handed to the TLS thread when
+    /// there is one ([`Capture::take_ebpf`]).
+    ebpf: Option<Ebpf>,
+    /// The maps the draining task itself writes and reads, taken out of the object so
+    /// that it never waits for the TLS thread.
+    sockets: HashMap<MapData, SocketKey, SocketState>,
+    orders: HashMap<MapData, SocketKey, SocketOrders>,
+    drops: PerCpuArray<MapData, u64>,
+    /// The ring buffer of records, until the draining task takes it.
+    ring: Option<RingBuf<MapData>>,
+    /// Ids of the socket and orders maps, for [`sweep_sockets`].
+    sweep_ids: (u32, u32),
     pub probes: Vec<ProbeStatus>,
     // Declared last: dropped after the links.
     _tracefs: TracefsGuard,
@@ -205,39 +216,46 @@ impl Capture {
             Ok(_) => {}
             Err(e) => tracing::warn!("UDP sockets that connect will be followed: {e:#}"),
         }
+        let sweep_ids = (map_id(&ebpf, "SOCKETS")?, map_id(&ebpf, "ORDERS")?);
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("{name} map missing"))
+        };
+        let sockets = HashMap::try_from(take("SOCKETS")?)?;
+        let orders = HashMap::try_from(take("ORDERS")?)?;
+        let drops = PerCpuArray::try_from(take("DROPS")?)?;
+        let ring = RingBuf::try_from(take("EVENTS")?)?;
         Ok(Self {
-            ebpf,
+            ebpf: Some(ebpf),
+            sockets,
+            orders,
+            drops,
+            ring: Some(ring),
+            sweep_ids,
             probes,
             _tracefs: tracefs,
         })
     }
 
-    /// The loaded object, for attaching more programs (TLS targets) while running.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// The loaded object, for attaching more programs (TLS targets); `None` once taken.
+    pub fn ebpf_mut(&mut self) -> Option<&mut Ebpf> {
+        self.ebpf.as_mut()
+    }
+
+    /// Hand the programs to another thread (the TLS attachment's): dropping them there
+    /// detaches every probe. The maps the draining task uses stay here.
+    pub fn take_ebpf(&mut self) -> Option<Ebpf> {
+        self.ebpf.take()
     }
 
     /// The ring buffer of records (can be taken once).
     pub fn take_ring(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .context("EVENTS ring buffer already taken")?;
-        Ok(RingBuf::try_from(map)?)
-    }
-
-    /// The kernel's map of followed sockets.
-    fn sockets_map(&mut self) -> anyhow::Result<HashMap<&mut MapData, SocketKey, SocketState>> {
-        Ok(HashMap::try_from(
-            self.ebpf
-                .map_mut("SOCKETS")
-                .context("SOCKETS map missing")?,
-        )?)
+        self.ring.take().context("EVENTS ring buffer already taken")
     }
 
     /// Make the kernel trace sockets that existed before start.
     pub fn seed(&mut self, sockets: &[ExistingSocket]) -> anyhow::Result<usize> {
-        let mut map = self.sockets_map()?;
+        let map = &mut self.sockets;
         let mut n = 0;
         for s in sockets {
             let state = SocketState {
@@ -264,7 +282,7 @@ impl Capture {
     /// of each, where `opened_ns` tells the socket from a later one on the same fd (a
     /// socket already closed, or replaced, is left alone). Returns how many were marked.
     pub fn unfollow(&mut self, sockets: &[(u32, u32, u64)]) -> anyhow::Result<usize> {
-        let mut map = self.sockets_map()?;
+        let map = &mut self.sockets;
         let mut n = 0;
         for &(pid, fd, opened_ns) in sockets {
             let key = SocketKey { pid, fd };
@@ -286,8 +304,7 @@ impl Capture {
     /// Ask the kernel to count long bodies without copying them (see `SocketOrders`).
     /// Returns how many orders were written.
     pub fn order_skips(&mut self, skips: &[crate::conn::Skip]) -> anyhow::Result<usize> {
-        let mut map: HashMap<&mut MapData, SocketKey, SocketOrders> =
-            HashMap::try_from(self.ebpf.map_mut("ORDERS").context("ORDERS map missing")?)?;
+        let map = &mut self.orders;
         let mut n = 0;
         for s in skips {
             let key = SocketKey {
@@ -314,31 +331,30 @@ impl Capture {
 
     /// Ids of the kernel's socket and orders maps, for [`sweep_sockets`] on another
     /// thread.
-    pub fn sweep_map_ids(&self) -> anyhow::Result<(u32, u32)> {
-        Ok((self.map_id("SOCKETS")?, self.map_id("ORDERS")?))
-    }
-
-    fn map_id(&self, name: &str) -> anyhow::Result<u32> {
-        let map = self
-            .ebpf
-            .map(name)
-            .with_context(|| format!("{name} map missing"))?;
-        let aya::maps::Map::HashMap(data) = map else {
-            bail!("{name} is not a hash map");
-        };
-        Ok(data.info()?.id())
+    pub fn sweep_map_ids(&self) -> (u32, u32) {
+        self.sweep_ids
     }
 
     /// Kernel-side drop counters summed over CPUs, by `drop_reason` index.
     pub fn kernel_drops(&self) -> anyhow::Result<[u64; drop_reason::COUNT as usize]> {
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("DROPS").context("DROPS map missing")?)?;
+        let map = &self.drops;
         let mut out = [0u64; drop_reason::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = map.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(out)
     }
+}
+
+/// Id of hash map `name` of the object.
+fn map_id(ebpf: &Ebpf, name: &str) -> anyhow::Result<u32> {
+    let map = ebpf
+        .map(name)
+        .with_context(|| format!("{name} map missing"))?;
+    let aya::maps::Map::HashMap(data) = map else {
+        bail!("{name} is not a hash map");
+    };
+    Ok(data.info()?.id())
 }
 
 /// What a sweep of the kernel's socket map found.
