@@ -296,8 +296,16 @@ fn copy_iovecs(buf: *mut u8, call: &Call, cap: u64) -> u64 {
     off
 }
 
+/// Every data syscall's exit: one program, attached to each `sys_exit_*` of the data
+/// families (their records have the same layout), so the verifier checks it once.
+#[tracepoint]
+pub fn exit_data(ctx: TracePointContext) -> u32 {
+    finish(&ctx);
+    0
+}
+
 macro_rules! data_hooks {
-    ($($enter:ident, $exit:ident, $enter_tp:literal, $exit_tp:literal, $body:expr;)*) => {
+    ($($enter:ident, $enter_tp:literal, $body:expr;)*) => {
         $(
             #[tracepoint(category = "syscalls", name = $enter_tp)]
             pub fn $enter(ctx: TracePointContext) -> u32 {
@@ -305,33 +313,27 @@ macro_rules! data_hooks {
                 f(&ctx);
                 0
             }
-
-            #[tracepoint(category = "syscalls", name = $exit_tp)]
-            pub fn $exit(ctx: TracePointContext) -> u32 {
-                finish(&ctx);
-                0
-            }
         )*
     };
 }
 
 data_hooks! {
-    enter_read, exit_read, "sys_enter_read", "sys_exit_read",
+    enter_read, "sys_enter_read",
         |ctx| remember(ctx, CALL_BUF, DIR_INGRESS, 1);
-    enter_write, exit_write, "sys_enter_write", "sys_exit_write",
+    enter_write, "sys_enter_write",
         |ctx| remember(ctx, CALL_BUF, DIR_EGRESS, 1);
-    enter_recvfrom, exit_recvfrom, "sys_enter_recvfrom", "sys_exit_recvfrom",
+    enter_recvfrom, "sys_enter_recvfrom",
         |ctx| if !peeks(ctx, 3) { remember(ctx, CALL_BUF, DIR_INGRESS, 1) };
-    enter_sendto, exit_sendto, "sys_enter_sendto", "sys_exit_sendto",
+    enter_sendto, "sys_enter_sendto",
         |ctx| remember(ctx, CALL_BUF, DIR_EGRESS, 1);
-    enter_readv, exit_readv, "sys_enter_readv", "sys_exit_readv",
+    enter_readv, "sys_enter_readv",
         |ctx| remember(ctx, CALL_IOV, DIR_INGRESS, 1);
-    enter_writev, exit_writev, "sys_enter_writev", "sys_exit_writev",
+    enter_writev, "sys_enter_writev",
         |ctx| remember(ctx, CALL_IOV, DIR_EGRESS, 1);
-    enter_recvmsg, exit_recvmsg, "sys_enter_recvmsg", "sys_exit_recvmsg",
+    enter_recvmsg, "sys_enter_recvmsg",
         |ctx| if !peeks(ctx, 2) { remember_msg(ctx, DIR_INGRESS) };
-    enter_sendmsg, exit_sendmsg, "sys_enter_sendmsg", "sys_exit_sendmsg",
+    enter_sendmsg, "sys_enter_sendmsg",
         |ctx| remember_msg(ctx, DIR_EGRESS);
-    enter_sendfile, exit_sendfile, "sys_enter_sendfile64", "sys_exit_sendfile64",
+    enter_sendfile, "sys_enter_sendfile64",
         |ctx| remember(ctx, CALL_SENDFILE, DIR_EGRESS, 1);
 }

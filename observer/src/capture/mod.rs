@@ -59,23 +59,23 @@ pub const PROBES: &[ProbeSpec] = &[
     probe("exit_connect", "syscalls", "sys_exit_connect", true),
     probe("enter_close", "syscalls", "sys_enter_close", true),
     probe("enter_read", "syscalls", "sys_enter_read", true),
-    probe("exit_read", "syscalls", "sys_exit_read", true),
+    probe("exit_data", "syscalls", "sys_exit_read", true),
     probe("enter_write", "syscalls", "sys_enter_write", true),
-    probe("exit_write", "syscalls", "sys_exit_write", true),
+    probe("exit_data", "syscalls", "sys_exit_write", true),
     probe("enter_recvfrom", "syscalls", "sys_enter_recvfrom", true),
-    probe("exit_recvfrom", "syscalls", "sys_exit_recvfrom", true),
+    probe("exit_data", "syscalls", "sys_exit_recvfrom", true),
     probe("enter_sendto", "syscalls", "sys_enter_sendto", true),
-    probe("exit_sendto", "syscalls", "sys_exit_sendto", true),
+    probe("exit_data", "syscalls", "sys_exit_sendto", true),
     probe("enter_readv", "syscalls", "sys_enter_readv", false),
-    probe("exit_readv", "syscalls", "sys_exit_readv", false),
+    probe("exit_data", "syscalls", "sys_exit_readv", false),
     probe("enter_writev", "syscalls", "sys_enter_writev", false),
-    probe("exit_writev", "syscalls", "sys_exit_writev", false),
+    probe("exit_data", "syscalls", "sys_exit_writev", false),
     probe("enter_recvmsg", "syscalls", "sys_enter_recvmsg", false),
-    probe("exit_recvmsg", "syscalls", "sys_exit_recvmsg", false),
+    probe("exit_data", "syscalls", "sys_exit_recvmsg", false),
     probe("enter_sendmsg", "syscalls", "sys_enter_sendmsg", false),
-    probe("exit_sendmsg", "syscalls", "sys_exit_sendmsg", false),
+    probe("exit_data", "syscalls", "sys_exit_sendmsg", false),
     probe("enter_sendfile", "syscalls", "sys_enter_sendfile64", false),
-    probe("exit_sendfile", "syscalls", "sys_exit_sendfile64", false),
+    probe("exit_data", "syscalls", "sys_exit_sendfile64", false),
     probe("tcp_rcv_space_adjust", "tcp", "tcp_rcv_space_adjust", false),
     probe("process_exec", "sched", "sched_process_exec", false),
     probe("thread_exit", "sched", "sched_process_exit", false),
@@ -426,7 +426,11 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
         .program_mut(spec.program)
         .with_context(|| format!("program {} missing from the object", spec.program))?
         .try_into()?;
-    program.load().context("loading (verifier)")?;
+    // One program may serve several tracepoints (the data exits): loaded (and verified)
+    // once.
+    if program.fd().is_err() {
+        program.load().context("loading (verifier)")?;
+    }
     program
         .attach(spec.category, spec.name)
         .context("attaching")?;
