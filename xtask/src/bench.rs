@@ -597,8 +597,8 @@ struct AgentRun {
     cpu_s: f64,
     drops: BTreeMap<String, u64>,
     requests_seen: u64,
-    /// Parse issues of every kind (bytes or messages the parsers could not use).
-    parse_issues: u64,
+    /// Parse issues by kind (bytes or messages the parsers could not use).
+    parse_issues: BTreeMap<String, u64>,
     /// Kernel records received, and bytes moved through traced sockets.
     records: u64,
     bytes: u64,
@@ -642,7 +642,7 @@ fn with_agent<T>(bin: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, AgentR
             cpu_s,
             drops,
             requests_seen: metric_sum(&metrics, "api_observer_http_requests_total"),
-            parse_issues: metric_sum(&metrics, "api_observer_http_parse_issues_total"),
+            parse_issues: metric_by_label(&metrics, "api_observer_http_parse_issues_total", "issue"),
             records: metric_sum(&metrics, "api_observer_capture_events_total"),
             bytes: metric_sum(&metrics, "api_observer_capture_bytes_total"),
         },
@@ -760,7 +760,7 @@ fn overhead(
         let (traced, agent) = with_agent(bin, || load.run(&url, seconds, connections))?;
         println!(
             "{name} round {round}: without {:.0} req/s, empty probes {:.0} req/s, agent {:.0} req/s; agent cpu {:.2} s, drops {}, requests seen {}, parse issues {}{}",
-            base.per_s, floor.per_s, traced.per_s, agent.cpu_s, drops_text(&agent.drops), agent.requests_seen, agent.parse_issues,
+            base.per_s, floor.per_s, traced.per_s, agent.cpu_s, drops_text(&agent.drops), agent.requests_seen, drops_text(&agent.parse_issues),
             load_errors(&[base, floor, traced])
         );
         without.push(base.per_s);
