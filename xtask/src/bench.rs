@@ -642,7 +642,11 @@ fn with_agent<T>(bin: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, AgentR
             cpu_s,
             drops,
             requests_seen: metric_sum(&metrics, "api_observer_http_requests_total"),
-            parse_issues: metric_by_label(&metrics, "api_observer_http_parse_issues_total", "issue"),
+            parse_issues: metric_by_label(
+                &metrics,
+                "api_observer_http_parse_issues_total",
+                "issue",
+            ),
             records: metric_sum(&metrics, "api_observer_capture_events_total"),
             bytes: metric_sum(&metrics, "api_observer_capture_bytes_total"),
         },

@@ -345,6 +345,12 @@ pub struct Http2Parser {
     next_seq: u64,
     /// Reused list of decoded fields of one block (names and values borrowed by copy).
     fields: Vec<Kept>,
+    /// Highest stream id opened so far.
+    highest_stream: u32,
+    /// After records of the connection were lost: the highest stream id opened before the
+    /// latest loss. A stream up to it left unanswered, or a response to a stream never
+    /// seen, is an exchange lost, not an unanswered request or a stray response.
+    lost_through: Option<u32>,
 }
 
 /// A decoded field as the parser needs it: the fields it reads, classified once while
@@ -468,6 +474,8 @@ impl Http2Parser {
             streams: HashMap::new(),
             next_seq: 0,
             fields: Vec::new(),
+            highest_stream: 0,
+            lost_through: None,
         }
     }
 
@@ -789,6 +797,9 @@ impl Http2Parser {
             if let Some(stream) = self.streams.remove(&id) {
                 match stream.exchange() {
                     Some(exchange) => out.exchanges.push(exchange),
+                    None if self.lost_through.is_some_and(|high| id <= high) => {
+                        out.lost_exchanges += 1;
+                    }
                     None => out.issues.push(ParseIssue::UnpairedResponse),
                 }
             }
@@ -885,6 +896,7 @@ impl Http2Parser {
         }
         self.streams.insert(id, Stream::new(request, self.next_seq));
         self.next_seq += 1;
+        self.highest_stream = self.highest_stream.max(id);
     }
 
     fn request_block(
@@ -993,8 +1005,13 @@ impl Http2Parser {
     ) {
         let Some(stream) = self.streams.get_mut(&block.stream) else {
             if block.stream % 2 == 1 {
-                // A response to a request we never saw (joined late, or lost).
-                out.issues.push(ParseIssue::UnpairedResponse);
+                if self.lost_through.is_some() {
+                    // The answer to a request whose records were lost.
+                    out.lost_exchanges += 1;
+                } else {
+                    // A response to a request we never saw (joined late).
+                    out.issues.push(ParseIssue::UnpairedResponse);
+                }
             }
             return;
         };
@@ -1107,6 +1124,13 @@ impl StreamParser for Http2Parser {
             // Lost records: inside a frame's payload they only shorten it; over a frame
             // head the side resyncs at a segment of whole frames, with the header table
             // marked unknown (the lost bytes may have held insertions).
+            let in_payload = matches!(
+                self.dir_mut(side).phase,
+                Phase::Payload { left, .. } if u64::from(left) >= segment.lost_before
+            );
+            if !in_payload {
+                self.lost_through = Some(self.highest_stream);
+            }
             self.skip_gap(side, segment.lost_before, out);
         }
         let data = segment.data;
@@ -1137,16 +1161,22 @@ impl StreamParser for Http2Parser {
     }
 
     fn finish(&mut self, _ts_ns: u64, out: &mut ParserOutput) {
-        let mut streams: Vec<Stream> = self.streams.drain().map(|(_, s)| s).collect();
-        streams.sort_by_key(|s| s.seq);
-        for stream in streams {
+        let mut streams: Vec<(u32, Stream)> = self.streams.drain().collect();
+        streams.sort_by_key(|(_, s)| s.seq);
+        let lost_through = self.lost_through.take();
+        for (id, stream) in streams {
             let had_request = stream.request.is_some();
             match stream.exchange() {
                 Some(exchange) => out.exchanges.push(exchange),
+                None if had_request && lost_through.is_some_and(|high| id <= high) => {
+                    // Its answer was in records that were lost.
+                    out.lost_exchanges += 1;
+                }
                 None if had_request => out.issues.push(ParseIssue::Unanswered),
                 None => {}
             }
         }
+        self.highest_stream = 0;
     }
 }
 
@@ -1273,6 +1303,73 @@ pub(crate) mod tests {
         ));
         server.extend(frame(DATA, END_STREAM, 1, b"hello"));
         (client, server)
+    }
+
+    /// Records lost on a connection: a stream whose answer was lost, and an answer to a
+    /// request that was lost, are lost exchanges; the streams around them pair as usual.
+    #[test]
+    fn lost_records_cost_their_streams_only() {
+        let mut p = parser();
+        let mut out = ParserOutput::default();
+        let mut client = PREFACE.to_vec();
+        client.extend(settings());
+        client.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &get("/one")));
+        feed(&mut p, Side::Client, 1, &client, &mut out);
+        let mut server = settings();
+        let ok = |status: u8| block(&[indexed(status)]);
+        server.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &ok(8)));
+        feed(&mut p, Side::Server, 2, &server, &mut out);
+        // Stream 3's answer never reaches the agent; stream 5's request neither.
+        feed(
+            &mut p,
+            Side::Client,
+            3,
+            &frame(HEADERS, END_HEADERS | END_STREAM, 3, &get("/three")),
+            &mut out,
+        );
+        let lost_answer = frame(HEADERS, END_HEADERS | END_STREAM, 3, &ok(13));
+        let lost_request = frame(HEADERS, END_HEADERS | END_STREAM, 5, &get("/five"));
+        let seven = frame(HEADERS, END_HEADERS | END_STREAM, 7, &get("/seven"));
+        p.feed(
+            Side::Client,
+            Segment {
+                ts_ns: 5,
+                data: &seven,
+                len: seven.len() as u64,
+                at: None,
+                lost_before: lost_request.len() as u64,
+            },
+            &mut out,
+        );
+        let mut answers = frame(HEADERS, END_HEADERS | END_STREAM, 5, &ok(14));
+        answers.extend(frame(HEADERS, END_HEADERS | END_STREAM, 7, &ok(8)));
+        p.feed(
+            Side::Server,
+            Segment {
+                ts_ns: 6,
+                data: &answers,
+                len: answers.len() as u64,
+                at: None,
+                lost_before: lost_answer.len() as u64,
+            },
+            &mut out,
+        );
+        p.finish(7, &mut out);
+        assert_eq!(
+            rows(&out),
+            [row("GET", "/one", 200), row("GET", "/seven", 200)]
+        );
+        assert_eq!(out.lost_exchanges, 2, "{:?}", out.issues);
+        assert!(
+            !out.issues.contains(&ParseIssue::Unanswered),
+            "{:?}",
+            out.issues
+        );
+        assert!(
+            !out.issues.contains(&ParseIssue::UnpairedResponse),
+            "{:?}",
+            out.issues
+        );
     }
 
     #[test]
