@@ -475,3 +475,88 @@ fn tls_server_running_before_the_agent_is_found_at_start() {
         ])
     );
 }
+
+/// Run counts of the agent's TLS library programs (`kernel.bpf_stats_enabled` on).
+fn tls_program_runs() -> u64 {
+    let Ok(out) = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+    else {
+        return 0;
+    };
+    let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("ssl_")))
+        .filter_map(|p| p["run_cnt"].as_u64())
+        .sum()
+}
+
+/// The worker process of an nginx started by the tests.
+fn nginx_worker(nginx: &Nginx) -> u32 {
+    let master = std::fs::read_to_string(nginx.dir.join("nginx.pid")).unwrap();
+    let out = Command::new("pgrep")
+        .args(["-P", master.trim()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("nginx worker")
+}
+
+/// A filter by pid or cgroup attaches the library probes per process: a process left
+/// out never traps in its TLS library (not even to be filtered out in the kernel), and
+/// one let in is seen.
+#[test]
+fn processes_left_out_by_pid_never_trap() {
+    if !tls_prerequisites(&["openssl", "nginx", "curl", "bpftool", "pgrep"]) {
+        return;
+    }
+    let port = free_port();
+    let (nginx, _cert) = Nginx::start_tls(port, "").unwrap();
+    let worker = nginx_worker(&nginx);
+    let url = format!("https://127.0.0.1:{port}/index.html");
+    let fetch = |n: usize| {
+        for _ in 0..n {
+            let out = curl(&["-k", "-o", "/dev/null", "-w", "%{http_code}", &url]).unwrap();
+            assert_eq!(out, "200");
+        }
+    };
+    let stats = "/proc/sys/kernel/bpf_stats_enabled";
+    let was = std::fs::read_to_string(stats).unwrap_or_default();
+    std::fs::write(stats, "1").unwrap();
+
+    // The nginx worker alone is observed: its side is seen, curl's is not.
+    let dir = scratch_dir("tls-per-process");
+    let config = dir.join("observer.toml");
+    std::fs::write(&config, format!("[tls]\npids = [{worker}]\n")).unwrap();
+    let agent = Agent::start(&["--config", config.to_str().unwrap()]).unwrap();
+    wait_tls_attached(&agent, &["/libssl.so.3"], worker).unwrap();
+    fetch(3);
+    let ex = agent.exchanges_for_port(port, 3);
+    assert_eq!(
+        rows(&ex),
+        vec![row("server", "nginx", "GET", "/index.html", 200); 3]
+    );
+    assert_all_tls(&ex);
+    drop(agent);
+
+    // No process observed: all of nginx's and curl's TLS calls run free.
+    std::fs::write(&config, "[tls]\npids = [1]\n").unwrap();
+    let agent = Agent::start(&["--config", config.to_str().unwrap()]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = tls_program_runs();
+    fetch(10);
+    let after = tls_program_runs();
+    let _ = std::fs::write(stats, was.trim());
+    assert_eq!(
+        after - before,
+        0,
+        "TLS programs ran for processes the filter leaves out"
+    );
+    assert!(agent.exchanges_for_port(port, 0).is_empty());
+}

@@ -14,6 +14,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fs,
+    num::NonZeroU32,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Arc,
@@ -72,6 +73,15 @@ impl TlsConfig {
     /// A process filter is configured: the kernel reports only listed processes.
     pub fn filtered(&self) -> bool {
         !(self.pids.is_empty() && self.executables.is_empty() && self.cgroups.is_empty())
+    }
+
+    /// Probes are attached per process: a filter by pid or cgroup only. A process left
+    /// out then never traps in the TLS library; one let in is covered from when the agent
+    /// looks at it (at start, at its exec and shortly after, and every 10 s). A filter by
+    /// program name keeps one probe per file for every process, checked in the kernel by
+    /// `comm`, so that such a program is seen from its very first call.
+    pub fn per_process(&self) -> bool {
+        self.filtered() && self.executables.is_empty()
     }
 
     /// Whether process `pid` (running `exe`, in cgroups `cgroup`) passes the filter.
@@ -302,7 +312,13 @@ pub struct TargetStatus {
 
 struct Target {
     status: TargetStatus,
+    /// Probes that fire for every process that runs the file.
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// Where the file is probed (per process, when they are attached per process).
+    points: Vec<(&'static str, u64)>,
+    /// Probes attached for one process only (a filter by pid or cgroup): other
+    /// processes that run the file never trap.
+    pid_links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -516,7 +532,8 @@ impl TlsProbes {
 
     /// Attach to the system's libssl and to every running process's TLS code.
     pub fn start(&mut self, ebpf: &mut Ebpf) {
-        if self.config.system_libraries {
+        // Per process, a system library is probed for each process that maps it.
+        if self.config.system_libraries && !self.config.per_process() {
             for path in system_libraries() {
                 self.consider(ebpf, &path, &path, None);
             }
@@ -658,15 +675,26 @@ impl TlsProbes {
             }
             let stale = stale.map(|(k, mut old)| {
                 detach_links(ebpf, std::mem::take(&mut old.links));
+                for (_, links) in std::mem::take(&mut old.pid_links) {
+                    detach_links(ebpf, links);
+                }
                 (k, old)
             });
             let mut target = self.attach(ebpf, open, shown, &analysis, pid.is_none());
+            if let (true, Some(pid)) = (self.config.per_process(), pid) {
+                Self::attach_for(ebpf, open, &mut target, pid);
+            }
             if let Some((old_key, old)) = stale {
                 target.status.system |= old.status.system;
                 for p in &old.status.pids {
                     if let Some(keys) = self.covered.get_mut(p) {
                         keys.retain(|k| *k != old_key);
                         keys.push(key.clone());
+                    }
+                }
+                if self.config.per_process() {
+                    for p in &old.status.pids {
+                        Self::attach_for(ebpf, open, &mut target, *p);
                     }
                 }
                 target.status.pids.extend(old.status.pids);
@@ -680,6 +708,9 @@ impl TlsProbes {
         }
         let Some(pid) = pid else { return };
         let target = self.targets.get_mut(&key).expect("inserted above");
+        if self.config.per_process() {
+            Self::attach_for(ebpf, open, target, pid);
+        }
         if target.status.pids.insert(pid) {
             self.covered.entry(pid).or_default().push(key);
             self.changed = true;
@@ -736,23 +767,60 @@ impl TlsProbes {
             Analysis::Unsupported { reason, .. } => status.error = Some(reason.clone()),
         }
         let mut links = Vec::new();
-        if status.error.is_none() {
-            match attach_points(ebpf, open, &points, &mut links) {
+        if status.error.is_none() && !self.config.per_process() {
+            match attach_points(ebpf, open, &points, &mut links, UProbeScope::AllProcesses) {
                 Ok(()) => status.attached = true,
                 Err(e) => {
                     status.error = Some(format!("{e:#}"));
                     detach_links(ebpf, std::mem::take(&mut links));
                 }
             }
-        }
-        if !status.attached {
+            if !status.attached {
+                self.metrics
+                    .failures
+                    .with_label_values(&[status.library.as_str()])
+                    .inc();
+            }
+        } else if status.error.is_some() {
             self.metrics
                 .failures
                 .with_label_values(&[status.library.as_str()])
                 .inc();
         }
         self.metrics.show(&status);
-        Target { status, links }
+        Target {
+            status,
+            links,
+            points,
+            pid_links: HashMap::new(),
+        }
+    }
+
+    /// Per-process mode: attach `target`'s probes for `pid` alone.
+    fn attach_for(ebpf: &mut Ebpf, open: &Path, target: &mut Target, pid: u32) {
+        let Some(one) = NonZeroU32::new(pid) else {
+            return;
+        };
+        if target.status.error.is_some() || target.pid_links.contains_key(&pid) {
+            return;
+        }
+        let mut links = Vec::new();
+        match attach_points(
+            ebpf,
+            open,
+            &target.points,
+            &mut links,
+            UProbeScope::OneProcess(one),
+        ) {
+            Ok(()) => {
+                target.status.attached = true;
+                target.pid_links.insert(pid, links);
+            }
+            Err(e) => {
+                tracing::debug!("tls: attaching {} for pid {pid}: {e:#}", target.status.path);
+                detach_links(ebpf, links);
+            }
+        }
     }
 
     /// Stop counting `pid`; detach targets left without a process (but not the system
@@ -770,6 +838,12 @@ impl TlsProbes {
                 continue;
             };
             target.status.pids.remove(&pid);
+            if let Some(links) = target.pid_links.remove(&pid) {
+                detach_links(ebpf, links);
+            }
+            if target.links.is_empty() && target.pid_links.is_empty() {
+                target.status.attached = false;
+            }
             if !target.status.pids.is_empty() || target.status.system {
                 self.metrics.show(&target.status);
                 continue;
@@ -785,6 +859,9 @@ impl TlsProbes {
                 target.status.path
             );
             detach_links(ebpf, target.links);
+            for (_, links) in target.pid_links {
+                detach_links(ebpf, links);
+            }
         }
     }
 
@@ -838,6 +915,7 @@ fn attach_points(
     path: &Path,
     points: &[(&'static str, u64)],
     links: &mut Vec<(&'static str, UProbeLinkId)>,
+    scope: UProbeScope,
 ) -> anyhow::Result<()> {
     for (program, offset) in points {
         let probe: &mut UProbe = ebpf
@@ -845,11 +923,7 @@ fn attach_points(
             .with_context(|| format!("program {program} missing"))?
             .try_into()?;
         let link = probe
-            .attach(
-                UProbeAttachLocation::AbsoluteOffset(*offset),
-                path,
-                UProbeScope::AllProcesses,
-            )
+            .attach(UProbeAttachLocation::AbsoluteOffset(*offset), path, scope)
             .with_context(|| format!("attaching {program} at offset {offset:#x}"))?;
         links.push((program, link));
     }
