@@ -109,6 +109,8 @@ impl Pipeline {
         for issue in self.out.issues.drain(..) {
             self.request_metrics.issue(issue);
         }
+        // Gaps and losses show at once, not at the next tick.
+        self.capture_metrics.update_conns(&self.conns.stats);
         if self.out.exchanges.is_empty() {
             return;
         }
@@ -341,6 +343,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None => tokio::spawn(server::serve(listener, app)),
         }
     });
+    // A first snapshot before the agent says it is ready: the API never answers from an
+    // empty one (the scoring loop publishes the next ones).
+    state.publish(&sessions.lock().unwrap_or_else(|e| e.into_inner()));
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!("observer running; HTTP endpoint on {}", config.listen);
 

@@ -119,6 +119,14 @@ fn lost_records_never_shift_pairs_and_are_counted_per_session() {
         all.len()
     );
 
+    // The agent counts a gap when the next record of the connection shows it.
+    wait_for(Duration::from_secs(5), || {
+        (metric(
+            &agent.metrics(),
+            "api_observer_capture_lost_exchanges_total",
+        ) > 0.0)
+            .then_some(())
+    });
     let m = agent.metrics();
     eprintln!(
         "reported {} of {} exchanges; gaps {}, lost bytes {}, lost exchanges {}, ring full {}",
