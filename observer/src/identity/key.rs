@@ -166,6 +166,9 @@ pub fn read_shared_secret(path: &Path) -> Result<Vec<u8>, KeyError> {
 /// shows only the generation, the key file and whether it is a fleet key).
 pub struct FingerprintKey {
     bytes: [u8; KEY_BYTES],
+    /// HMAC state keyed with `bytes` (the key's two padded blocks hashed once), cloned
+    /// for each fingerprint. Always made from `bytes` by [`keyed`].
+    mac: Hmac<Sha256>,
     /// Per host: incremented by every rotation. Fleet: the epoch number.
     generation: u64,
     /// File the key was loaded from; rotation writes the new key there.
@@ -191,6 +194,11 @@ impl Drop for FingerprintKey {
     fn drop(&mut self) {
         self.bytes.fill(0);
     }
+}
+
+/// An HMAC-SHA-256 state keyed with `bytes`.
+fn keyed(bytes: &[u8; KEY_BYTES]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as Mac>::new_from_slice(bytes).expect("HMAC takes any key size")
 }
 
 pub(crate) fn random_bytes() -> Result<[u8; KEY_BYTES], KeyError> {
@@ -244,6 +252,7 @@ impl FingerprintKey {
 
     pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> Self {
         Self {
+            mac: keyed(&bytes),
             bytes,
             generation: 0,
             path: None,
@@ -255,8 +264,10 @@ impl FingerprintKey {
     /// The fleet key of the epoch `now` falls in (epochs of `epoch_secs`; 0: one epoch).
     pub fn from_shared_secret(secret: Vec<u8>, epoch_secs: u64, now: SystemTime) -> Self {
         let epoch = epoch_of(now, epoch_secs);
+        let bytes = derive_epoch_key(&secret, epoch);
         Self {
-            bytes: derive_epoch_key(&secret, epoch),
+            mac: keyed(&bytes),
+            bytes,
             generation: epoch,
             path: None,
             fleet: Some(Fleet { secret, epoch_secs }),
@@ -294,6 +305,7 @@ impl FingerprintKey {
             return false;
         }
         self.bytes = derive_epoch_key(&fleet.secret, epoch);
+        self.mac = keyed(&self.bytes);
         self.generation = epoch;
         true
     }
@@ -327,6 +339,7 @@ impl FingerprintKey {
         };
         let written = fs::metadata(path).and_then(|m| m.modified()).ok();
         Ok(Self {
+            mac: keyed(&bytes),
             bytes,
             generation: 0,
             path: Some(path.to_path_buf()),
@@ -388,6 +401,7 @@ impl FingerprintKey {
             write_key_file(path, &bytes)?;
         }
         self.bytes = bytes;
+        self.mac = keyed(&self.bytes);
         self.generation += 1;
         self.written = self.path.as_ref().map(|_| SystemTime::now());
         Ok(())
@@ -401,8 +415,7 @@ impl FingerprintKey {
     /// Fingerprint `raw` in a domain (which keeps e.g. a `sub` apart from a token with the
     /// same text), shown with `prefix`.
     pub fn fingerprint(&self, prefix: &str, domain: &str, raw: &[u8]) -> Fingerprint {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.bytes).expect("HMAC takes any key size");
+        let mut mac = self.mac.clone();
         mac.update(domain.as_bytes());
         mac.update(&[0]);
         mac.update(raw);
