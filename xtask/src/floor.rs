@@ -55,6 +55,27 @@ fn script(hooks: &[String]) -> String {
 pub struct EmptyProbes {
     child: Child,
     dir: PathBuf,
+    /// tracefs was mounted for bpftrace (a fresh machine has it unmounted): unmounted
+    /// again when done.
+    mounted: bool,
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mount tracefs when it is not (bpftrace finds tracepoints there); `true` when this
+/// mounted it.
+fn ensure_tracefs() -> Result<bool> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(false);
+    }
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS])
+        .status()
+        .context("mounting tracefs")?;
+    if !status.success() {
+        bail!("mounting tracefs at {TRACEFS}: {status}");
+    }
+    Ok(true)
 }
 
 impl EmptyProbes {
@@ -64,6 +85,7 @@ impl EmptyProbes {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("empty.bt");
         std::fs::write(&path, script(hooks))?;
+        let mounted = ensure_tracefs()?;
         let before = crate::bench::progs();
         let stderr = std::fs::File::create(dir.join("stderr"))?;
         let child = Command::new("bpftrace")
@@ -72,7 +94,11 @@ impl EmptyProbes {
             .stderr(stderr)
             .spawn()
             .context("starting bpftrace (apt-get install bpftrace)")?;
-        let mut probes = Self { child, dir };
+        let mut probes = Self {
+            child,
+            dir,
+            mounted,
+        };
         // bpftrace loads and attaches the programs one after the other: once the last
         // is loaded, a moment more sees it attached.
         let start = Instant::now();
@@ -106,6 +132,9 @@ impl Drop for EmptyProbes {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if self.mounted {
+            let _ = Command::new("umount").arg(TRACEFS).status();
+        }
     }
 }
 
