@@ -935,13 +935,16 @@ impl Replay {
 
     fn flush(&mut self) {
         let start = Instant::now();
-        // The agent hands these to the kernel's socket map and the TLS attachment.
+        // The agent hands these to the kernel's socket and orders maps and the TLS
+        // attachment.
         self.out.unfollow.clear();
+        self.out.skips.clear();
         self.execs.clear();
         for issue in self.out.issues.drain(..) {
             self.issues += 1;
             self.request_metrics.issue(issue);
         }
+        self.capture_metrics.update_conns(&self.conns.stats);
         if !self.out.exchanges.is_empty() {
             let now = self.conns.clock.now();
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());

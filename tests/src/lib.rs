@@ -827,3 +827,13 @@ pub fn parse_issue_count(metrics: &str, issue: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
 }
+
+/// The sum of every sample of the series whose line starts with `name` (a metric name,
+/// or a name with its labels) in a `/metrics` text; 0 when there is none.
+pub fn metric_total(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

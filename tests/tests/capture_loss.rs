@@ -42,14 +42,6 @@ for n in sys.stdin:
     print(i, flush=True)
 "#;
 
-fn metric(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn lost_records_never_shift_pairs_and_are_counted_per_session() {
     if !prerequisites() {
@@ -121,7 +113,7 @@ fn lost_records_never_shift_pairs_and_are_counted_per_session() {
 
     // The agent counts a gap when the next record of the connection shows it.
     wait_for(Duration::from_secs(5), || {
-        (metric(
+        (metric_total(
             &agent.metrics(),
             "api_observer_capture_lost_exchanges_total",
         ) > 0.0)
@@ -132,22 +124,22 @@ fn lost_records_never_shift_pairs_and_are_counted_per_session() {
         "reported {} of {} exchanges; gaps {}, lost bytes {}, lost exchanges {}, ring full {}",
         all.len(),
         2 * 1750,
-        metric(&m, "api_observer_capture_gaps_total"),
-        metric(&m, "api_observer_capture_lost_bytes_total"),
-        metric(&m, "api_observer_capture_lost_exchanges_total"),
-        metric(
+        metric_total(&m, "api_observer_capture_gaps_total"),
+        metric_total(&m, "api_observer_capture_lost_bytes_total"),
+        metric_total(&m, "api_observer_capture_lost_exchanges_total"),
+        metric_total(
             &m,
             "api_observer_capture_dropped_total{reason=\"ringbuf_full\"}"
         ),
     );
     assert!(
-        metric(
+        metric_total(
             &m,
             "api_observer_capture_dropped_total{reason=\"ringbuf_full\"}"
         ) > 0.0
     );
-    assert!(metric(&m, "api_observer_capture_gaps_total") > 0.0);
-    assert!(metric(&m, "api_observer_capture_lost_exchanges_total") > 0.0);
+    assert!(metric_total(&m, "api_observer_capture_gaps_total") > 0.0);
+    assert!(metric_total(&m, "api_observer_capture_lost_exchanges_total") > 0.0);
 
     // The session of the token says how much of it was seen.
     let sessions = wait_for(Duration::from_secs(10), || {
@@ -160,5 +152,5 @@ fn lost_records_never_shift_pairs_and_are_counted_per_session() {
     .expect("no inbound session shows lost exchanges");
     let share = sessions["capture_completeness"].as_f64().unwrap();
     assert!(share > 0.0 && share < 1.0, "completeness {share}");
-    assert!(metric(&agent.metrics(), "api_observer_sessions_incomplete") >= 1.0);
+    assert!(metric_total(&agent.metrics(), "api_observer_sessions_incomplete") >= 1.0);
 }

@@ -1115,15 +1115,18 @@ impl Http1Parser {
         }
     }
 
-    /// `gap` bytes after the captured data of a segment were not seen.
-    fn skip_gap(&mut self, side: Side, mut gap: u64, out: &mut ParserOutput) {
+    /// Let `gap` unseen bytes of `side` count down the body they fall in (Content-Length
+    /// left, or chunk data). Returns the bytes left over where something other than body
+    /// bytes was expected (a head, a chunk line, trailers, or while out of sync), or
+    /// `None` when the gap ends inside a body (or in one delimited by close, or a tunnel).
+    fn absorb(&mut self, side: Side, mut gap: u64) -> Option<u64> {
         while gap > 0 {
             let dir = self.dir_mut(side);
             match dir.state {
                 State::Length(left) => {
                     if gap < left {
                         dir.state = State::Length(left - gap);
-                        return;
+                        return None;
                     }
                     gap -= left;
                     self.message_done(side);
@@ -1131,22 +1134,32 @@ impl Http1Parser {
                 State::ChunkData(left) => {
                     if gap < left {
                         dir.state = State::ChunkData(left - gap);
-                        return;
+                        return None;
                     }
                     gap -= left;
                     dir.state = State::ChunkEnd { seen_cr: false };
                 }
-                State::UntilClose | State::Held | State::Desync => return,
-                State::Head => {
-                    // Where a head was expected there is a head (or its rest): lost.
-                    self.lose_sync(side, ParseIssue::Truncated, true, out);
-                    return;
-                }
-                State::ChunkSize | State::ChunkEnd { .. } | State::Trailers => {
-                    self.lose_sync(side, ParseIssue::Truncated, false, out);
-                    return;
-                }
+                State::UntilClose | State::Held => return None,
+                State::Head
+                | State::ChunkSize
+                | State::ChunkEnd { .. }
+                | State::Trailers
+                | State::Desync => return Some(gap),
             }
+        }
+        None
+    }
+
+    /// `gap` bytes after the captured data of a segment were not seen.
+    fn skip_gap(&mut self, side: Side, gap: u64, out: &mut ParserOutput) {
+        if self.absorb(side, gap).is_none() {
+            return;
+        }
+        match self.dir(side).state {
+            State::Desync => {}
+            // Where a head was expected there is a head (or its rest): lost.
+            State::Head => self.lose_sync(side, ParseIssue::Truncated, true, out),
+            _ => self.lose_sync(side, ParseIssue::Truncated, false, out),
         }
     }
 }
@@ -1162,35 +1175,8 @@ impl Http1Parser {
     /// * client bytes lost: responses that answer the lost requests are recognised when
     ///   they come (written before the oldest waiting request was read, or with none
     ///   waiting) and counted as lost instead of being paired.
-    fn lost(&mut self, side: Side, mut gap: u64, resume_at: Option<u64>, out: &mut ParserOutput) {
-        while gap > 0 {
-            let dir = self.dir_mut(side);
-            match dir.state {
-                State::Length(left) => {
-                    if gap < left {
-                        dir.state = State::Length(left - gap);
-                        return;
-                    }
-                    gap -= left;
-                    self.message_done(side);
-                }
-                State::ChunkData(left) => {
-                    if gap < left {
-                        dir.state = State::ChunkData(left - gap);
-                        return;
-                    }
-                    gap -= left;
-                    dir.state = State::ChunkEnd { seen_cr: false };
-                }
-                State::UntilClose | State::Held => return,
-                State::Head
-                | State::ChunkSize
-                | State::ChunkEnd { .. }
-                | State::Trailers
-                | State::Desync => break,
-            }
-        }
-        if gap == 0 {
+    fn lost(&mut self, side: Side, gap: u64, resume_at: Option<u64>, out: &mut ParserOutput) {
+        if self.absorb(side, gap).is_none() {
             return;
         }
         if self.dir(side).state != State::Desync {
