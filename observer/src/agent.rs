@@ -86,23 +86,13 @@ impl Pipeline {
     }
 
     fn record(&mut self, bytes: &[u8]) {
-        match decode::decode(bytes) {
-            Ok(event) => {
-                self.capture_metrics.record(&event);
-                if let decode::Event::Exec { pid } = event {
-                    self.execs.push(pid);
-                    return;
-                }
-                self.conns.on_event(event, &mut self.out);
-            }
-            Err(e) => {
-                self.capture_metrics
-                    .dropped
-                    .with_label_values(&[e.as_str()])
-                    .inc();
-                tracing::debug!("bad kernel record: {e}");
-            }
-        }
+        take_record(
+            bytes,
+            &self.capture_metrics,
+            &mut self.conns,
+            &mut self.out,
+            &mut self.execs,
+        );
     }
 
     fn flush(&mut self) {
@@ -127,6 +117,33 @@ impl Pipeline {
             if let Some(j) = &mut self.jsonl {
                 j.write(&ex.record(&self.addresses));
             }
+        }
+    }
+}
+
+/// One kernel record into the connections (or, for an `exec`, into `execs`); a record
+/// that does not decode is counted by reason. Returns whether it decoded.
+pub(crate) fn take_record(
+    bytes: &[u8],
+    metrics: &CaptureMetrics,
+    conns: &mut ConnTable,
+    out: &mut ConnOutput,
+    execs: &mut Vec<u32>,
+) -> bool {
+    match decode::decode(bytes) {
+        Ok(event) => {
+            metrics.record(&event);
+            if let decode::Event::Exec { pid } = event {
+                execs.push(pid);
+            } else {
+                conns.on_event(event, out);
+            }
+            true
+        }
+        Err(e) => {
+            metrics.dropped.with_label_values(&[e.as_str()]).inc();
+            tracing::debug!("bad kernel record: {e}");
+            false
         }
     }
 }

@@ -28,7 +28,7 @@ use observer_common::{
 use prometheus::Registry;
 
 use crate::{
-    capture::{self, decode, metrics::CaptureMetrics},
+    capture::{self, metrics::CaptureMetrics},
     clock::Clock,
     config::Config,
     conn::{ConnOutput, ConnTable},
@@ -914,22 +914,15 @@ impl Replay {
     }
 
     fn record(&mut self, bytes: &[u8]) {
-        match decode::decode(bytes) {
-            Ok(event) => {
-                self.capture_metrics.record(&event);
-                if let decode::Event::Exec { pid } = event {
-                    self.execs.push(pid);
-                    return;
-                }
-                self.conns.on_event(event, &mut self.out);
-            }
-            Err(e) => {
-                self.undecoded += 1;
-                self.capture_metrics
-                    .dropped
-                    .with_label_values(&[e.as_str()])
-                    .inc();
-            }
+        let decoded = crate::agent::take_record(
+            bytes,
+            &self.capture_metrics,
+            &mut self.conns,
+            &mut self.out,
+            &mut self.execs,
+        );
+        if !decoded {
+            self.undecoded += 1;
         }
     }
 
@@ -1226,6 +1219,7 @@ fn sessions_bench(n: usize, each: u32, passes: usize) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::decode;
 
     fn replayed(spec: StreamSpec) -> (Replay, ReplayRun) {
         let mut replay = Replay::new(&Config::default(), &Registry::new()).unwrap();
