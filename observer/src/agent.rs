@@ -121,6 +121,18 @@ impl Pipeline {
     }
 }
 
+/// Request headers the parsers keep: the built-in list, the configured extras, and every
+/// header the identity stage reads credentials from.
+pub(crate) fn header_allowlist(config: &Config, table: &SessionTable) -> HeaderAllowlist {
+    HeaderAllowlist::new(
+        HeaderAllowlist::DEFAULT
+            .iter()
+            .map(|s| s.to_string())
+            .chain(config.capture.extra_headers.iter().cloned())
+            .chain(table.header_names()),
+    )
+}
+
 /// One kernel record into the connections (or, for an `exec`, into `execs`); a record
 /// that does not decode is counted by reason. Returns whether it decoded.
 pub(crate) fn take_record(
@@ -197,15 +209,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    // Request headers the parsers keep: the built-in list, the configured extras, and
-    // every header the identity stage reads credentials from.
-    let allowlist = HeaderAllowlist::new(
-        HeaderAllowlist::DEFAULT
-            .iter()
-            .map(|s| s.to_string())
-            .chain(config.capture.extra_headers.iter().cloned())
-            .chain(table.header_names()),
-    );
+    let allowlist = header_allowlist(&config, &table);
     let sessions = Arc::new(Mutex::new(table));
     let mut app_state = server::AppState::new(registry, Arc::clone(&sessions));
     app_state.capture_privacy = capture_privacy(&config, &allowlist);

@@ -33,7 +33,7 @@ use crate::{
     config::Config,
     conn::{ConnOutput, ConnTable},
     export::{metrics::RequestMetrics, snapshot::Snapshot},
-    http::{HeaderAllowlist, ParserLimits},
+    http::ParserLimits,
     identity::FingerprintKey,
     session::{metrics::SessionMetrics, SessionTable, SessionTableConfig},
 };
@@ -102,17 +102,6 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // Hooks
 
-/// Directories the agent looks in for the system libssl (`capture::tls`, which attaches
-/// to every `libssl.so*` there at start when `tls.system_libraries` is on).
-const LIB_DIRS: [&str; 6] = [
-    "/lib/x86_64-linux-gnu",
-    "/usr/lib/x86_64-linux-gnu",
-    "/lib64",
-    "/usr/lib64",
-    "/usr/lib",
-    "/usr/local/lib",
-];
-
 /// Every hook of the agent: its tracepoints (from the agent's own table), and an uprobe
 /// and a uretprobe on each TLS entry point the agent finds in the system libssl (found
 /// by the agent's own analysis of the file).
@@ -121,21 +110,8 @@ pub fn hooks() -> Vec<String> {
         .iter()
         .map(|p| format!("tracepoint:{}:{}", p.category, p.name))
         .collect();
-    let mut libs = Vec::new();
-    for dir in LIB_DIRS {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("libssl.so") {
-                let path = std::fs::canonicalize(e.path()).unwrap_or_else(|_| e.path());
-                if !libs.contains(&path) {
-                    libs.push(path);
-                }
-            }
-        }
-    }
-    libs.sort();
+    // The very files the agent attaches to at start.
+    let libs = capture::tls::system_libraries();
     for lib in libs {
         if let Ok(Some(capture::tls::Analysis::OpenSsl { entries })) = capture::tls::analyze(&lib) {
             for (symbol, _) in entries {
@@ -865,13 +841,7 @@ impl Replay {
             },
             key,
         );
-        let allowlist = HeaderAllowlist::new(
-            HeaderAllowlist::DEFAULT
-                .iter()
-                .map(|s| s.to_string())
-                .chain(config.capture.extra_headers.iter().cloned())
-                .chain(table.header_names()),
-        );
+        let allowlist = crate::agent::header_allowlist(config, &table);
         let mut conns = ConnTable::new(
             ParserLimits::default(),
             allowlist,

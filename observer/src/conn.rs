@@ -143,15 +143,12 @@ pub struct ConnStats {
     pub unknown_protocol: u64,
     /// Gaps in followed connections: records that never reached the agent.
     pub losses: u64,
-    /// Body bytes the kernel counted without copying, as asked.
-    pub skipped_bytes: u64,
     /// Bytes in those gaps.
     pub lost_bytes: u64,
     /// Exchanges that happened but were not reported whole because of a gap.
     pub lost_exchanges: u64,
-    /// Records that started before what was already seen (two calls on one socket at
-    /// once): handled as they come, not counted as a loss.
-    pub overlaps: u64,
+    /// Body bytes the kernel counted without copying, as asked.
+    pub skipped_bytes: u64,
 }
 
 /// What one event produced.
@@ -464,8 +461,6 @@ impl ConnTable {
                         };
                     }
                 }
-            } else if at.own < expected {
-                self.stats.overlaps += 1;
             }
             if client {
                 conn.client_bytes += chunk.len;
@@ -699,9 +694,10 @@ fn emit(
             continue;
         };
         // The direction of `side`'s bytes for this end's process.
-        let d = match (role, side) {
-            (Role::Server, Side::Client) | (Role::Client, Side::Server) => DIR_INGRESS,
-            _ => DIR_EGRESS,
+        let d = if side_of(role, Direction::Ingress) == side {
+            DIR_INGRESS
+        } else {
+            DIR_EGRESS
         };
         let source = if conn.tls { SOURCE_TLS } else { SOURCE_SYSCALL };
         conn.skip_until[d as usize] = conn.skip_until[d as usize].max(until);

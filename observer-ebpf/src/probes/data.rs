@@ -133,6 +133,7 @@ fn finish(ctx: &TracePointContext) {
 /// Send a Data record: the header and up to the configured number of bytes of `call`'s
 /// buffer (or iovecs), of which `len` were transferred.
 pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
+    let capture = capture_bytes();
     // Stamp the socket's byte counts: this record's place in its stream, and how far the
     // other direction had got. Counted before the ring buffer is tried, so a record that
     // does not make it shows as a gap.
@@ -150,7 +151,7 @@ pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
                 core::ptr::write_volatile(counters.add(own), offset + len);
                 // Only a call larger than what is copied can be worth skipping: small
                 // ones pay no lookup.
-                let skip_until = if len > capture_bytes() {
+                let skip_until = if len > capture {
                     skip_until(pid, call.fd, (*state).opened_ns, own)
                 } else {
                     0
@@ -174,7 +175,7 @@ pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
     };
     // SAFETY: per-CPU map value, used by this program only while it runs.
     let buf = unsafe { (*scratch).buf.as_mut_ptr() };
-    let mut cap = capture_bytes();
+    let mut cap = capture;
     if cap > len {
         cap = len;
     }

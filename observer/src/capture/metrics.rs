@@ -27,6 +27,8 @@ pub struct CaptureMetrics {
     /// Entries in the kernel's socket table, and those swept from it (closed unseen).
     pub kernel_sockets: IntGauge,
     pub kernel_sockets_swept: IntCounter,
+    /// `dropped{reason="connection_evicted"}`, resolved once: folded in every batch.
+    evicted: IntCounter,
     /// The connection table's counters as last folded in.
     conn_seen: ConnStats,
     kernel_seen: [u64; drop_reason::COUNT as usize],
@@ -125,7 +127,9 @@ impl CaptureMetrics {
         }
         let per_kind = ["accept", "connect", "addresses", "close", "data", "exec"]
             .map(|kind| events.with_label_values(&[kind]));
+        let evicted = dropped.with_label_values(&["connection_evicted"]);
         Ok(Self {
+            evicted,
             per_kind,
             ingress_bytes: bytes.with_label_values(&["ingress"]),
             egress_bytes: bytes.with_label_values(&["egress"]),
@@ -183,9 +187,7 @@ impl CaptureMetrics {
     pub fn update_conns(&mut self, stats: &ConnStats) {
         let last = self.conn_seen;
         let delta = |now: u64, then: u64| now.saturating_sub(then);
-        self.dropped
-            .with_label_values(&["connection_evicted"])
-            .inc_by(delta(stats.evicted, last.evicted));
+        self.evicted.inc_by(delta(stats.evicted, last.evicted));
         self.not_parsed
             .inc_by(delta(stats.unknown_protocol, last.unknown_protocol));
         self.gaps.inc_by(delta(stats.losses, last.losses));

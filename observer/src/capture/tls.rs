@@ -966,7 +966,7 @@ fn log_target(status: &TargetStatus) {
 }
 
 /// `libssl.so*` in the usual library directories.
-fn system_libraries() -> Vec<PathBuf> {
+pub(crate) fn system_libraries() -> Vec<PathBuf> {
     const DIRS: [&str; 6] = [
         "/lib/x86_64-linux-gnu",
         "/usr/lib/x86_64-linux-gnu",

@@ -1185,16 +1185,8 @@ impl Http1Parser {
         match side {
             Side::Client => self.unknown_requests = true,
             Side::Server => match resume_at {
-                Some(end) => {
-                    while let Some(front) = self.pending.front() {
-                        if front.stamps.is_some_and(|s| s.peer >= end) {
-                            break;
-                        }
-                        if self.take_front().is_some_and(|p| p.request.is_some()) {
-                            out.lost_exchanges += 1;
-                        }
-                    }
-                }
+                // A placeholder (no counts) may have been answered in the gap too.
+                Some(end) => self.drop_answered_before(end, true, out),
                 None => {
                     // Without the kernel's counts, the oldest request is the likeliest answered.
                     if self.take_front().is_some_and(|p| p.request.is_some()) {
@@ -1207,12 +1199,18 @@ impl Http1Parser {
 }
 
 impl Http1Parser {
-    /// The server side resumes at stream offset `at` after skipping bytes: a waiting
-    /// request read before the server had written `at` bytes was answered (as a rule, one
-    /// request at a time) by a response that began in what was skipped.
-    fn resync_server(&mut self, at: u64, out: &mut ParserOutput) {
+    /// Server bytes up to stream offset `at` were not parsed (lost, or skipped out of
+    /// sync): a waiting request read before the server had written `at` bytes was
+    /// answered (as a rule, one request at a time) by a response that began in them, and
+    /// is dropped as a lost exchange. `unstamped`: also drop the waiting entries without
+    /// the kernel's counts.
+    fn drop_answered_before(&mut self, at: u64, unstamped: bool, out: &mut ParserOutput) {
         while let Some(front) = self.pending.front() {
-            if front.stamps.is_none_or(|s| s.peer >= at) {
+            let answered = match front.stamps {
+                Some(s) => s.peer < at,
+                None => unstamped,
+            };
+            if !answered {
                 break;
             }
             if self.take_front().is_some_and(|p| p.request.is_some()) {
@@ -1248,7 +1246,7 @@ impl StreamParser for Http1Parser {
             dir.state = State::Head;
             dir.reset_buf();
             if let (Side::Server, Some(at)) = (side, segment.at) {
-                self.resync_server(at.own, out);
+                self.drop_answered_before(at.own, false, out);
             }
         }
         let mut pos = 0;
