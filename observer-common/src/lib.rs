@@ -11,6 +11,10 @@ pub const MAX_CAPTURE: usize = 8192;
 /// a long JWT.
 pub const DEFAULT_CAPTURE: u32 = 4096;
 
+/// Slots of the kernel's syscall dispatch tables (`ENTER_CALLS`, `EXIT_CALLS`): one per
+/// syscall number below this.
+pub const SYSCALL_SLOTS: u32 = 512;
+
 /// What a record in the ring buffer describes.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -76,6 +76,12 @@ pub enum Bench {
     },
     /// The hooks the agent attaches, one per line in bpftrace's probe syntax.
     Hooks,
+    /// Empty programs on the raw syscall tracepoints the agent hooks, for N seconds (the
+    /// floor's part that bpftrace cannot attach).
+    EmptySyscallHooks {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 pub fn run(which: Bench) -> anyhow::Result<()> {
@@ -90,6 +96,7 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
             exchanges_each,
             passes,
         } => sessions_bench(sessions, exchanges_each, passes),
+        Bench::EmptySyscallHooks { seconds } => capture::empty_syscall_hooks(seconds),
         Bench::Hooks => {
             for hook in hooks() {
                 println!("{hook}");
@@ -102,14 +109,21 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // Hooks
 
-/// Every hook of the agent: its tracepoints (from the agent's own table), and an uprobe
-/// and a uretprobe on each TLS entry point the agent finds in the system libssl (found
-/// by the agent's own analysis of the file).
+/// Every hook of the agent: the two raw syscall tracepoints (`rawtracepoint:sys_enter`,
+/// which bpftrace cannot attach here: `bench empty-syscall-hooks` does), its other
+/// tracepoints (from the agent's own tables), and an uprobe and a uretprobe on each TLS
+/// entry point the agent finds in the system libssl (found by the agent's own analysis of
+/// the file).
 pub fn hooks() -> Vec<String> {
-    let mut out: Vec<String> = capture::PROBES
+    let mut out: Vec<String> = capture::SYSCALL_DISPATCH
         .iter()
-        .map(|p| format!("tracepoint:{}:{}", p.category, p.name))
+        .map(|(_, point)| format!("rawtracepoint:{point}"))
         .collect();
+    out.extend(
+        capture::PROBES
+            .iter()
+            .map(|p| format!("tracepoint:{}:{}", p.category, p.name)),
+    );
     // The very files the agent attaches to at start.
     let libs = capture::tls::system_libraries();
     for lib in libs {
@@ -1291,5 +1305,7 @@ mod tests {
         for p in capture::PROBES {
             assert!(hooks.contains(&format!("tracepoint:{}:{}", p.category, p.name)));
         }
+        assert!(hooks.contains(&"rawtracepoint:sys_enter".to_string()));
+        assert!(hooks.contains(&"rawtracepoint:sys_exit".to_string()));
     }
 }

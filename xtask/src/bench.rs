@@ -758,7 +758,7 @@ fn overhead(
     for round in 1..=rounds {
         let base = load.run(&url, seconds, connections)?;
         let (floor, _probes, floor_run) = with_hooks(
-            || crate::floor::EmptyProbes::start(hooks),
+            || crate::floor::EmptyProbes::start(bin, hooks),
             |_| load.run(&url, seconds, connections),
         )?;
         let (traced, agent) = with_agent(bin, || load.run(&url, seconds, connections))?;

@@ -8,8 +8,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as read_raw},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use observer_common::{
     drop_reason, offset_index, DataEvent, EventKind, SocketKey, DATA_FLAG_OFFSETS, DATA_HEADER_LEN,
@@ -17,7 +17,7 @@ use observer_common::{
     SOURCE_SYSCALL,
 };
 
-use super::{syscall_arg, syscall_ret};
+use super::{native, syscall_arg, syscall_ret};
 use crate::maps::{
     config, count_drop, current, tls_socket, tracked, wakeup_flags, Call, CALL_ADDRESSES, CALL_BUF,
     CALL_IOV, CALL_SENDFILE, EVENTS, INFLIGHT, ORDERS, SCRATCH,
@@ -37,7 +37,10 @@ struct IoVec {
 /// socket is not tracked, or carries TLS and has nothing left to tell. A TLS socket's
 /// bytes are ciphertext and are not copied; until its addresses are known a read is still
 /// remembered (as `CALL_ADDRESSES`) so that the address hook can name it.
-fn gate(ctx: &TracePointContext, kind: u32, direction: u32) -> Option<(u32, u32, u32)> {
+fn gate(ctx: &RawTracePointContext, kind: u32, direction: u32) -> Option<(u32, u32, u32)> {
+    if !native(ctx) {
+        return None;
+    }
     let (pid, tid) = current();
     let fd = syscall_arg(ctx, 0) as u32;
     let state = tracked(pid, fd)?;
@@ -61,7 +64,7 @@ fn remember_call(tid: u32, call: Call) {
     }
 }
 
-fn remember(ctx: &TracePointContext, kind: u32, direction: u32, ptr_arg: usize) {
+fn remember(ctx: &RawTracePointContext, kind: u32, direction: u32, ptr_arg: usize) {
     let Some((tid, fd, kind)) = gate(ctx, kind, direction) else {
         return;
     };
@@ -79,12 +82,12 @@ const MSG_PEEK: u64 = 2;
 
 /// A receive whose `flags` (syscall argument `flags_arg`) peek is not a data call: the
 /// same bytes come again with the read that consumes them.
-fn peeks(ctx: &TracePointContext, flags_arg: usize) -> bool {
+fn peeks(ctx: &RawTracePointContext, flags_arg: usize) -> bool {
     syscall_arg(ctx, flags_arg) & MSG_PEEK != 0
 }
 
 /// `recvmsg`/`sendmsg`: the iovec array is inside the user's `struct msghdr`.
-fn remember_msg(ctx: &TracePointContext, direction: u32) {
+fn remember_msg(ctx: &RawTracePointContext, direction: u32) {
     let Some((tid, fd, kind)) = gate(ctx, CALL_IOV, direction) else {
         return;
     };
@@ -113,7 +116,7 @@ fn remember_msg(ctx: &TracePointContext, direction: u32) {
     );
 }
 
-fn finish(ctx: &TracePointContext) {
+fn finish(ctx: &RawTracePointContext) {
     let (pid, tid) = current();
     // SAFETY: copied out before removal.
     let Some(call) = (unsafe { INFLIGHT.get(tid) }).copied() else {
@@ -297,10 +300,10 @@ fn copy_iovecs(buf: *mut u8, call: &Call, cap: u64) -> u64 {
     off
 }
 
-/// Every data syscall's exit: one program, attached to each `sys_exit_*` of the data
-/// families (their records have the same layout), so the verifier checks it once.
-#[tracepoint]
-pub fn exit_data(ctx: TracePointContext) -> u32 {
+/// Every data syscall's exit: one program, in the exit slot of each data syscall, so the
+/// verifier checks it once.
+#[raw_tracepoint]
+pub fn exit_data(ctx: RawTracePointContext) -> i32 {
     finish(&ctx);
     0
 }
@@ -308,9 +311,10 @@ pub fn exit_data(ctx: TracePointContext) -> u32 {
 macro_rules! data_hooks {
     ($($enter:ident, $enter_tp:literal, $body:expr;)*) => {
         $(
-            #[tracepoint(category = "syscalls", name = $enter_tp)]
-            pub fn $enter(ctx: TracePointContext) -> u32 {
-                let f: fn(&TracePointContext) = $body;
+            #[doc = concat!("Entry of `", $enter_tp, "`, tail-called from `sys_enter`.")]
+            #[raw_tracepoint]
+            pub fn $enter(ctx: RawTracePointContext) -> i32 {
+                let f: fn(&RawTracePointContext) = $body;
                 f(&ctx);
                 0
             }

@@ -2,15 +2,15 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use observer_common::{
     drop_reason, EventKind, SocketEvent, SocketKey, SocketState, AF_INET, AF_INET6, ROLE_CLIENT,
     ROLE_SERVER, ROLE_UNKNOWN, SOCKET_FLAG_ADDRESSES_KNOWN,
 };
 
-use super::{syscall_arg, syscall_ret};
+use super::{native, syscall_arg, syscall_ret};
 use crate::maps::{
     config, count_drop, current, is_agent, tracked, wakeup_flags, Call, CALL_ACCEPT, CALL_CONNECT,
     EVENTS, INFLIGHT, ORDERS, SOCKETS,
@@ -105,21 +105,16 @@ fn take(tid: u32, kind: u32) -> Option<Call> {
     (call.kind == kind).then_some(call)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_accept")]
-pub fn enter_accept(ctx: TracePointContext) -> u32 {
+/// Entry of `accept` and `accept4` (the same arguments first).
+#[raw_tracepoint]
+pub fn enter_accept(ctx: RawTracePointContext) -> i32 {
     on_enter_accept(&ctx);
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
-pub fn enter_accept4(ctx: TracePointContext) -> u32 {
-    on_enter_accept(&ctx);
-    0
-}
-
-fn on_enter_accept(ctx: &TracePointContext) {
+fn on_enter_accept(ctx: &RawTracePointContext) {
     let (pid, tid) = current();
-    if is_agent(pid) {
+    if is_agent(pid) || !native(ctx) {
         return;
     }
     let call = Call {
@@ -136,19 +131,14 @@ fn on_enter_accept(ctx: &TracePointContext) {
     remember(tid, &call);
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
-pub fn exit_accept(ctx: TracePointContext) -> u32 {
+/// Return of `accept` and `accept4`.
+#[raw_tracepoint]
+pub fn exit_accept(ctx: RawTracePointContext) -> i32 {
     on_exit_accept(&ctx);
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
-pub fn exit_accept4(ctx: TracePointContext) -> u32 {
-    on_exit_accept(&ctx);
-    0
-}
-
-fn on_exit_accept(ctx: &TracePointContext) {
+fn on_exit_accept(ctx: &RawTracePointContext) {
     let (pid, tid) = current();
     let Some(call) = take(tid, CALL_ACCEPT) else {
         return;
@@ -177,10 +167,11 @@ fn on_exit_accept(ctx: &TracePointContext) {
     });
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn enter_connect(ctx: TracePointContext) -> u32 {
+/// Entry of `connect`.
+#[raw_tracepoint]
+pub fn enter_connect(ctx: RawTracePointContext) -> i32 {
     let (pid, tid) = current();
-    if is_agent(pid) {
+    if is_agent(pid) || !native(&ctx) {
         return 0;
     }
     let Some((family, port, addr)) = read_sockaddr(syscall_arg(&ctx, 1)) else {
@@ -204,8 +195,9 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
-pub fn exit_connect(ctx: TracePointContext) -> u32 {
+/// Return of `connect`.
+#[raw_tracepoint]
+pub fn exit_connect(ctx: RawTracePointContext) -> i32 {
     let (pid, tid) = current();
     let Some(call) = take(tid, CALL_CONNECT) else {
         return 0;
@@ -230,8 +222,12 @@ pub fn exit_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_close")]
-pub fn enter_close(ctx: TracePointContext) -> u32 {
+/// Entry of `close`.
+#[raw_tracepoint]
+pub fn enter_close(ctx: RawTracePointContext) -> i32 {
+    if !native(&ctx) {
+        return 0;
+    }
     let (pid, tid) = current();
     let fd = syscall_arg(&ctx, 0) as u32;
     let key = SocketKey { pid, fd };

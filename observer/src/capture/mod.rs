@@ -10,8 +10,8 @@ pub mod tracefs;
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use observer_common::{
@@ -49,37 +49,117 @@ const fn probe(
     }
 }
 
-/// Every hook the agent attaches, in one place.
+/// The tracepoints the agent attaches besides the syscalls'.
 pub const PROBES: &[ProbeSpec] = &[
-    probe("enter_accept", "syscalls", "sys_enter_accept", false),
-    probe("exit_accept", "syscalls", "sys_exit_accept", false),
-    probe("enter_accept4", "syscalls", "sys_enter_accept4", true),
-    probe("exit_accept4", "syscalls", "sys_exit_accept4", true),
-    probe("enter_connect", "syscalls", "sys_enter_connect", true),
-    probe("exit_connect", "syscalls", "sys_exit_connect", true),
-    probe("enter_close", "syscalls", "sys_enter_close", true),
-    probe("enter_read", "syscalls", "sys_enter_read", true),
-    probe("exit_data", "syscalls", "sys_exit_read", true),
-    probe("enter_write", "syscalls", "sys_enter_write", true),
-    probe("exit_data", "syscalls", "sys_exit_write", true),
-    probe("enter_recvfrom", "syscalls", "sys_enter_recvfrom", true),
-    probe("exit_data", "syscalls", "sys_exit_recvfrom", true),
-    probe("enter_sendto", "syscalls", "sys_enter_sendto", true),
-    probe("exit_data", "syscalls", "sys_exit_sendto", true),
-    probe("enter_readv", "syscalls", "sys_enter_readv", false),
-    probe("exit_data", "syscalls", "sys_exit_readv", false),
-    probe("enter_writev", "syscalls", "sys_enter_writev", false),
-    probe("exit_data", "syscalls", "sys_exit_writev", false),
-    probe("enter_recvmsg", "syscalls", "sys_enter_recvmsg", false),
-    probe("exit_data", "syscalls", "sys_exit_recvmsg", false),
-    probe("enter_sendmsg", "syscalls", "sys_enter_sendmsg", false),
-    probe("exit_data", "syscalls", "sys_exit_sendmsg", false),
-    probe("enter_sendfile", "syscalls", "sys_enter_sendfile64", false),
-    probe("exit_data", "syscalls", "sys_exit_sendfile64", false),
     probe("tcp_rcv_space_adjust", "tcp", "tcp_rcv_space_adjust", false),
     probe("process_exec", "sched", "sched_process_exec", false),
     probe("thread_exit", "sched", "sched_process_exit", false),
     probe("tcp_state", "sock", "inet_sock_set_state", false),
+];
+
+/// The two raw syscall tracepoints and their dispatchers (`observer-ebpf`'s
+/// `probes/mod.rs`): every syscall hook below goes through them.
+pub const SYSCALL_DISPATCH: [(&str, &str); 2] =
+    [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")];
+
+/// One syscall hook: the program the dispatcher tail-calls for the syscall's number, on
+/// entry or on return. `point` names it like the syscall's own tracepoint.
+pub struct SyscallHook {
+    pub program: &'static str,
+    pub point: &'static str,
+    pub nr: libc::c_long,
+    pub exit: bool,
+    /// As for [`ProbeSpec::required`].
+    pub required: bool,
+}
+
+const fn enter(
+    program: &'static str,
+    point: &'static str,
+    nr: libc::c_long,
+    required: bool,
+) -> SyscallHook {
+    SyscallHook {
+        program,
+        point,
+        nr,
+        exit: false,
+        required,
+    }
+}
+
+const fn exit(
+    program: &'static str,
+    point: &'static str,
+    nr: libc::c_long,
+    required: bool,
+) -> SyscallHook {
+    SyscallHook {
+        program,
+        point,
+        nr,
+        exit: true,
+        required,
+    }
+}
+
+/// Every syscall hook, in one place.
+pub const SYSCALL_HOOKS: &[SyscallHook] = &[
+    enter("enter_accept", "sys_enter_accept", libc::SYS_accept, false),
+    exit("exit_accept", "sys_exit_accept", libc::SYS_accept, false),
+    enter("enter_accept", "sys_enter_accept4", libc::SYS_accept4, true),
+    exit("exit_accept", "sys_exit_accept4", libc::SYS_accept4, true),
+    enter(
+        "enter_connect",
+        "sys_enter_connect",
+        libc::SYS_connect,
+        true,
+    ),
+    exit("exit_connect", "sys_exit_connect", libc::SYS_connect, true),
+    enter("enter_close", "sys_enter_close", libc::SYS_close, true),
+    enter("enter_read", "sys_enter_read", libc::SYS_read, true),
+    exit("exit_data", "sys_exit_read", libc::SYS_read, true),
+    enter("enter_write", "sys_enter_write", libc::SYS_write, true),
+    exit("exit_data", "sys_exit_write", libc::SYS_write, true),
+    enter(
+        "enter_recvfrom",
+        "sys_enter_recvfrom",
+        libc::SYS_recvfrom,
+        true,
+    ),
+    exit("exit_data", "sys_exit_recvfrom", libc::SYS_recvfrom, true),
+    enter("enter_sendto", "sys_enter_sendto", libc::SYS_sendto, true),
+    exit("exit_data", "sys_exit_sendto", libc::SYS_sendto, true),
+    enter("enter_readv", "sys_enter_readv", libc::SYS_readv, false),
+    exit("exit_data", "sys_exit_readv", libc::SYS_readv, false),
+    enter("enter_writev", "sys_enter_writev", libc::SYS_writev, false),
+    exit("exit_data", "sys_exit_writev", libc::SYS_writev, false),
+    enter(
+        "enter_recvmsg",
+        "sys_enter_recvmsg",
+        libc::SYS_recvmsg,
+        false,
+    ),
+    exit("exit_data", "sys_exit_recvmsg", libc::SYS_recvmsg, false),
+    enter(
+        "enter_sendmsg",
+        "sys_enter_sendmsg",
+        libc::SYS_sendmsg,
+        false,
+    ),
+    exit("exit_data", "sys_exit_sendmsg", libc::SYS_sendmsg, false),
+    enter(
+        "enter_sendfile",
+        "sys_enter_sendfile64",
+        libc::SYS_sendfile,
+        false,
+    ),
+    exit(
+        "exit_data",
+        "sys_exit_sendfile64",
+        libc::SYS_sendfile,
+        false,
+    ),
 ];
 
 /// How attaching one probe went.
@@ -138,6 +218,28 @@ fn privilege_hint(err: &dyn std::fmt::Display) -> String {
     }
 }
 
+/// For the overhead benchmark's floor: empty programs on the two raw syscall
+/// tracepoints the agent hooks, attached until `seconds` have passed.
+pub fn empty_syscall_hooks(seconds: u64) -> anyhow::Result<()> {
+    if EBPF_OBJECT.is_empty() {
+        bail!("this agent was built without its eBPF object (AYA_BUILD_SKIP was set)");
+    }
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    for ((_, point), program) in SYSCALL_DISPATCH
+        .iter()
+        .zip(["floor_sys_enter", "floor_sys_exit"])
+    {
+        load_raw(&mut ebpf, program)?
+            .attach(point)
+            .with_context(|| format!("attaching {program}"))?;
+    }
+    println!("attached");
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    Ok(())
+}
+
 impl Capture {
     /// Load and attach every probe. Fails with a clear message when a required one
     /// cannot be attached.
@@ -179,7 +281,7 @@ impl Capture {
             Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;
         config.set(0, kernel_config, 0).context("writing CONFIG")?;
 
-        let mut probes = Vec::new();
+        let mut probes = attach_syscalls(&mut ebpf)?;
         for spec in PROBES {
             let result = attach(&mut ebpf, spec);
             let status = ProbeStatus {
@@ -420,6 +522,75 @@ fn socket_open(pid: u32, fd: u32) -> bool {
 
 /// `BPF_EXIST`: a map update that only replaces an existing entry.
 const BPF_EXIST: u64 = 2;
+
+/// Fill the syscall dispatch tables, then attach the two dispatchers. A required hook
+/// that cannot be loaded stops the start; an optional one is reported and left out.
+fn attach_syscalls(ebpf: &mut Ebpf) -> anyhow::Result<Vec<ProbeStatus>> {
+    let mut statuses = Vec::new();
+    let mut fds = Vec::new();
+    for hook in SYSCALL_HOOKS {
+        let result = load_raw(ebpf, hook.program).and_then(|p| {
+            let slot = u32::try_from(hook.nr)
+                .ok()
+                .filter(|&n| n < observer_common::SYSCALL_SLOTS)
+                .context("syscall number outside the dispatch table")?;
+            Ok((slot, p.fd()?.try_clone()?))
+        });
+        let status = ProbeStatus {
+            program: hook.program,
+            attach_point: format!("syscalls:{}", hook.point),
+            attached: result.is_ok(),
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+        };
+        match result {
+            Ok((slot, fd)) => fds.push((hook.exit, slot, fd)),
+            Err(e) if hook.required => {
+                return Err(anyhow::anyhow!(privilege_hint(&format!("{e:#}"))))
+                    .with_context(|| format!("loading required probe {}", status.attach_point));
+            }
+            Err(e) => tracing::warn!("optional probe {} not attached: {e:#}", status.attach_point),
+        }
+        statuses.push(status);
+    }
+    for (table, exit) in [("ENTER_CALLS", false), ("EXIT_CALLS", true)] {
+        let mut calls: ProgramArray<_> = ProgramArray::try_from(
+            ebpf.map_mut(table)
+                .with_context(|| format!("{table} map missing"))?,
+        )?;
+        for (_, slot, fd) in fds.iter().filter(|(e, _, _)| *e == exit) {
+            calls
+                .set(*slot, fd, 0)
+                .with_context(|| format!("filling {table}"))?;
+        }
+    }
+    for (program, point) in SYSCALL_DISPATCH {
+        let dispatcher = load_raw(ebpf, program)?;
+        dispatcher
+            .attach(point)
+            .map_err(|e| anyhow::anyhow!(privilege_hint(&format!("{e:#}"))))
+            .with_context(|| format!("attaching the raw syscall tracepoint {point}"))?;
+        statuses.push(ProbeStatus {
+            program,
+            attach_point: format!("raw_syscalls:{point}"),
+            attached: true,
+            error: None,
+        });
+    }
+    Ok(statuses)
+}
+
+/// The raw tracepoint program `name`, loaded (and verified) once however many slots it
+/// fills.
+fn load_raw<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut RawTracePoint> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?;
+    if program.fd().is_err() {
+        program.load().context("loading (verifier)")?;
+    }
+    Ok(program)
+}
 
 fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> anyhow::Result<()> {
     let program: &mut TracePoint = ebpf
