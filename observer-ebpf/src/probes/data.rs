@@ -173,15 +173,55 @@ pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
         // All of it is a body the agent has delimited: counted above, not copied.
         return;
     }
+    let mut cap = capture;
+    if cap > len {
+        cap = len;
+    }
+    if call.kind == CALL_BUF && cap <= SMALL_PAYLOAD as u64 {
+        // A small copy from one buffer goes straight into a fixed-size record reserved in
+        // the ring: no scratch, no second copy.
+        let Some(mut entry) = EVENTS.reserve::<SmallRecord>(0) else {
+            count_drop(drop_reason::RINGBUF_FULL);
+            return;
+        };
+        let record = entry.as_mut_ptr();
+        let mut captured: u64 = 0;
+        if cap > 0 {
+            // SAFETY: cap <= SMALL_PAYLOAD, the size of the reserved payload.
+            let rc = unsafe {
+                read_raw(
+                    core::ptr::addr_of_mut!((*record).payload) as *mut c_void,
+                    cap as u32,
+                    call.ptr as *const c_void,
+                )
+            };
+            if rc == 0 {
+                captured = cap;
+            } else {
+                count_drop(drop_reason::READ_FAILED);
+            }
+        }
+        let head = data_header(
+            pid,
+            tid,
+            call,
+            len,
+            source,
+            captured,
+            flags,
+            offset,
+            peer_offset,
+        );
+        // SAFETY: the reserved record starts with room for the header.
+        unsafe { core::ptr::addr_of_mut!((*record).head).write(head) };
+        entry.submit(wakeup_flags());
+        return;
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU map value, used by this program only while it runs.
     let buf = unsafe { (*scratch).buf.as_mut_ptr() };
-    let mut cap = capture;
-    if cap > len {
-        cap = len;
-    }
     let mut captured: u64 = 0;
     if call.kind == CALL_BUF {
         if cap > 0 {
@@ -202,7 +242,55 @@ pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
     } else if call.kind == CALL_IOV {
         captured = copy_iovecs(buf, call, cap);
     }
-    let header = DataEvent {
+    let header = data_header(
+        pid,
+        tid,
+        call,
+        len,
+        source,
+        captured,
+        flags,
+        offset,
+        peer_offset,
+    );
+    // SAFETY: the scratch buffer starts with room for the header.
+    unsafe { core::ptr::write_unaligned(buf as *mut DataEvent, header) };
+    let mut size = DATA_HEADER_LEN as u64 + captured;
+    if size > (DATA_HEADER_LEN + MAX_CAPTURE) as u64 {
+        size = (DATA_HEADER_LEN + MAX_CAPTURE) as u64;
+    }
+    // SAFETY: size is bounded by the scratch buffer's length.
+    let record = unsafe { core::slice::from_raw_parts(buf as *const u8, size as usize) };
+    if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
+        count_drop(drop_reason::RINGBUF_FULL);
+    }
+}
+
+/// Payload room of a record reserved in place (header + payload = 512 bytes).
+const SMALL_PAYLOAD: usize = 512 - DATA_HEADER_LEN;
+
+/// A data record small enough to be reserved in the ring at a fixed size; its `captured`
+/// says how much of the payload is meaningful (the agent ignores the rest).
+#[repr(C)]
+struct SmallRecord {
+    head: DataEvent,
+    payload: [u8; SMALL_PAYLOAD],
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn data_header(
+    pid: u32,
+    tid: u32,
+    call: &Call,
+    len: u64,
+    source: u32,
+    captured: u64,
+    flags: u32,
+    offset: u64,
+    peer_offset: u64,
+) -> DataEvent {
+    DataEvent {
         header: observer_common::EventHeader {
             kind: EventKind::Data as u32,
             pid,
@@ -218,17 +306,6 @@ pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
         flags,
         offset,
         peer_offset,
-    };
-    // SAFETY: the scratch buffer starts with room for the header.
-    unsafe { core::ptr::write_unaligned(buf as *mut DataEvent, header) };
-    let mut size = DATA_HEADER_LEN as u64 + captured;
-    if size > (DATA_HEADER_LEN + MAX_CAPTURE) as u64 {
-        size = (DATA_HEADER_LEN + MAX_CAPTURE) as u64;
-    }
-    // SAFETY: size is bounded by the scratch buffer's length.
-    let record = unsafe { core::slice::from_raw_parts(buf as *const u8, size as usize) };
-    if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
-        count_drop(drop_reason::RINGBUF_FULL);
     }
 }
 
