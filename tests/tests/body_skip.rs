@@ -121,3 +121,68 @@ fn long_bodies_are_counted_in_the_kernel_not_copied() {
     assert_eq!(delta("api_observer_capture_lost_bytes_total"), 0.0);
     std::thread::sleep(Duration::from_millis(10));
 }
+
+/// HTTP/2: once the agent has read the head of a long DATA frame (nginx sends frames of
+/// up to `http2_chunk_size` when the client accepts them), the reads and writes that lie
+/// inside the rest of the frame are counted in the kernel, not copied; the bodies still
+/// add up, both ends.
+#[test]
+fn long_http2_data_frames_are_counted_in_the_kernel_not_copied() {
+    if !(prerequisites() && require_tools(&["nginx", "h2load"])) {
+        return;
+    }
+    let port = free_port();
+    let nginx = Nginx::start_h2c(port, "http2_chunk_size 1m; sendfile on;").unwrap();
+    const HUGE: usize = 4 << 20;
+    std::fs::write(nginx.dir.join("html/huge.bin"), vec![b'h'; HUGE]).unwrap();
+    let agent = Agent::start(&[]).unwrap();
+    let before = agent.metrics();
+    // Four downloads as concurrent streams of one connection; h2load takes frames of up
+    // to 1 MiB and opens its flow-control windows wide.
+    let out = Command::new("h2load")
+        .args([
+            "-n", "4", "-c", "1", "-m", "4", "-f", "1M", "-w", "30", "-W", "30",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/huge.bin"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("4 succeeded"), "{text}");
+    let seen = agent.exchanges_for_port(port, 8);
+    let mut got: Vec<(String, String, u64, u64)> = seen
+        .iter()
+        .map(|e| {
+            (
+                e["role"].as_str().unwrap_or_default().to_string(),
+                e["path"].as_str().unwrap_or_default().to_string(),
+                e["status"].as_u64().unwrap_or_default(),
+                e["response_body_bytes"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want: Vec<(String, String, u64, u64)> = ["client", "server"]
+        .iter()
+        .flat_map(|role| {
+            (0..4).map(move |_| (role.to_string(), "/huge.bin".to_string(), 200, HUGE as u64))
+        })
+        .collect();
+    assert_eq!(got, want);
+    let after = agent.metrics();
+    let delta = |name: &str| metric_total(&after, name) - metric_total(&before, name);
+    let skipped = delta("api_observer_capture_skipped_bytes_total");
+    eprintln!(
+        "h2 body bytes (both ends) {}; skipped {skipped}; data records {}",
+        8 * HUGE,
+        delta("api_observer_capture_events_total{kind=\"data\"}")
+    );
+    assert!(
+        skipped > (1 << 20) as f64,
+        "only {skipped} HTTP/2 body bytes counted without copying"
+    );
+    assert_eq!(delta("api_observer_capture_lost_bytes_total"), 0.0);
+    assert_eq!(
+        parse_issue_count(&after, "truncated").unwrap_or(0.0),
+        parse_issue_count(&before, "truncated").unwrap_or(0.0)
+    );
+}

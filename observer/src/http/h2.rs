@@ -40,7 +40,7 @@ use std::{collections::HashMap, sync::Arc};
 use super::{
     hpack::{Decoder, Field, MAX_TABLE_SIZE},
     Grpc, Header, HeaderAllowlist, ParseIssue, ParsedExchange, ParserLimits, ParserOutput,
-    Protocol, RequestHead, Segment, Side, StreamParser,
+    Protocol, RequestHead, Segment, Side, StreamParser, SKIP_MIN,
 };
 
 /// The client connection preface (RFC 9113 §3.4).
@@ -185,6 +185,8 @@ struct Dir {
     data_pad: u32,
     /// DATA: the pad length byte is still to come.
     data_pad_pending: bool,
+    /// The stream offset up to which the kernel was last asked to count without copying.
+    skip_ordered: u64,
 }
 
 impl Dir {
@@ -198,6 +200,7 @@ impl Dir {
             frame_ns: 0,
             data_pad: 0,
             data_pad_pending: false,
+            skip_ordered: 0,
         }
     }
 
@@ -1043,6 +1046,24 @@ impl Http2Parser {
         }
     }
 
+    /// The segment ended inside a long DATA payload: the rest of the frame is left to the
+    /// kernel to count without copying (once per frame). Frames are at most 16 KiB unless
+    /// the peer raised `SETTINGS_MAX_FRAME_SIZE`, so this pays off for large frames read
+    /// or written in several calls.
+    fn order_skip(&mut self, side: Side, segment: &Segment<'_>, out: &mut ParserOutput) {
+        let Some(at) = segment.at else {
+            return;
+        };
+        let dir = self.dir_mut(side);
+        if let Phase::Payload { head, left } = dir.phase {
+            let until = at.own + segment.len + u64::from(left);
+            if head.kind == DATA && u64::from(left) >= SKIP_MIN && until > dir.skip_ordered {
+                dir.skip_ordered = until;
+                out.skips.push((side, until));
+            }
+        }
+    }
+
     /// Bytes of a segment that were not captured.
     fn skip_gap(&mut self, side: Side, gap: u64, out: &mut ParserOutput) {
         let dir = self.dir_mut(side);
@@ -1158,6 +1179,7 @@ impl StreamParser for Http2Parser {
         if gap > 0 {
             self.skip_gap(side, gap, out);
         }
+        self.order_skip(side, &segment, out);
     }
 
     fn finish(&mut self, _ts_ns: u64, out: &mut ParserOutput) {
@@ -1713,6 +1735,90 @@ pub(crate) mod tests {
         );
         assert_eq!(rows(&out), [row("GET", "/after", 200)]);
         assert!(out.issues.contains(&ParseIssue::FrameResync));
+    }
+
+    #[test]
+    fn a_long_data_frame_is_left_to_the_kernel_once_and_its_body_still_counts() {
+        let (client, _) = simple();
+        let mut p = parser();
+        let mut out = ParserOutput::default();
+        feed(&mut p, Side::Client, 1, &client, &mut out);
+        let body = vec![7u8; 100_000];
+        let mut server = frame(HEADERS, END_HEADERS, 1, &indexed(8));
+        server.extend(frame(DATA, 0, 1, &body));
+        server.extend(frame(DATA, END_STREAM, 1, b"tail"));
+        let at = |own: u64| {
+            Some(crate::http::Offsets {
+                own,
+                peer: client.len() as u64,
+            })
+        };
+        // The first call carries the head and 1,000 bytes of the long frame.
+        let first = FRAME_HEAD + indexed(8).len() + FRAME_HEAD + 1000;
+        let frame_end = (FRAME_HEAD + indexed(8).len() + FRAME_HEAD + body.len()) as u64;
+        p.feed(
+            Side::Server,
+            Segment {
+                ts_ns: 2,
+                data: &server[..first],
+                len: first as u64,
+                at: at(0),
+                lost_before: 0,
+            },
+            &mut out,
+        );
+        assert_eq!(out.skips, [(Side::Server, frame_end)]);
+        // A second call inside the same frame orders nothing more.
+        let second = first + 5000;
+        p.feed(
+            Side::Server,
+            Segment {
+                ts_ns: 3,
+                data: &server[first..second],
+                len: 5000,
+                at: at(first as u64),
+                lost_before: 0,
+            },
+            &mut out,
+        );
+        assert_eq!(out.skips.len(), 1);
+        // The kernel counted the rest of the frame without sending it: the next record
+        // starts after it, the skipped bytes before it.
+        p.feed(
+            Side::Server,
+            Segment {
+                ts_ns: 4,
+                data: &server[frame_end as usize..],
+                len: (server.len() - frame_end as usize) as u64,
+                at: at(frame_end),
+                lost_before: frame_end - second as u64,
+            },
+            &mut out,
+        );
+        assert_eq!(rows(&out), [row("GET", "/items/7?x=1", 200)]);
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        assert_eq!(
+            out.exchanges[0].response_body_bytes,
+            Some(body.len() as u64 + 4)
+        );
+        // A short frame (under `SKIP_MIN`) is never worth an order.
+        let mut p = parser();
+        let mut out = ParserOutput::default();
+        feed(&mut p, Side::Client, 1, &client, &mut out);
+        let mut server = frame(HEADERS, END_HEADERS, 1, &indexed(8));
+        server.extend(frame(DATA, END_STREAM, 1, &vec![1u8; 16_384]));
+        p.feed(
+            Side::Server,
+            Segment {
+                ts_ns: 2,
+                data: &server[..100],
+                len: 100,
+                at: at(0),
+                lost_before: 0,
+            },
+            &mut out,
+        );
+        assert!(out.skips.is_empty());
     }
 
     #[test]
