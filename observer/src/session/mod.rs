@@ -21,6 +21,8 @@ pub mod findings;
 pub mod freeze;
 #[cfg(test)]
 mod freeze_tests;
+#[cfg(test)]
+mod incremental_tests;
 pub mod metrics;
 pub mod privacy;
 #[cfg(test)]
@@ -149,6 +151,8 @@ pub struct SessionTable {
     extractor: Extractor,
     key: FingerprintKey,
     sessions: HashMap<Arc<str>, Session>,
+    /// What the sessions hold across them (for the privacy report).
+    held: privacy::Held,
     /// Views across credentials (per network, per route), bounded by `MAX_VIEWS`.
     views: HashMap<Arc<str>, Session>,
     /// Scratch buffer for view ids (no allocation per exchange).
@@ -214,6 +218,7 @@ impl SessionTable {
             limits,
             key,
             sessions: HashMap::new(),
+            held: privacy::Held::default(),
             views: HashMap::new(),
             view_key: String::new(),
             frozen: HashSet::new(),
@@ -336,7 +341,12 @@ impl SessionTable {
             return;
         }
         if self.sessions.len() >= self.sessions_cfg.max_sessions {
-            evict_oldest(&mut self.sessions, &mut self.counters.evicted_capacity);
+            let held = &mut self.held;
+            evict_oldest(
+                &mut self.sessions,
+                &mut self.counters.evicted_capacity,
+                |s| held.remove(s),
+            );
         }
         let mut s = Session::new(
             Arc::clone(id),
@@ -347,6 +357,7 @@ impl SessionTable {
         );
         s.frozen = fingerprint.is_some_and(|f| self.frozen.contains(f));
         s.durable = durable;
+        self.held.add(direction);
         self.sessions.insert(Arc::clone(id), s);
         self.counters.sessions_created += 1;
     }
@@ -356,7 +367,7 @@ impl SessionTable {
     fn view_mut(&mut self, id: &str, kind: ViewKind, t: SystemTime) -> &mut Session {
         if !self.views.contains_key(id) {
             if self.views.len() >= MAX_VIEWS {
-                evict_oldest(&mut self.views, &mut self.counters.evicted_capacity);
+                evict_oldest(&mut self.views, &mut self.counters.evicted_capacity, |_| {});
             }
             let id: Arc<str> = Arc::from(id);
             let mut v = Session::new(Arc::clone(&id), Direction::Inbound, None, t, &self.limits);
@@ -483,13 +494,13 @@ impl SessionTable {
                     }
                 }
                 let v = self.view_mut(&key, kind, t);
-                v.settled = false;
+                v.touch();
                 v.first_seen = v.first_seen.min(t);
                 v.last_seen = v.last_seen.max(t);
                 v.requests += 1;
                 v.status[class_index(ex.outcome())] += 1;
                 // The networks a view covers (bounded like a session's).
-                v.hit_network(network, t);
+                let _ = v.hit_network(network, t);
                 if let Some(a) = v.across.as_mut() {
                     a.record(&u, t);
                 }
@@ -502,7 +513,7 @@ impl SessionTable {
             return;
         };
         let sc = &self.scoring;
-        s.settled = false;
+        s.touch();
         s.first_seen = s.first_seen.min(t);
         s.last_seen = s.last_seen.max(t);
         s.requests += 1;
@@ -530,8 +541,10 @@ impl SessionTable {
             }
         }
         s.last_pair = Some((network, Arc::clone(&agent)));
-        s.hit_network(network, t);
-        s.hit_agent(&agent, t);
+        let change = s.hit_network(network, t);
+        self.held.network(network, change);
+        let change = s.hit_agent(&agent, t);
+        self.held.agent(&agent, change);
 
         // Route, with distinct ids.
         let r = s.routes.entry(Arc::clone(&route), || RouteStats::new(t));
@@ -636,12 +649,19 @@ impl SessionTable {
         let ttl = Duration::from_secs(self.sessions_cfg.idle_ttl_secs);
         let max_age = Duration::from_secs(self.sessions_cfg.max_age_secs);
         self.views.retain(|_, v| since(now, v.last_seen) < ttl);
-        let before = self.sessions.len();
-        self.sessions.retain(|_, s| since(now, s.last_seen) < ttl);
-        let idle = before - self.sessions.len();
-        self.sessions
-            .retain(|_, s| since(now, s.first_seen) < max_age);
-        let old = before - idle - self.sessions.len();
+        let (mut idle, mut old) = (0, 0);
+        let held = &mut self.held;
+        self.sessions.retain(|_, s| {
+            if since(now, s.last_seen) >= ttl {
+                idle += 1;
+            } else if since(now, s.first_seen) >= max_age {
+                old += 1;
+            } else {
+                return true;
+            }
+            held.remove(s);
+            false
+        });
         self.counters.evicted_idle += idle as u64;
         self.counters.expired_max_age += old as u64;
         idle + old
@@ -657,6 +677,14 @@ impl SessionTable {
         let mut changes = Vec::new();
         for s in self.sessions.values_mut().chain(self.views.values_mut()) {
             if s.settled {
+                continue;
+            }
+            // Unchanged since it was last scored, and nothing it is scored on can have
+            // changed with time since: scoring it again would give the same assessment.
+            if s.quiet
+                .is_some_and(|(scored, until)| scored <= now && now <= until)
+            {
+                s.settled = since(now, s.last_seen) > settle_after;
                 continue;
             }
             let over_tier = s
@@ -683,7 +711,13 @@ impl SessionTable {
             s.score = a.score;
             s.state = a.state;
             s.reasons = a.reasons;
+            s.quiet = s
+                .quiet_until(&self.tiers, &self.scoring, now)
+                .map(|until| (now, until));
             s.settled = since(now, s.last_seen) > settle_after;
+            // Only scoring and changes (which make the session scored here) alter what
+            // a summary shows: a settled or quiet session's is still current.
+            s.refresh_summary();
         }
         self.counters.state_changes += changes.len() as u64;
         changes.sort_by(|a, b| a.session_id.cmp(&b.session_id));
@@ -694,6 +728,7 @@ impl SessionTable {
     pub fn purge(&mut self) -> usize {
         let n = self.sessions.len();
         self.sessions.clear();
+        self.held.clear();
         self.views.clear();
         // Id hashes from before cannot be matched against later ones.
         self.id_hasher = RandomState::new();
@@ -726,8 +761,13 @@ impl SessionTable {
     }
 }
 
-/// Drop the least recently used entries of `map` (1%, at least one); counts them.
-fn evict_oldest(map: &mut HashMap<Arc<str>, Session>, counter: &mut u64) {
+/// Drop the least recently used entries of `map` (1%, at least one); counts them, and
+/// shows each to `dropped`.
+fn evict_oldest(
+    map: &mut HashMap<Arc<str>, Session>,
+    counter: &mut u64,
+    mut dropped: impl FnMut(&Session),
+) {
     let n = (map.len() / 100).max(1);
     let mut by_age: Vec<(SystemTime, Arc<str>)> = map
         .values()
@@ -737,7 +777,9 @@ fn evict_oldest(map: &mut HashMap<Arc<str>, Session>, counter: &mut u64) {
         by_age.select_nth_unstable(n);
     }
     for (_, id) in by_age.into_iter().take(n) {
-        map.remove(&id);
+        if let Some(s) = map.remove(&id) {
+            dropped(&s);
+        }
         *counter += 1;
     }
 }
