@@ -690,7 +690,8 @@ impl SessionTable {
             let over_tier = s
                 .consumption(&self.tiers, &self.scoring, now)
                 .is_some_and(|c| c.over);
-            let a = score::evaluate(&s.score_input(&self.scoring, now, over_tier), &self.scoring);
+            let input = s.score_input(&self.scoring, now, over_tier);
+            let a = score::evaluate(&input, &self.scoring);
             for r in &a.reasons {
                 if !s.reasons.contains(r) {
                     *self.counters.signals.entry(*r).or_default() += 1;
@@ -712,7 +713,7 @@ impl SessionTable {
             s.state = a.state;
             s.reasons = a.reasons;
             s.quiet = s
-                .quiet_until(&self.tiers, &self.scoring, now)
+                .quiet_until(&input, &self.tiers, &self.scoring, now)
                 .map(|until| (now, until));
             s.settled = since(now, s.last_seen) > settle_after;
             // Only scoring and changes (which make the session scored here) alter what

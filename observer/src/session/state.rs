@@ -297,8 +297,8 @@ impl Session {
     }
 
     /// The last instant up to which scoring this session, unchanged, gives the assessment
-    /// it gets at `now` (for later times); `None` when it may change at any time, so that
-    /// every pass has to score it.
+    /// it gets at `now` from `input` (its [`Session::score_input`] at `now`), for later
+    /// times; `None` when it may change at any time, so that every pass has to score it.
     ///
     /// Without new traffic, what scoring reads changes in two ways only. Counts over the
     /// window (buckets, networks, agents, switches, event marks, ids per route, a view's
@@ -308,6 +308,7 @@ impl Session {
     /// none can be on; over a tier likewise (rate and today's count only go down).
     pub(crate) fn quiet_until(
         &self,
+        input: &ScoreInput,
         tiers: &TierConfig,
         cfg: &ScoreConfig,
         now: SystemTime,
@@ -317,20 +318,21 @@ impl Session {
         if let Some(across) = &self.across {
             return Some(across.facts_until(now, window).unwrap_or_else(forever));
         }
-        let short = cfg.rate_short_secs;
-        let may_spike = |r: &RateEwma| r.current(now, short) * RATE_MARGIN >= cfg.rate_spike_min;
-        let over_limit =
-            cfg.rate_limit > 0.0 && self.rate.current(now, short) * RATE_MARGIN > cfg.rate_limit;
-        if over_limit
-            || may_spike(&self.rate)
-            || self.routes.map.values().any(|r| may_spike(&r.rate))
-        {
+        // The rates at `now`, as scored.
+        let may_spike = |r: &Rate| r.current * RATE_MARGIN >= cfg.rate_spike_min;
+        let over_limit = cfg.rate_limit > 0.0 && input.rate.current * RATE_MARGIN > cfg.rate_limit;
+        if over_limit || may_spike(&input.rate) || input.route_rates.iter().any(may_spike) {
             return None;
         }
-        if let Some(c) = self.consumption(tiers, cfg, now) {
-            let today = unix_secs(now) as u64 / 86_400;
-            if c.over || c.rate_ratio.is_some_and(|r| r * RATE_MARGIN > 1.0) || self.day.0 > today {
-                return None;
+        if input.over_tier {
+            return None;
+        }
+        if self.tier.is_some() {
+            if let Some(c) = self.consumption(tiers, cfg, now) {
+                let today = unix_secs(now) as u64 / 86_400;
+                if c.rate_ratio.is_some_and(|r| r * RATE_MARGIN > 1.0) || self.day.0 > today {
+                    return None;
+                }
             }
         }
         let concurrent = Duration::from_secs(cfg.concurrent_secs);
@@ -350,6 +352,13 @@ impl Session {
             .switches
             .iter()
             .map(|t| within_until(*t, now, concurrent));
+        // Networks count within the window and within `concurrent_secs`.
+        let networks = self.networks.map.values().flat_map(|d| {
+            [
+                within_until(d.last_seen, now, window),
+                within_until(d.last_seen, now, concurrent),
+            ]
+        });
         let route_ids = self
             .routes
             .map
@@ -357,11 +366,10 @@ impl Session {
             .map(|r| r.ids.as_ref().and_then(|ids| ids.live_until(now)));
         let until = [
             self.window.live_until(now),
-            self.networks.live_until(now, window),
-            self.networks.live_until(now, concurrent),
             self.agents.live_until(now, window),
         ]
         .into_iter()
+        .chain(networks)
         .chain(marks)
         .chain(switches)
         .chain(route_ids)
