@@ -13,7 +13,7 @@ use crate::{
     identity::{jwt::make_token, FingerprintKey, TierConfig, TierLimits},
     score::{self, HealthState, Reason},
     session::{
-        state::Session,
+        state::{since, Session},
         testutil::{at, ExchangeBuilder, T0},
         Direction, ListQuery, SessionConfig, SessionTable, SessionTableConfig, StateChange,
     },
@@ -207,7 +207,24 @@ fn checked_pass(t: &mut SessionTable, secs: f64) -> usize {
         );
     }
     check_ranked(t, &format!("after the pass at {secs}"));
-    t.expire(now);
+    // Expiry drops what it did when it walked every session and view.
+    let ttl = Duration::from_secs(t.sessions_cfg.idle_ttl_secs);
+    let max_age = Duration::from_secs(t.sessions_cfg.max_age_secs);
+    let expiring = |s: &Session| since(now, s.last_seen) >= ttl;
+    let idle = t.sessions.values().filter(|s| expiring(s)).count();
+    let old = t
+        .sessions
+        .values()
+        .filter(|s| !expiring(s) && since(now, s.first_seen) >= max_age)
+        .count();
+    let views = t.views.values().filter(|v| !expiring(v)).count();
+    let before = (t.counters.evicted_idle, t.counters.expired_max_age);
+    assert_eq!(t.expire(now), idle + old, "expired at {secs}");
+    assert_eq!(
+        (t.counters.evicted_idle, t.counters.expired_max_age),
+        (before.0 + idle as u64, before.1 + old as u64)
+    );
+    assert_eq!(t.views.len(), views);
     let r = t.privacy_report(now);
     let c = &r.counts;
     assert_eq!(
@@ -250,8 +267,13 @@ fn simulate(config: SessionTableConfig, seed: u64, (start, end): (f64, f64)) -> 
             5..=8 => {
                 for _ in 0..rng.below(20) {
                     let secs = t_in(&mut rng);
-                    let ex = exchange(&mut rng, secs).build();
-                    t.observe(&ex, ex.started_at);
+                    // Now and then one reported late: it started long before.
+                    let started = match rng.below(10) {
+                        0 => (secs - rng.below(1500) as f64).max(0.0),
+                        _ => secs,
+                    };
+                    let ex = exchange(&mut rng, started).build();
+                    t.observe(&ex, at(secs));
                 }
             }
             9 => {
@@ -330,7 +352,7 @@ fn incremental_passes_equal_full_passes() {
         max_routes: 8,
         ..SessionConfig::default()
     };
-    small.max_age_secs = 3600;
+    small.max_age_secs = 1500;
     let tiers = TierConfig {
         default: "free".into(),
         levels: [(
@@ -541,4 +563,24 @@ fn signals_that_only_turn_off_with_time_are_scored_until_they_do() {
     assert!(only(&t).reasons.contains(&Reason::OverTier));
     passes(&mut t, 6355.0, 6420.0);
     assert!(!only(&t).reasons.contains(&Reason::OverTier));
+}
+
+#[test]
+fn expiry_sees_sessions_made_older_by_late_exchanges() {
+    let mut config = SessionTableConfig::default();
+    config.sessions.max_age_secs = 100;
+    let mut t = SessionTable::new(config, FingerprintKey::from_bytes([9; 32]));
+    let tok = || ExchangeBuilder::new().bearer("LATE-TOKEN");
+    let ex = tok().at(1040.0).build();
+    t.observe(&ex, at(1040.0));
+    assert_eq!(t.expire(at(1050.0)), 0);
+    // Nothing is old enough: the next expiry has nothing to look at...
+    assert_eq!(t.expire(at(1055.0)), 0);
+    // ...until an exchange that started long ago is reported: the session is now older
+    // than `max_age_secs`.
+    let ex = tok().at(800.0).build();
+    t.observe(&ex, at(1058.0));
+    assert_eq!(t.expire(at(1060.0)), 1);
+    assert_eq!(t.counters().expired_max_age, 1);
+    assert!(t.is_empty());
 }

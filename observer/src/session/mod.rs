@@ -179,6 +179,9 @@ pub struct SessionTable {
     counters: TableCounters,
     /// Latest time seen by any call (views are relative to it).
     now: SystemTime,
+    /// Lower bounds of every session's (and view's) `last_seen` and of every session's
+    /// `first_seen`: while neither is old enough, nothing can expire.
+    expiry_floor: (SystemTime, SystemTime),
     /// When the current fingerprint key came into use (set by the first rotation check).
     key_since: Option<SystemTime>,
     /// When the key last rotated.
@@ -237,6 +240,7 @@ impl SessionTable {
             route_buf: String::new(),
             counters: TableCounters::default(),
             now: SystemTime::UNIX_EPOCH,
+            expiry_floor: (SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH),
         }
     }
 
@@ -387,6 +391,9 @@ impl SessionTable {
         }
         // The event's time, never after `now`.
         let t = ex.started_at.min(now);
+        // Whatever this exchange makes or updates is seen at `t` at the earliest.
+        self.expiry_floor.0 = self.expiry_floor.0.min(t);
+        self.expiry_floor.1 = self.expiry_floor.1.min(t);
         let identities = self.extractor.extract(ex, &self.key);
         let peer = match ex.role {
             Role::Server => ex.client.ip(),
@@ -648,7 +655,20 @@ impl SessionTable {
         self.tick(now);
         let ttl = Duration::from_secs(self.sessions_cfg.idle_ttl_secs);
         let max_age = Duration::from_secs(self.sessions_cfg.max_age_secs);
-        self.views.retain(|_, v| since(now, v.last_seen) < ttl);
+        let (last, first) = self.expiry_floor;
+        if since(now, last) < ttl && since(now, first) < max_age {
+            // Every session and view was seen more recently than that.
+            return 0;
+        }
+        // The floors again, from what stays.
+        let mut floor = (now, now);
+        self.views.retain(|_, v| {
+            let keep = since(now, v.last_seen) < ttl;
+            if keep {
+                floor.0 = floor.0.min(v.last_seen);
+            }
+            keep
+        });
         let (mut idle, mut old) = (0, 0);
         let held = &mut self.held;
         self.sessions.retain(|_, s| {
@@ -657,11 +677,14 @@ impl SessionTable {
             } else if since(now, s.first_seen) >= max_age {
                 old += 1;
             } else {
+                floor.0 = floor.0.min(s.last_seen);
+                floor.1 = floor.1.min(s.first_seen);
                 return true;
             }
             held.remove(s);
             false
         });
+        self.expiry_floor = floor;
         self.counters.evicted_idle += idle as u64;
         self.counters.expired_max_age += old as u64;
         idle + old
