@@ -5,13 +5,16 @@
 use std::time::SystemTime;
 
 use crate::session::{
-    findings::Finding, privacy::PrivacyReport, FrozenItem, ListQuery, SessionSummary, SessionTable,
+    findings::Finding, privacy::PrivacyReport, view::Ranked, FrozenItem, ListQuery, SessionSummary,
+    SessionTable,
 };
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Every listed session, riskiest first (the order of [`SessionTable::list`]).
-    pub sessions: Vec<SessionSummary>,
+    /// Every listed session, riskiest first (the order of [`SessionTable::list`]). Their
+    /// summaries are made on reading (only those a read returns), from parts shared with
+    /// the table while unchanged.
+    pub sessions: Vec<Ranked>,
     pub findings: Vec<Finding>,
     pub frozen: Vec<FrozenItem>,
     /// The table's part of `/privacy`; `None` before the first publication.
@@ -22,10 +25,7 @@ impl Snapshot {
     /// Made under the table's lock (by the scoring loop).
     pub fn of(table: &SessionTable, now: SystemTime) -> Self {
         Self {
-            sessions: table.list(&ListQuery {
-                limit: Some(usize::MAX),
-                ..ListQuery::default()
-            }),
+            sessions: table.ranked(),
             findings: table.findings().list(),
             frozen: table.frozen(),
             privacy: Some(table.privacy_report(now)),
@@ -33,13 +33,14 @@ impl Snapshot {
     }
 
     /// The sessions matching `q`, in order, at most `q.limit` (default 100).
-    pub fn list(&self, q: &ListQuery) -> Vec<&SessionSummary> {
+    pub fn list(&self, q: &ListQuery) -> Vec<SessionSummary> {
         self.sessions
             .iter()
-            .filter(|s| q.state.is_none_or(|st| s.state == st))
-            .filter(|s| q.kind.as_deref().is_none_or(|k| s.kind == k))
-            .filter(|s| q.direction.is_none_or(|d| s.direction == d))
+            .filter(|s| q.state.is_none_or(|st| s.state() == st))
+            .filter(|s| q.kind.as_deref().is_none_or(|k| s.kind() == k))
+            .filter(|s| q.direction.is_none_or(|d| s.direction() == d))
             .take(q.limit.unwrap_or(100))
+            .map(Ranked::summary)
             .collect()
     }
 }

@@ -14,7 +14,7 @@ use std::{
 
 use crate::score::{AcrossFacts, CredentialUse, ViewKind};
 
-use super::window::{distinct, Bits, Bounded, Ring, Seen};
+use super::window::{distinct, within_until, Bits, Bounded, Ring, Seen};
 use crate::clock::within;
 
 /// Most credentials remembered per view (least recently seen dropped).
@@ -147,6 +147,29 @@ impl AcrossStats {
             requests,
             top_id_route,
         }
+    }
+
+    /// The last instant up to which [`AcrossStats::facts`] is the same as at `now` (the
+    /// view itself unchanged); `None` when it is the same forever. Every fact is a count
+    /// over what is live in the window, and each item's liveness changes once, at a
+    /// known time.
+    pub(crate) fn facts_until(&self, now: SystemTime, window: Duration) -> Option<SystemTime> {
+        let credentials = self.credentials.map.values().flat_map(|c| {
+            [
+                within_until(c.last_seen, now, window),
+                within_until(c.first_seen, now, window),
+            ]
+        });
+        let routes = self
+            .routes
+            .map
+            .values()
+            .flat_map(|r| [r.requests.live_until(now), r.ids.live_until(now)]);
+        credentials
+            .chain(routes)
+            .chain(std::iter::once(self.routes.live_until(now, window)))
+            .flatten()
+            .min()
     }
 
     /// Credentials currently remembered (for the view's detail).

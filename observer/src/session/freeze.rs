@@ -88,7 +88,7 @@ impl SessionTable {
     fn mark_frozen(&mut self, fp: &Fingerprint, frozen: bool) {
         for s in self.sessions_of(fp) {
             s.frozen = frozen;
-            s.settled = false;
+            s.touch();
             if !frozen {
                 s.marks.frozen_use = None;
             }

@@ -135,7 +135,8 @@ impl SessionMetrics {
                 .with_label_values(&[f.as_str()])
                 .set(table.findings().count(f) as i64);
         }
-        let usage = table.top_consumers(self.top_k);
+        let digest = table.digest(self.top_k);
+        let usage = digest.top_consumers;
         let now: HashSet<(String, String)> = usage
             .iter()
             .map(|(id, t, _)| (id.clone(), t.clone()))
@@ -147,7 +148,7 @@ impl SessionMetrics {
             self.tier_usage.with_label_values(&[id, tier]).set(*ratio);
         }
         self.exported_usage = now;
-        let (least, n) = table.least_complete(self.top_k);
+        let (least, n) = digest.least_complete;
         self.incomplete.set(n as i64);
         let now: HashSet<String> = least.iter().map(|(id, _)| id.clone()).collect();
         for stale in self.exported_completeness.difference(&now) {
@@ -157,7 +158,7 @@ impl SessionMetrics {
             self.completeness.with_label_values(&[id]).set(*share);
         }
         self.exported_completeness = now;
-        let counts = table.state_counts();
+        let counts = digest.state_counts;
         for st in HealthState::ALL {
             for d in Direction::ALL {
                 let n = counts.get(&(st, d)).copied().unwrap_or(0);
@@ -181,7 +182,7 @@ impl SessionMetrics {
             self.evictions.inc_by(ev - self.last_evictions);
             self.last_evictions = ev;
         }
-        let top = table.riskiest(self.top_k);
+        let top = digest.riskiest;
         let now: HashSet<String> = top.iter().map(|(id, _)| id.clone()).collect();
         for stale in self.exported.difference(&now) {
             let _ = self.health.remove_label_values(&[stale]);

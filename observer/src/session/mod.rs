@@ -21,6 +21,8 @@ pub mod findings;
 pub mod freeze;
 #[cfg(test)]
 mod freeze_tests;
+#[cfg(test)]
+mod incremental_tests;
 pub mod metrics;
 pub mod privacy;
 #[cfg(test)]
@@ -149,6 +151,8 @@ pub struct SessionTable {
     extractor: Extractor,
     key: FingerprintKey,
     sessions: HashMap<Arc<str>, Session>,
+    /// What the sessions hold across them (for the privacy report).
+    held: privacy::Held,
     /// Views across credentials (per network, per route), bounded by `MAX_VIEWS`.
     views: HashMap<Arc<str>, Session>,
     /// Scratch buffer for view ids (no allocation per exchange).
@@ -175,6 +179,9 @@ pub struct SessionTable {
     counters: TableCounters,
     /// Latest time seen by any call (views are relative to it).
     now: SystemTime,
+    /// Lower bounds of every session's (and view's) `last_seen` and of every session's
+    /// `first_seen`: while neither is old enough, nothing can expire.
+    expiry_floor: (SystemTime, SystemTime),
     /// When the current fingerprint key came into use (set by the first rotation check).
     key_since: Option<SystemTime>,
     /// When the key last rotated.
@@ -214,6 +221,7 @@ impl SessionTable {
             limits,
             key,
             sessions: HashMap::new(),
+            held: privacy::Held::default(),
             views: HashMap::new(),
             view_key: String::new(),
             frozen: HashSet::new(),
@@ -232,6 +240,7 @@ impl SessionTable {
             route_buf: String::new(),
             counters: TableCounters::default(),
             now: SystemTime::UNIX_EPOCH,
+            expiry_floor: (SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH),
         }
     }
 
@@ -336,7 +345,12 @@ impl SessionTable {
             return;
         }
         if self.sessions.len() >= self.sessions_cfg.max_sessions {
-            evict_oldest(&mut self.sessions, &mut self.counters.evicted_capacity);
+            let held = &mut self.held;
+            evict_oldest(
+                &mut self.sessions,
+                &mut self.counters.evicted_capacity,
+                |s| held.remove(s),
+            );
         }
         let mut s = Session::new(
             Arc::clone(id),
@@ -347,6 +361,7 @@ impl SessionTable {
         );
         s.frozen = fingerprint.is_some_and(|f| self.frozen.contains(f));
         s.durable = durable;
+        self.held.add(direction);
         self.sessions.insert(Arc::clone(id), s);
         self.counters.sessions_created += 1;
     }
@@ -356,7 +371,7 @@ impl SessionTable {
     fn view_mut(&mut self, id: &str, kind: ViewKind, t: SystemTime) -> &mut Session {
         if !self.views.contains_key(id) {
             if self.views.len() >= MAX_VIEWS {
-                evict_oldest(&mut self.views, &mut self.counters.evicted_capacity);
+                evict_oldest(&mut self.views, &mut self.counters.evicted_capacity, |_| {});
             }
             let id: Arc<str> = Arc::from(id);
             let mut v = Session::new(Arc::clone(&id), Direction::Inbound, None, t, &self.limits);
@@ -376,6 +391,9 @@ impl SessionTable {
         }
         // The event's time, never after `now`.
         let t = ex.started_at.min(now);
+        // Whatever this exchange makes or updates is seen at `t` at the earliest.
+        self.expiry_floor.0 = self.expiry_floor.0.min(t);
+        self.expiry_floor.1 = self.expiry_floor.1.min(t);
         let identities = self.extractor.extract(ex, &self.key);
         let peer = match ex.role {
             Role::Server => ex.client.ip(),
@@ -483,13 +501,13 @@ impl SessionTable {
                     }
                 }
                 let v = self.view_mut(&key, kind, t);
-                v.settled = false;
+                v.touch();
                 v.first_seen = v.first_seen.min(t);
                 v.last_seen = v.last_seen.max(t);
                 v.requests += 1;
                 v.status[class_index(ex.outcome())] += 1;
                 // The networks a view covers (bounded like a session's).
-                v.hit_network(network, t);
+                let _ = v.hit_network(network, t);
                 if let Some(a) = v.across.as_mut() {
                     a.record(&u, t);
                 }
@@ -502,7 +520,7 @@ impl SessionTable {
             return;
         };
         let sc = &self.scoring;
-        s.settled = false;
+        s.touch();
         s.first_seen = s.first_seen.min(t);
         s.last_seen = s.last_seen.max(t);
         s.requests += 1;
@@ -530,8 +548,10 @@ impl SessionTable {
             }
         }
         s.last_pair = Some((network, Arc::clone(&agent)));
-        s.hit_network(network, t);
-        s.hit_agent(&agent, t);
+        let change = s.hit_network(network, t);
+        self.held.network(network, change);
+        let change = s.hit_agent(&agent, t);
+        self.held.agent(&agent, change);
 
         // Route, with distinct ids.
         let r = s.routes.entry(Arc::clone(&route), || RouteStats::new(t));
@@ -635,13 +655,36 @@ impl SessionTable {
         self.tick(now);
         let ttl = Duration::from_secs(self.sessions_cfg.idle_ttl_secs);
         let max_age = Duration::from_secs(self.sessions_cfg.max_age_secs);
-        self.views.retain(|_, v| since(now, v.last_seen) < ttl);
-        let before = self.sessions.len();
-        self.sessions.retain(|_, s| since(now, s.last_seen) < ttl);
-        let idle = before - self.sessions.len();
-        self.sessions
-            .retain(|_, s| since(now, s.first_seen) < max_age);
-        let old = before - idle - self.sessions.len();
+        let (last, first) = self.expiry_floor;
+        if since(now, last) < ttl && since(now, first) < max_age {
+            // Every session and view was seen more recently than that.
+            return 0;
+        }
+        // The floors again, from what stays.
+        let mut floor = (now, now);
+        self.views.retain(|_, v| {
+            let keep = since(now, v.last_seen) < ttl;
+            if keep {
+                floor.0 = floor.0.min(v.last_seen);
+            }
+            keep
+        });
+        let (mut idle, mut old) = (0, 0);
+        let held = &mut self.held;
+        self.sessions.retain(|_, s| {
+            if since(now, s.last_seen) >= ttl {
+                idle += 1;
+            } else if since(now, s.first_seen) >= max_age {
+                old += 1;
+            } else {
+                floor.0 = floor.0.min(s.last_seen);
+                floor.1 = floor.1.min(s.first_seen);
+                return true;
+            }
+            held.remove(s);
+            false
+        });
+        self.expiry_floor = floor;
         self.counters.evicted_idle += idle as u64;
         self.counters.expired_max_age += old as u64;
         idle + old
@@ -659,10 +702,19 @@ impl SessionTable {
             if s.settled {
                 continue;
             }
+            // Unchanged since it was last scored, and nothing it is scored on can have
+            // changed with time since: scoring it again would give the same assessment.
+            if s.quiet
+                .is_some_and(|(scored, until)| scored <= now && now <= until)
+            {
+                s.settled = since(now, s.last_seen) > settle_after;
+                continue;
+            }
             let over_tier = s
                 .consumption(&self.tiers, &self.scoring, now)
                 .is_some_and(|c| c.over);
-            let a = score::evaluate(&s.score_input(&self.scoring, now, over_tier), &self.scoring);
+            let input = s.score_input(&self.scoring, now, over_tier);
+            let a = score::evaluate(&input, &self.scoring);
             for r in &a.reasons {
                 if !s.reasons.contains(r) {
                     *self.counters.signals.entry(*r).or_default() += 1;
@@ -683,7 +735,13 @@ impl SessionTable {
             s.score = a.score;
             s.state = a.state;
             s.reasons = a.reasons;
+            s.quiet = s
+                .quiet_until(&input, &self.tiers, &self.scoring, now)
+                .map(|until| (now, until));
             s.settled = since(now, s.last_seen) > settle_after;
+            // Only scoring and changes (which make the session scored here) alter what
+            // a summary shows: a settled or quiet session's is still current.
+            s.refresh_summary();
         }
         self.counters.state_changes += changes.len() as u64;
         changes.sort_by(|a, b| a.session_id.cmp(&b.session_id));
@@ -694,6 +752,7 @@ impl SessionTable {
     pub fn purge(&mut self) -> usize {
         let n = self.sessions.len();
         self.sessions.clear();
+        self.held.clear();
         self.views.clear();
         // Id hashes from before cannot be matched against later ones.
         self.id_hasher = RandomState::new();
@@ -726,8 +785,13 @@ impl SessionTable {
     }
 }
 
-/// Drop the least recently used entries of `map` (1%, at least one); counts them.
-fn evict_oldest(map: &mut HashMap<Arc<str>, Session>, counter: &mut u64) {
+/// Drop the least recently used entries of `map` (1%, at least one); counts them, and
+/// shows each to `dropped`.
+fn evict_oldest(
+    map: &mut HashMap<Arc<str>, Session>,
+    counter: &mut u64,
+    mut dropped: impl FnMut(&Session),
+) {
     let n = (map.len() / 100).max(1);
     let mut by_age: Vec<(SystemTime, Arc<str>)> = map
         .values()
@@ -737,7 +801,9 @@ fn evict_oldest(map: &mut HashMap<Arc<str>, Session>, counter: &mut u64) {
         by_age.select_nth_unstable(n);
     }
     for (_, id) in by_age.into_iter().take(n) {
-        map.remove(&id);
+        if let Some(s) = map.remove(&id) {
+            dropped(&s);
+        }
         *counter += 1;
     }
 }

@@ -1,13 +1,14 @@
 //! What the table keeps, said openly ([`PrivacyReport`]), and the fingerprint key's
 //! scheduled rotation.
 
-use std::{collections::HashSet, time::SystemTime};
+use std::{borrow::Borrow, collections::HashMap, hash::Hash, sync::Arc, time::SystemTime};
 
 use serde::Serialize;
 
 use super::{
-    dims::ClientIpMode,
-    state::{since, unix_secs},
+    dims::{ClientIpMode, Network},
+    state::{since, unix_secs, Session},
+    window::KeyChange,
     Direction, SessionTable,
 };
 use crate::identity::KeyError;
@@ -80,6 +81,82 @@ pub struct PrivacyReport {
     pub rotation: Rotation,
     pub counts: HeldCounts,
     pub generated_at: f64,
+}
+
+/// What the sessions hold across them, for [`HeldCounts`]: how many sessions hold each
+/// client network and user-agent family, kept as sessions gain, drop and lose them, so
+/// that a report costs nothing per session.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    networks: HashMap<Network, u32>,
+    agents: HashMap<Arc<str>, u32>,
+    inbound: usize,
+    outbound: usize,
+}
+
+impl Held {
+    fn count<K: Hash + Eq>(map: &mut HashMap<K, u32>, key: K) {
+        *map.entry(key).or_default() += 1;
+    }
+
+    fn uncount<K: Hash + Eq + Borrow<Q>, Q: Hash + Eq + ?Sized>(
+        map: &mut HashMap<K, u32>,
+        key: &Q,
+    ) {
+        if let Some(n) = map.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(key);
+            }
+        }
+    }
+
+    /// A session was made.
+    pub(crate) fn add(&mut self, direction: Direction) {
+        match direction {
+            Direction::Inbound => self.inbound += 1,
+            Direction::Outbound => self.outbound += 1,
+        }
+    }
+
+    /// A session's networks changed (`n` was hit).
+    pub(crate) fn network(&mut self, n: Network, change: KeyChange<Network>) {
+        if change.added {
+            Self::count(&mut self.networks, n);
+        }
+        if let Some(old) = change.dropped {
+            Self::uncount(&mut self.networks, &old);
+        }
+    }
+
+    /// A session's agents changed (`a` was hit).
+    pub(crate) fn agent(&mut self, a: &Arc<str>, change: KeyChange<Arc<str>>) {
+        if change.added {
+            Self::count(&mut self.agents, Arc::clone(a));
+        }
+        if let Some(old) = change.dropped {
+            Self::uncount(&mut self.agents, &*old);
+        }
+    }
+
+    /// A session was dropped.
+    pub(crate) fn remove(&mut self, s: &Session) {
+        match s.direction {
+            Direction::Inbound => self.inbound -= 1,
+            Direction::Outbound => self.outbound -= 1,
+        }
+        for n in s.networks.map.keys() {
+            Self::uncount(&mut self.networks, n);
+        }
+        for a in s.agents.map.keys() {
+            Self::uncount(&mut self.agents, &**a);
+        }
+    }
+
+    /// Every session was dropped.
+    pub(crate) fn clear(&mut self) {
+        *self = Self::default();
+    }
 }
 
 impl SessionTable {
@@ -159,17 +236,8 @@ impl SessionTable {
             "JWT claims alg, typ, exp, iat, nbf, iss, aud, scope; sub and jti only as fingerprints"
                 .into(),
         ];
-        let mut networks = HashSet::new();
-        let mut agents = HashSet::new();
-        let (mut inbound, mut outbound) = (0, 0);
-        for s in self.sessions.values() {
-            networks.extend(s.networks.map.keys().copied());
-            agents.extend(s.agents.map.keys().cloned());
-            match s.direction {
-                Direction::Inbound => inbound += 1,
-                Direction::Outbound => outbound += 1,
-            }
-        }
+        let held = &self.held;
+        debug_assert_eq!(held.inbound + held.outbound, self.sessions.len());
         PrivacyReport {
             collected,
             never_collected: vec![
@@ -221,10 +289,10 @@ impl SessionTable {
             },
             counts: HeldCounts {
                 sessions: self.sessions.len(),
-                inbound,
-                outbound,
-                distinct_networks: networks.len(),
-                distinct_agents: agents.len(),
+                inbound: held.inbound,
+                outbound: held.outbound,
+                distinct_networks: held.networks.len(),
+                distinct_agents: held.agents.len(),
                 frozen: self.frozen.len(),
             },
             generated_at: unix_secs(now),

@@ -14,7 +14,10 @@ use crate::{
 use super::{
     across::AcrossStats,
     dims::Network,
-    window::{distinct, Bits, Bounded, Counts, DimStat, RateEwma, Ring, Seen},
+    view::SessionSummary,
+    window::{
+        distinct, within_until, Bits, Bounded, Counts, DimStat, KeyChange, RateEwma, Ring, Seen,
+    },
     Direction,
 };
 use crate::identity::TierConfig;
@@ -193,6 +196,13 @@ pub(crate) struct Session {
     pub reasons: Vec<Reason>,
     /// Nothing can change this session's assessment until it is used again.
     pub settled: bool,
+    /// `(scored at, until)`: scored unchanged at any time in this span, the session gets
+    /// the assessment it got when last scored (see [`Session::quiet_until`]); scoring
+    /// passes within it skip it. Cleared by any change ([`Session::touch`]).
+    pub quiet: Option<(SystemTime, SystemTime)>,
+    /// The summary of it made after it was last scored (time-independent fields only),
+    /// shared by snapshots until it changes ([`Session::touch`] drops it).
+    pub summary: Option<Arc<SessionSummary>>,
 }
 
 pub(crate) const MAX_LOCATIONS: usize = 4;
@@ -200,6 +210,12 @@ pub(crate) const MAX_PROCESSES: usize = 4;
 pub(crate) const SESSION_BUCKETS: usize = 10;
 
 pub(crate) const MAX_SWITCHES: usize = 16;
+
+/// A rate this close below a threshold counts as possibly reaching it in
+/// [`Session::quiet_until`] (its decay is computed in floating point).
+const RATE_MARGIN: f64 = 1.0 + 1e-9;
+/// "Until further notice" for [`Session::quiet_until`].
+const QUIET_FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Per-session limits, from the config.
 #[derive(Clone, Copy, Debug)]
@@ -268,15 +284,110 @@ impl Session {
             state: HealthState::Healthy,
             reasons: Vec::new(),
             settled: false,
+            quiet: None,
+            summary: None,
         }
     }
 
-    pub(crate) fn hit_network(&mut self, n: Network, t: SystemTime) {
-        self.networks.entry(n, || DimStat::new(t)).hit(t);
+    /// The session changed (a new exchange, a freeze): the next pass scores it.
+    pub(crate) fn touch(&mut self) {
+        self.settled = false;
+        self.quiet = None;
+        self.summary = None;
     }
 
-    pub(crate) fn hit_agent(&mut self, a: &Arc<str>, t: SystemTime) {
-        self.agents.entry(Arc::clone(a), || DimStat::new(t)).hit(t);
+    /// The last instant up to which scoring this session, unchanged, gives the assessment
+    /// it gets at `now` from `input` (its [`Session::score_input`] at `now`), for later
+    /// times; `None` when it may change at any time, so that every pass has to score it.
+    ///
+    /// Without new traffic, what scoring reads changes in two ways only. Counts over the
+    /// window (buckets, networks, agents, switches, event marks, ids per route, a view's
+    /// credentials and routes): each item enters or leaves the window at a known instant,
+    /// and the earliest of these bounds the span. Rates, which only decay: a rate signal
+    /// that is off (rate below its threshold) stays off, so the span is bounded only when
+    /// none can be on; over a tier likewise (rate and today's count only go down).
+    pub(crate) fn quiet_until(
+        &self,
+        input: &ScoreInput,
+        tiers: &TierConfig,
+        cfg: &ScoreConfig,
+        now: SystemTime,
+    ) -> Option<SystemTime> {
+        let window = cfg.window();
+        let forever = || now.checked_add(QUIET_FOREVER).unwrap_or(now);
+        if let Some(across) = &self.across {
+            return Some(across.facts_until(now, window).unwrap_or_else(forever));
+        }
+        // The rates at `now`, as scored.
+        let may_spike = |r: &Rate| r.current * RATE_MARGIN >= cfg.rate_spike_min;
+        let over_limit = cfg.rate_limit > 0.0 && input.rate.current * RATE_MARGIN > cfg.rate_limit;
+        if over_limit || may_spike(&input.rate) || input.route_rates.iter().any(may_spike) {
+            return None;
+        }
+        if input.over_tier {
+            return None;
+        }
+        if self.tier.is_some() {
+            if let Some(c) = self.consumption(tiers, cfg, now) {
+                let today = unix_secs(now) as u64 / 86_400;
+                if c.rate_ratio.is_some_and(|r| r * RATE_MARGIN > 1.0) || self.day.0 > today {
+                    return None;
+                }
+            }
+        }
+        let concurrent = Duration::from_secs(cfg.concurrent_secs);
+        let m = &self.marks;
+        let marks = [
+            m.network_agent_switch,
+            m.expired_jwt_accepted,
+            m.jwt_not_yet_valid,
+            m.jwt_alg_none,
+            m.credential_in_query,
+            m.plaintext_credential,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|t| within_until(t, now, window));
+        let switches = self
+            .switches
+            .iter()
+            .map(|t| within_until(*t, now, concurrent));
+        // Networks count within the window and within `concurrent_secs`.
+        let networks = self.networks.map.values().flat_map(|d| {
+            [
+                within_until(d.last_seen, now, window),
+                within_until(d.last_seen, now, concurrent),
+            ]
+        });
+        let route_ids = self
+            .routes
+            .map
+            .values()
+            .map(|r| r.ids.as_ref().and_then(|ids| ids.live_until(now)));
+        let until = [
+            self.window.live_until(now),
+            self.agents.live_until(now, window),
+        ]
+        .into_iter()
+        .chain(networks)
+        .chain(marks)
+        .chain(switches)
+        .chain(route_ids)
+        .flatten()
+        .min();
+        Some(until.unwrap_or_else(forever))
+    }
+
+    pub(crate) fn hit_network(&mut self, n: Network, t: SystemTime) -> KeyChange<Network> {
+        let (d, change) = self.networks.entry_noted(n, || DimStat::new(t));
+        d.hit(t);
+        change
+    }
+
+    pub(crate) fn hit_agent(&mut self, a: &Arc<str>, t: SystemTime) -> KeyChange<Arc<str>> {
+        let (d, change) = self.agents.entry_noted(Arc::clone(a), || DimStat::new(t));
+        d.hit(t);
+        change
     }
 
     /// Note a change of client network at `t`.

@@ -2,7 +2,9 @@
 //! fingerprints and reduced values, never a raw credential.
 
 use std::{
+    cmp::{Ordering, Reverse},
     collections::HashMap,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -78,6 +80,16 @@ pub struct SessionSummary {
     /// Use against the credential's access tier, when tiers are configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumption: Option<Consumption>,
+}
+
+/// What the session metrics show, from one pass over the table
+/// ([`SessionTable::digest`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Digest {
+    pub state_counts: HashMap<(HealthState, Direction), usize>,
+    pub riskiest: Vec<(String, u8)>,
+    pub least_complete: (Vec<(String, f64)>, usize),
+    pub top_consumers: Vec<(String, String, f64)>,
 }
 
 /// A value of a dimension (network or user-agent family) and its use.
@@ -203,27 +215,147 @@ pub struct SessionDetail {
     pub credentials: Option<usize>,
 }
 
+/// One line of a ranked session list: the summary's fields that do not depend on the
+/// time (shared with the session while they stay current) and those that do, at the
+/// time of the list.
+#[derive(Clone, Debug)]
+pub struct Ranked {
+    base: Arc<SessionSummary>,
+    rate: f64,
+    consumption: Option<Box<Consumption>>,
+}
+
+impl Ranked {
+    pub fn state(&self) -> HealthState {
+        self.base.state
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.base.kind
+    }
+
+    pub fn direction(&self) -> Direction {
+        self.base.direction
+    }
+
+    /// The summary, as [`SessionTable::list`] makes it.
+    pub fn summary(&self) -> SessionSummary {
+        SessionSummary {
+            rate: self.rate,
+            consumption: self.consumption.as_deref().cloned(),
+            ..(*self.base).clone()
+        }
+    }
+}
+
+impl Session {
+    /// The summary's fields that do not depend on the time of reading (`rate` 0, no
+    /// consumption).
+    fn summary_base(&self) -> SessionSummary {
+        SessionSummary {
+            id: self.id.to_string(),
+            direction: self.direction,
+            kind: self.kind_name(),
+            fingerprint: self.fingerprint.clone(),
+            state: self.state,
+            score: self.score,
+            reasons: self.reasons.clone(),
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            requests: self.requests,
+            rate: 0.0,
+            networks: self.networks.map.len(),
+            agents: self.agents.map.len(),
+            frozen: self.frozen,
+            capture_completeness: self.capture_completeness(),
+            lost_exchanges: self.lost_exchanges,
+            consumption: None,
+        }
+    }
+
+    /// Whether `base` (a [`Session::summary_base`] of this session) is still what it
+    /// would make now. Id, direction and fingerprint never change; the completeness
+    /// follows from the counts compared.
+    fn summary_matches(&self, base: &SessionSummary) -> bool {
+        base.state == self.state
+            && base.score == self.score
+            && base.requests == self.requests
+            && base.lost_exchanges == self.lost_exchanges
+            && base.last_seen == self.last_seen
+            && base.first_seen == self.first_seen
+            && base.networks == self.networks.map.len()
+            && base.agents == self.agents.map.len()
+            && base.frozen == self.frozen
+            && base.kind == self.kind_name()
+            && base.reasons == self.reasons
+    }
+
+    /// Make the cached summary base current (after scoring it: any other change drops
+    /// it, see [`Session::touch`]).
+    pub(crate) fn refresh_summary(&mut self) {
+        if self
+            .summary
+            .as_ref()
+            .is_none_or(|b| !self.summary_matches(b))
+        {
+            self.summary = Some(Arc::new(self.summary_base()));
+        }
+    }
+
+    /// The summary base: the cached one (current, as nothing changed the session since
+    /// it was made), else a new one.
+    fn shared_summary(&self) -> Arc<SessionSummary> {
+        match &self.summary {
+            Some(b) => {
+                debug_assert!(self.summary_matches(b), "stale summary of {}", self.id);
+                Arc::clone(b)
+            }
+            None => Arc::new(self.summary_base()),
+        }
+    }
+}
+
+/// Order of session lists: riskiest (lowest score) first, then most recently used, then
+/// by id.
+fn riskiest_first(a: &Session, b: &Session) -> Ordering {
+    a.score
+        .cmp(&b.score)
+        .then(b.last_seen.cmp(&a.last_seen))
+        .then(a.id.cmp(&b.id))
+}
+
 impl SessionTable {
     pub(super) fn summary(&self, s: &Session) -> SessionSummary {
         SessionSummary {
-            id: s.id.to_string(),
-            direction: s.direction,
-            kind: s.kind_name(),
-            fingerprint: s.fingerprint.clone(),
-            state: s.state,
-            score: s.score,
-            reasons: s.reasons.clone(),
-            first_seen: s.first_seen,
-            last_seen: s.last_seen,
-            requests: s.requests,
             rate: s.rate.current(self.now, self.scoring.rate_short_secs),
-            networks: s.networks.map.len(),
-            agents: s.agents.map.len(),
-            frozen: s.frozen,
-            capture_completeness: s.capture_completeness(),
-            lost_exchanges: s.lost_exchanges,
             consumption: s.consumption(&self.tiers, &self.scoring, self.now),
+            ..s.summary_base()
         }
+    }
+
+    /// Every listed session in the order of [`SessionTable::list`], as [`Ranked`] lines:
+    /// summaries cached by the last scoring pass are shared, not rebuilt.
+    pub fn ranked(&self) -> Vec<Ranked> {
+        let n = self.sessions.len() + self.views.len();
+        // One pass over the sessions (in memory order), then a sort of small keys: the
+        // order of `riskiest_first`. Ids are unique, so the order is total (the index
+        // never decides) and an unstable sort gives the stable one.
+        let mut rows: Vec<Option<Ranked>> = Vec::with_capacity(n);
+        let mut keys: Vec<(u8, Reverse<SystemTime>, &str, u32)> = Vec::with_capacity(n);
+        for s in self.listed() {
+            keys.push((s.score, Reverse(s.last_seen), &s.id, rows.len() as u32));
+            rows.push(Some(Ranked {
+                base: s.shared_summary(),
+                rate: s.rate.current(self.now, self.scoring.rate_short_secs),
+                consumption: s
+                    .consumption(&self.tiers, &self.scoring, self.now)
+                    .map(Box::new),
+            }));
+        }
+        keys.sort_unstable();
+        keys.into_iter()
+            .filter_map(|(.., i)| rows[i as usize].take())
+            .collect()
     }
 
     /// Sessions matching `q`, riskiest (lowest score) first, then most recently used.
@@ -234,12 +366,7 @@ impl SessionTable {
             .filter(|s| q.kind.as_deref().is_none_or(|k| s.kind_name() == k))
             .filter(|s| q.direction.is_none_or(|d| s.direction == d))
             .collect();
-        v.sort_by(|a, b| {
-            a.score
-                .cmp(&b.score)
-                .then(b.last_seen.cmp(&a.last_seen))
-                .then(a.id.cmp(&b.id))
-        });
+        v.sort_by(|a, b| riskiest_first(a, b));
         v.into_iter()
             .take(q.limit.unwrap_or(100))
             .map(|s| self.summary(s))
@@ -268,7 +395,10 @@ impl SessionTable {
 
     /// The `k` riskiest sessions that are not healthy-with-full-score: (id, score).
     pub fn riskiest(&self, k: usize) -> Vec<(String, u8)> {
-        let mut v: Vec<&Session> = self.listed().filter(|s| s.score < 100).collect();
+        Self::riskiest_of(self.listed().filter(|s| s.score < 100).collect(), k)
+    }
+
+    fn riskiest_of(mut v: Vec<&Session>, k: usize) -> Vec<(String, u8)> {
         v.sort_by(|a, b| a.score.cmp(&b.score).then(a.id.cmp(&b.id)));
         v.into_iter()
             .take(k)
@@ -279,9 +409,12 @@ impl SessionTable {
     /// The `k` sessions captured least completely (records of theirs were lost), as
     /// (id, share of exchanges seen whole), and how many sessions lost any.
     pub fn least_complete(&self, k: usize) -> (Vec<(String, f64)>, usize) {
-        let mut v: Vec<(String, f64)> = self
-            .listed()
-            .filter(|s| s.lost_exchanges > 0)
+        Self::least_complete_of(self.listed().filter(|s| s.lost_exchanges > 0).collect(), k)
+    }
+
+    fn least_complete_of(v: Vec<&Session>, k: usize) -> (Vec<(String, f64)>, usize) {
+        let mut v: Vec<(String, f64)> = v
+            .into_iter()
             .map(|s| (s.id.to_string(), s.capture_completeness()))
             .collect();
         let n = v.len();
@@ -292,9 +425,12 @@ impl SessionTable {
 
     /// The `k` consumers closest to (or over) their tier's limits: (id, tier, ratio).
     pub fn top_consumers(&self, k: usize) -> Vec<(String, String, f64)> {
-        let mut v: Vec<(String, String, f64)> = self
-            .sessions
-            .values()
+        self.top_consumers_of(self.sessions.values().collect(), k)
+    }
+
+    fn top_consumers_of(&self, v: Vec<&Session>, k: usize) -> Vec<(String, String, f64)> {
+        let mut v: Vec<(String, String, f64)> = v
+            .into_iter()
             .filter_map(|s| {
                 let c = s.consumption(&self.tiers, &self.scoring, self.now)?;
                 Some((s.id.to_string(), c.tier.clone(), c.ratio()))
@@ -304,6 +440,44 @@ impl SessionTable {
         v.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
         v.truncate(k);
         v
+    }
+
+    /// [`SessionTable::state_counts`], [`SessionTable::riskiest`],
+    /// [`SessionTable::least_complete`] and [`SessionTable::top_consumers`] at once, in
+    /// one pass over the sessions.
+    pub fn digest(&self, k: usize) -> Digest {
+        let mut counts = [[0usize; Direction::ALL.len()]; HealthState::ALL.len()];
+        let (mut risky, mut incomplete, mut tiered) = (Vec::new(), Vec::new(), Vec::new());
+        for s in self.listed() {
+            counts[s.state as usize][s.direction as usize] += 1;
+            if s.score < 100 {
+                risky.push(s);
+            }
+            if s.lost_exchanges > 0 {
+                incomplete.push(s);
+            }
+            // Only sessions have a tier (views never do); unlisted views are not
+            // visited.
+            if s.tier.is_some() && s.across.is_none() {
+                tiered.push(s);
+            }
+        }
+        // As `state_counts`: only the pairs seen.
+        let mut states = HashMap::new();
+        for st in HealthState::ALL {
+            for d in Direction::ALL {
+                let n = counts[st as usize][d as usize];
+                if n > 0 {
+                    states.insert((st, d), n);
+                }
+            }
+        }
+        Digest {
+            state_counts: states,
+            riskiest: Self::riskiest_of(risky, k),
+            least_complete: Self::least_complete_of(incomplete, k),
+            top_consumers: self.top_consumers_of(tiered, k),
+        }
     }
 
     /// Everything about one session (by id, e.g. `tok_5f2c9a1e0b7d` or `out:tok_…`).

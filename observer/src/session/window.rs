@@ -87,6 +87,32 @@ impl<T: Default + Clone> Ring<T> {
         Some(&mut slot.1)
     }
 
+    /// The last instant up to which [`Ring::live`] yields the same buckets as at `now`
+    /// (later times only: the ring itself unchanged); `None` when that holds forever.
+    pub(crate) fn live_until(&self, now: SystemTime) -> Option<SystemTime> {
+        let e = self.epoch(now);
+        let n = self.slots.len() as u64;
+        // The next epoch at which a bucket joins (a later one) or leaves the window.
+        let next = self
+            .slots
+            .iter()
+            .filter(|(se, _)| *se != 0)
+            .filter_map(|(se, _)| {
+                if *se > e {
+                    Some(*se)
+                } else if se + n > e {
+                    Some(se + n)
+                } else {
+                    None
+                }
+            })
+            .min()?;
+        // `epoch` divides whole seconds: any time up to this second is in an epoch before
+        // `next`.
+        let secs = next.checked_mul(self.bucket_secs)?.saturating_sub(1);
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+    }
+
     /// Buckets within the window ending at `now`.
     pub(crate) fn live(&self, now: SystemTime) -> impl Iterator<Item = &T> {
         let e = self.epoch(now);
@@ -170,6 +196,15 @@ impl Seen for DimStat {
     }
 }
 
+/// How one [`Bounded::entry_noted`] changed the keys of the map.
+#[derive(Debug)]
+pub(crate) struct KeyChange<K> {
+    /// The key was new.
+    pub added: bool,
+    /// The key dropped to make room for it.
+    pub dropped: Option<K>,
+}
+
 /// A map of at most `cap` entries; inserting into a full map drops the least recently
 /// seen entry (counted in `dropped`).
 #[derive(Clone, Debug)]
@@ -189,18 +224,31 @@ impl<K: Hash + Eq + Clone, V: Seen> Bounded<K, V> {
     }
 
     pub(crate) fn entry(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
-        if !self.map.contains_key(&k) && self.map.len() >= self.cap {
-            let oldest = self
-                .map
-                .iter()
-                .min_by_key(|(_, v)| v.last_seen())
-                .map(|(k, _)| k.clone());
-            if let Some(old) = oldest {
-                self.map.remove(&old);
-                self.dropped += 1;
+        self.entry_noted(k, make).0
+    }
+
+    /// [`Bounded::entry`], and how the set of keys changed.
+    pub(crate) fn entry_noted(&mut self, k: K, make: impl FnOnce() -> V) -> (&mut V, KeyChange<K>) {
+        let mut change = KeyChange {
+            added: false,
+            dropped: None,
+        };
+        if !self.map.contains_key(&k) {
+            change.added = true;
+            if self.map.len() >= self.cap {
+                let oldest = self
+                    .map
+                    .iter()
+                    .min_by_key(|(_, v)| v.last_seen())
+                    .map(|(k, _)| k.clone());
+                if let Some(old) = oldest {
+                    self.map.remove(&old);
+                    self.dropped += 1;
+                    change.dropped = Some(old);
+                }
             }
         }
-        self.map.entry(k).or_insert_with(make)
+        (self.map.entry(k).or_insert_with(make), change)
     }
 
     /// Entries seen within `window` before `now`.
@@ -208,6 +256,26 @@ impl<K: Hash + Eq + Clone, V: Seen> Bounded<K, V> {
         self.map
             .iter()
             .filter(move |(_, v)| within(v.last_seen(), now, window))
+    }
+
+    /// The last instant up to which [`Bounded::live`] yields the same entries as at
+    /// `now` (the map itself unchanged); `None` when that holds forever.
+    pub(crate) fn live_until(&self, now: SystemTime, window: Duration) -> Option<SystemTime> {
+        self.map
+            .values()
+            .filter_map(|v| within_until(v.last_seen(), now, window))
+            .min()
+    }
+}
+
+/// The last instant up to which `within(t, _, window)` keeps the value it has at `now`
+/// (for later times); `None` when it keeps it forever. It is true until `t + window`,
+/// false after.
+pub(crate) fn within_until(t: SystemTime, now: SystemTime, window: Duration) -> Option<SystemTime> {
+    if within(t, now, window) {
+        t.checked_add(window)
+    } else {
+        None
     }
 }
 
