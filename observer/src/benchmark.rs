@@ -227,6 +227,9 @@ pub(crate) struct StreamSpec {
     /// the agent sees both ends).
     pub client_side: u64,
     pub seed: u64,
+    /// The wall-clock second the JWT-shaped tokens are made around (fixed per spec, so
+    /// that two streams of one spec are the same).
+    pub now_secs: u64,
 }
 
 impl StreamSpec {
@@ -240,6 +243,7 @@ impl StreamSpec {
             anonymous: 50,
             client_side: 250,
             seed: 0x0b5e_7e47,
+            now_secs: crate::clock::unix_secs(SystemTime::now()) as u64,
         }
     }
 
@@ -254,6 +258,7 @@ impl StreamSpec {
             anonymous: 0,
             client_side: 0,
             seed: 0x5e55_1025,
+            now_secs: crate::clock::unix_secs(SystemTime::now()) as u64,
         }
     }
 }
@@ -335,7 +340,7 @@ const SERVER_PIDS: u32 = 4;
 impl StreamGenerator {
     pub(crate) fn new(spec: StreamSpec) -> Self {
         let mut rng = Rng(spec.seed);
-        let now = crate::clock::unix_secs(SystemTime::now()) as u64;
+        let now = spec.now_secs;
         let tokens: Vec<String> = (0..spec.tokens)
             .map(|i| {
                 if i % 50 == 7 {
