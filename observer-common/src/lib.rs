@@ -15,6 +15,20 @@ pub const DEFAULT_CAPTURE: u32 = 4096;
 /// syscall number below this.
 pub const SYSCALL_SLOTS: u32 = 512;
 
+/// x86-64 numbers of the data syscalls, as the kernel's return hook tells them apart (the
+/// agent checks them against its libc's at build time).
+pub mod syscall_nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+}
+
 /// What a record in the ring buffer describes.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,20 +1,22 @@
 //! The data families: read/write, recvfrom/sendto, readv/writev, recvmsg/sendmsg, and
 //! sendfile (whose bytes come from a file: only the count is reported).
 //!
-//! The enter hook remembers the user buffer of a call on a tracked socket; the exit hook
-//! copies the first bytes that were actually transferred.
+//! Everything is done at the syscall's return, where the arguments are still in the saved
+//! registers: the first bytes actually transferred are copied. A receive's entry is
+//! hooked only to name a socket whose addresses are not known yet.
 
 use core::ffi::c_void;
 
+use aya_ebpf::{bindings::pt_regs, helpers::bpf_probe_read_kernel};
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as read_raw},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use observer_common::{
-    drop_reason, offset_index, DataEvent, EventKind, SocketKey, DATA_FLAG_OFFSETS, DATA_HEADER_LEN,
-    DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, SOCKET_FLAG_ADDRESSES_KNOWN, SOCKET_FLAG_IGNORED,
-    SOURCE_SYSCALL,
+    drop_reason, offset_index, syscall_nr, DataEvent, EventKind, SocketKey, SocketState,
+    DATA_FLAG_OFFSETS, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE,
+    SOCKET_FLAG_ADDRESSES_KNOWN, SOCKET_FLAG_IGNORED, SOURCE_SYSCALL,
 };
 
 use super::{native, syscall_arg, syscall_ret};
@@ -33,114 +35,154 @@ struct IoVec {
     len: u64,
 }
 
-/// The thread, socket and kind of call to remember for a data syscall; `None` when the
-/// socket is not tracked, or carries TLS and has nothing left to tell. A TLS socket's
-/// bytes are ciphertext and are not copied; until its addresses are known a read is still
-/// remembered (as `CALL_ADDRESSES`) so that the address hook can name it.
-fn gate(ctx: &RawTracePointContext, kind: u32, direction: u32) -> Option<(u32, u32, u32)> {
-    if !native(ctx) {
-        return None;
-    }
-    let (pid, tid) = current();
-    let fd = syscall_arg(ctx, 0) as u32;
-    let state = tracked(pid, fd)?;
-    // A socket the agent does not parse is skipped like a TLS one (after the TLS
-    // bookkeeping: its plaintext may still come from a TLS library).
-    // SAFETY: map value pointer from a successful lookup.
-    if tls_socket(pid, tid, fd, direction, state)
-        || unsafe { (*state).flags } & SOCKET_FLAG_IGNORED != 0
-    {
-        // SAFETY: as above.
-        let flags = unsafe { (*state).flags };
-        let unnamed = direction == DIR_INGRESS && flags & SOCKET_FLAG_ADDRESSES_KNOWN == 0;
-        return unnamed.then_some((tid, fd, CALL_ADDRESSES));
-    }
-    Some((tid, fd, kind))
-}
-
 fn remember_call(tid: u32, call: Call) {
     if INFLIGHT.insert(tid, call, 0).is_err() {
         count_drop(drop_reason::INFLIGHT_FULL);
     }
 }
 
-fn remember(ctx: &RawTracePointContext, kind: u32, direction: u32, ptr_arg: usize) {
-    let Some((tid, fd, kind)) = gate(ctx, kind, direction) else {
-        return;
-    };
-    let iov_len = if kind == CALL_IOV {
-        syscall_arg(ctx, 2) as u32
-    } else {
-        0
-    };
-    let ptr = syscall_arg(ctx, ptr_arg);
-    remember_call(tid, Call::data(kind, fd, direction, ptr, iov_len));
-}
-
 /// `MSG_PEEK`: the bytes stay queued and are read again by a later call.
 const MSG_PEEK: u64 = 2;
 
-/// A receive whose `flags` (syscall argument `flags_arg`) peek is not a data call: the
-/// same bytes come again with the read that consumes them.
-fn peeks(ctx: &RawTracePointContext, flags_arg: usize) -> bool {
-    syscall_arg(ctx, flags_arg) & MSG_PEEK != 0
-}
-
-/// `recvmsg`/`sendmsg`: the iovec array is inside the user's `struct msghdr`.
-fn remember_msg(ctx: &RawTracePointContext, direction: u32) {
-    let Some((tid, fd, kind)) = gate(ctx, CALL_IOV, direction) else {
-        return;
-    };
-    if kind != CALL_IOV {
-        remember_call(tid, Call::data(kind, fd, direction, 0, 0));
-        return;
-    }
-    let msg = syscall_arg(ctx, 1);
-    // struct user_msghdr { void *name; int namelen; struct iovec *iov; size_t iovlen; ... }
-    // SAFETY: bpf_probe_read_user validates the user pointers.
-    let (iov, iov_len) = unsafe {
-        match (
-            bpf_probe_read_user((msg + 16) as *const u64),
-            bpf_probe_read_user((msg + 24) as *const u64),
-        ) {
-            (Ok(iov), Ok(len)) => (iov, len),
-            _ => {
-                count_drop(drop_reason::READ_FAILED);
-                return;
-            }
-        }
-    };
-    remember_call(
-        tid,
-        Call::data(CALL_IOV, fd, direction, iov, iov_len as u32),
-    );
-}
-
-fn finish(ctx: &RawTracePointContext) {
+/// Entry of a receive (`read`, `recvfrom`, `readv`, `recvmsg`): only a tracked socket
+/// whose addresses are not known yet needs anything here. The thread's call is
+/// remembered so that `tcp:tcp_rcv_space_adjust`, which runs inside the receive, can name
+/// the socket. Everything else about a data call is done at its return.
+#[raw_tracepoint]
+pub fn enter_receive(ctx: RawTracePointContext) -> i32 {
     let (pid, tid) = current();
-    // SAFETY: copied out before removal.
-    let Some(call) = (unsafe { INFLIGHT.get(tid) }).copied() else {
+    let fd = syscall_arg(&ctx, 0) as u32;
+    let Some(state) = tracked(pid, fd) else {
+        return 0;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    if unsafe { (*state).flags } & SOCKET_FLAG_ADDRESSES_KNOWN == 0 && native(&ctx) {
+        remember_call(tid, Call::data(CALL_ADDRESSES, fd, DIR_INGRESS, 0, 0));
+    }
+    0
+}
+
+/// The kind and direction of a data syscall, by its (x86-64) number.
+#[inline(always)]
+fn data_call(nr: u64) -> Option<(u32, u32)> {
+    Some(match nr {
+        syscall_nr::READ | syscall_nr::RECVFROM => (CALL_BUF, DIR_INGRESS),
+        syscall_nr::WRITE | syscall_nr::SENDTO => (CALL_BUF, DIR_EGRESS),
+        syscall_nr::READV => (CALL_IOV, DIR_INGRESS),
+        syscall_nr::WRITEV => (CALL_IOV, DIR_EGRESS),
+        syscall_nr::RECVMSG => (CALL_MSG, DIR_INGRESS),
+        syscall_nr::SENDMSG => (CALL_MSG, DIR_EGRESS),
+        syscall_nr::SENDFILE => (CALL_SENDFILE, DIR_EGRESS),
+        _ => return None,
+    })
+}
+
+/// `recvmsg`/`sendmsg` are read as vectored calls on the iovecs of the `struct msghdr`.
+const CALL_MSG: u32 = 0x100;
+
+/// Return of a data syscall on any socket: the arguments are still in the saved
+/// registers, so no entry state is needed. A tracked socket's record is sent from here.
+fn finish(ctx: &RawTracePointContext) {
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: the address of a field of the kernel's saved registers, read by the helper.
+    let Ok(nr) = (unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*regs).orig_rax)) }) else {
         return;
     };
-    let _ = INFLIGHT.remove(tid);
-    if call.kind != CALL_BUF && call.kind != CALL_IOV && call.kind != CALL_SENDFILE {
+    let Some((kind, direction)) = data_call(nr) else {
+        return;
+    };
+    let (pid, tid) = current();
+    let fd = syscall_arg(ctx, 0) as u32;
+    let Some(state) = tracked(pid, fd) else {
+        return;
+    };
+    if !native(ctx) {
         return;
     }
     let ret = syscall_ret(ctx);
+    // SAFETY: map value pointer from a successful lookup.
+    let flags = unsafe { (*state).flags };
+    if direction == DIR_INGRESS && (ret <= 0 || flags & SOCKET_FLAG_ADDRESSES_KNOWN == 0) {
+        // What `enter_receive` may have left for naming the socket.
+        let _ = INFLIGHT.remove(tid);
+    }
+    // TLS bookkeeping first (a TLS socket's bytes are ciphertext and are not copied; its
+    // plaintext comes from the library); a socket the agent does not parse is skipped.
+    if tls_socket(pid, tid, fd, direction, state) || flags & SOCKET_FLAG_IGNORED != 0 {
+        return;
+    }
     if ret <= 0 {
         return;
     }
-    emit_data(pid, tid, &call, ret as u64, SOURCE_SYSCALL);
+    let call = match kind {
+        CALL_BUF => {
+            // recvfrom(fd, buf, len, flags, ...): a peek is not a data call, the same
+            // bytes come again with the read that consumes them.
+            if nr == syscall_nr::RECVFROM && syscall_arg(ctx, 3) & MSG_PEEK != 0 {
+                return;
+            }
+            Call::data(CALL_BUF, fd, direction, syscall_arg(ctx, 1), 0)
+        }
+        CALL_IOV => Call::data(
+            CALL_IOV,
+            fd,
+            direction,
+            syscall_arg(ctx, 1),
+            syscall_arg(ctx, 2) as u32,
+        ),
+        CALL_MSG => {
+            if nr == syscall_nr::RECVMSG && syscall_arg(ctx, 2) & MSG_PEEK != 0 {
+                return;
+            }
+            let msg = syscall_arg(ctx, 1);
+            // struct user_msghdr { void *name; int namelen; struct iovec *iov; size_t
+            // iovlen; ... }
+            // SAFETY: bpf_probe_read_user validates the user pointers.
+            let (iov, iov_len) = unsafe {
+                match (
+                    bpf_probe_read_user((msg + 16) as *const u64),
+                    bpf_probe_read_user((msg + 24) as *const u64),
+                ) {
+                    (Ok(iov), Ok(len)) => (iov, len),
+                    _ => {
+                        count_drop(drop_reason::READ_FAILED);
+                        return;
+                    }
+                }
+            };
+            Call::data(CALL_IOV, fd, direction, iov, iov_len as u32)
+        }
+        _ => Call::data(CALL_SENDFILE, fd, direction, 0, 0),
+    };
+    emit_data_at(state, pid, tid, &call, ret as u64, SOURCE_SYSCALL);
 }
 
 /// Send a Data record: the header and up to the configured number of bytes of `call`'s
 /// buffer (or iovecs), of which `len` were transferred.
 pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
+    emit_record(tracked(pid, call.fd), pid, tid, call, len, source);
+}
+
+/// As [`emit_data`], for the socket `state` already looked up.
+#[inline(always)]
+fn emit_data_at(state: *mut SocketState, pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
+    emit_record(Some(state), pid, tid, call, len, source);
+}
+
+#[inline(always)]
+fn emit_record(
+    state: Option<*mut SocketState>,
+    pid: u32,
+    tid: u32,
+    call: &Call,
+    len: u64,
+    source: u32,
+) {
     let capture = capture_bytes();
     // Stamp the socket's byte counts: this record's place in its stream, and how far the
     // other direction had got. Counted before the ring buffer is tried, so a record that
     // does not make it shows as a gap.
-    let (flags, offset, peer_offset, skip_until) = match tracked(pid, call.fd) {
+    let (flags, offset, peer_offset, skip_until) = match state {
         Some(state) => {
             let own = offset_index(source, call.direction);
             let peer = offset_index(source, call.direction ^ 1);
@@ -383,39 +425,4 @@ fn copy_iovecs(buf: *mut u8, call: &Call, cap: u64) -> u64 {
 pub fn exit_data(ctx: RawTracePointContext) -> i32 {
     finish(&ctx);
     0
-}
-
-macro_rules! data_hooks {
-    ($($enter:ident, $enter_tp:literal, $body:expr;)*) => {
-        $(
-            #[doc = concat!("Entry of `", $enter_tp, "`, tail-called from `sys_enter`.")]
-            #[raw_tracepoint]
-            pub fn $enter(ctx: RawTracePointContext) -> i32 {
-                let f: fn(&RawTracePointContext) = $body;
-                f(&ctx);
-                0
-            }
-        )*
-    };
-}
-
-data_hooks! {
-    enter_read, "sys_enter_read",
-        |ctx| remember(ctx, CALL_BUF, DIR_INGRESS, 1);
-    enter_write, "sys_enter_write",
-        |ctx| remember(ctx, CALL_BUF, DIR_EGRESS, 1);
-    enter_recvfrom, "sys_enter_recvfrom",
-        |ctx| if !peeks(ctx, 3) { remember(ctx, CALL_BUF, DIR_INGRESS, 1) };
-    enter_sendto, "sys_enter_sendto",
-        |ctx| remember(ctx, CALL_BUF, DIR_EGRESS, 1);
-    enter_readv, "sys_enter_readv",
-        |ctx| remember(ctx, CALL_IOV, DIR_INGRESS, 1);
-    enter_writev, "sys_enter_writev",
-        |ctx| remember(ctx, CALL_IOV, DIR_EGRESS, 1);
-    enter_recvmsg, "sys_enter_recvmsg",
-        |ctx| if !peeks(ctx, 2) { remember_msg(ctx, DIR_INGRESS) };
-    enter_sendmsg, "sys_enter_sendmsg",
-        |ctx| remember_msg(ctx, DIR_EGRESS);
-    enter_sendfile, "sys_enter_sendfile64",
-        |ctx| remember(ctx, CALL_SENDFILE, DIR_EGRESS, 1);
 }

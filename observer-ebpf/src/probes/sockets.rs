@@ -12,8 +12,8 @@ use observer_common::{
 
 use super::{native, syscall_arg, syscall_ret};
 use crate::maps::{
-    config, count_drop, current, is_agent, tracked, wakeup_flags, Call, CALL_ACCEPT, CALL_CONNECT,
-    EVENTS, INFLIGHT, ORDERS, SOCKETS,
+    config, count_drop, current, is_agent, tracked, wakeup_flags, Call, CALL_ACCEPT,
+    CALL_ADDRESSES, CALL_CONNECT, EVENTS, INFLIGHT, ORDERS, SOCKETS,
 };
 
 const EINPROGRESS: i64 = 115;
@@ -280,6 +280,11 @@ fn try_report_addresses(ctx: &TracePointContext) -> Result<(), i32> {
     let Some(call) = (unsafe { INFLIGHT.get(tid) }).copied() else {
         return Ok(());
     };
+    if call.kind != CALL_ADDRESSES {
+        return Ok(());
+    }
+    // The receive's entry left this only to name the socket: done with it either way.
+    let _ = INFLIGHT.remove(tid);
     let Some(state) = tracked(pid, call.fd) else {
         return Ok(());
     };

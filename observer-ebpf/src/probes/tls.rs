@@ -172,6 +172,7 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn emit_plaintext(pid: u32, tid: u32, fd: u32, direction: u32, buf: u64, len: u64) {
     emit_data(
         pid,

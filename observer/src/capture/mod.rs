@@ -103,7 +103,19 @@ const fn exit(
     }
 }
 
-/// Every syscall hook, in one place.
+// The kernel's return hook knows the data syscalls by their x86-64 numbers.
+const _: () = {
+    use observer_common::syscall_nr as nr;
+    assert!(libc::SYS_read as u64 == nr::READ && libc::SYS_write as u64 == nr::WRITE);
+    assert!(libc::SYS_readv as u64 == nr::READV && libc::SYS_writev as u64 == nr::WRITEV);
+    assert!(libc::SYS_sendfile as u64 == nr::SENDFILE && libc::SYS_sendto as u64 == nr::SENDTO);
+    assert!(libc::SYS_recvfrom as u64 == nr::RECVFROM && libc::SYS_sendmsg as u64 == nr::SENDMSG);
+    assert!(libc::SYS_recvmsg as u64 == nr::RECVMSG);
+};
+
+/// Every syscall hook, in one place. Data calls are handled at their return (the
+/// arguments are still in the saved registers); a receive's entry is hooked only to name
+/// sockets whose addresses are not known yet.
 pub const SYSCALL_HOOKS: &[SyscallHook] = &[
     enter("enter_accept", "sys_enter_accept", libc::SYS_accept, false),
     exit("exit_accept", "sys_exit_accept", libc::SYS_accept, false),
@@ -117,43 +129,28 @@ pub const SYSCALL_HOOKS: &[SyscallHook] = &[
     ),
     exit("exit_connect", "sys_exit_connect", libc::SYS_connect, true),
     enter("enter_close", "sys_enter_close", libc::SYS_close, true),
-    enter("enter_read", "sys_enter_read", libc::SYS_read, true),
+    enter("enter_receive", "sys_enter_read", libc::SYS_read, true),
     exit("exit_data", "sys_exit_read", libc::SYS_read, true),
-    enter("enter_write", "sys_enter_write", libc::SYS_write, true),
     exit("exit_data", "sys_exit_write", libc::SYS_write, true),
     enter(
-        "enter_recvfrom",
+        "enter_receive",
         "sys_enter_recvfrom",
         libc::SYS_recvfrom,
         true,
     ),
     exit("exit_data", "sys_exit_recvfrom", libc::SYS_recvfrom, true),
-    enter("enter_sendto", "sys_enter_sendto", libc::SYS_sendto, true),
     exit("exit_data", "sys_exit_sendto", libc::SYS_sendto, true),
-    enter("enter_readv", "sys_enter_readv", libc::SYS_readv, false),
+    enter("enter_receive", "sys_enter_readv", libc::SYS_readv, false),
     exit("exit_data", "sys_exit_readv", libc::SYS_readv, false),
-    enter("enter_writev", "sys_enter_writev", libc::SYS_writev, false),
     exit("exit_data", "sys_exit_writev", libc::SYS_writev, false),
     enter(
-        "enter_recvmsg",
+        "enter_receive",
         "sys_enter_recvmsg",
         libc::SYS_recvmsg,
         false,
     ),
     exit("exit_data", "sys_exit_recvmsg", libc::SYS_recvmsg, false),
-    enter(
-        "enter_sendmsg",
-        "sys_enter_sendmsg",
-        libc::SYS_sendmsg,
-        false,
-    ),
     exit("exit_data", "sys_exit_sendmsg", libc::SYS_sendmsg, false),
-    enter(
-        "enter_sendfile",
-        "sys_enter_sendfile64",
-        libc::SYS_sendfile,
-        false,
-    ),
     exit(
         "exit_data",
         "sys_exit_sendfile64",
