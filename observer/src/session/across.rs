@@ -85,7 +85,7 @@ impl AcrossStats {
     }
 
     pub(crate) fn record(&mut self, u: &Use<'_>, t: SystemTime) {
-        let c = self.credentials.entry(u.credential, || CredentialStat {
+        let c = self.credentials.entry_at(u.credential, t, || CredentialStat {
             first_seen: t,
             last_seen: t,
             requests: 0,
@@ -102,7 +102,7 @@ impl AcrossStats {
         }
         if self.kind == ViewKind::Network {
             let window = self.window;
-            let r = self.routes.entry(Arc::clone(u.route), || RouteIds {
+            let r = self.routes.entry_at(Arc::clone(u.route), t, || RouteIds {
                 last_seen: t,
                 requests: Ring::new(window, ID_BUCKETS),
                 ids: Ring::new(window, ID_BUCKETS),

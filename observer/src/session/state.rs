@@ -379,13 +379,13 @@ impl Session {
     }
 
     pub(crate) fn hit_network(&mut self, n: Network, t: SystemTime) -> KeyChange<Network> {
-        let (d, change) = self.networks.entry_noted(n, || DimStat::new(t));
+        let (d, change) = self.networks.entry_noted(n, t, || DimStat::new(t));
         d.hit(t);
         change
     }
 
     pub(crate) fn hit_agent(&mut self, a: &Arc<str>, t: SystemTime) -> KeyChange<Arc<str>> {
-        let (d, change) = self.agents.entry_noted(Arc::clone(a), || DimStat::new(t));
+        let (d, change) = self.agents.entry_noted(Arc::clone(a), t, || DimStat::new(t));
         d.hit(t);
         change
     }
