@@ -60,7 +60,7 @@ pub(crate) struct AcrossStats {
     pub kind: ViewKind,
     credentials: Bounded<u64, CredentialStat>,
     /// Network views only: ids walked per route.
-    routes: Bounded<Arc<str>, RouteIds>,
+    routes: Bounded<Arc<str>, Box<RouteIds>>,
     window: Duration,
 }
 
@@ -102,10 +102,12 @@ impl AcrossStats {
         }
         if self.kind == ViewKind::Network {
             let window = self.window;
-            let r = self.routes.entry_at(Arc::clone(u.route), t, || RouteIds {
-                last_seen: t,
-                requests: Ring::new(window, ID_BUCKETS),
-                ids: Ring::new(window, ID_BUCKETS),
+            let r = self.routes.entry_at(Arc::clone(u.route), t, || {
+                Box::new(RouteIds {
+                    last_seen: t,
+                    requests: Ring::new(window, ID_BUCKETS),
+                    ids: Ring::new(window, ID_BUCKETS),
+                })
             });
             r.last_seen = r.last_seen.max(t);
             if let Some(n) = r.requests.at(t) {

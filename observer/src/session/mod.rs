@@ -646,7 +646,9 @@ impl SessionTable {
         self.held.agent(&agent, change);
 
         // Route, with distinct ids.
-        let r = s.routes.entry_at(Arc::clone(&route), t, || RouteStats::new(t));
+        let r = s
+            .routes
+            .entry_at(Arc::clone(&route), t, || Box::new(RouteStats::new(t)));
         r.requests += 1;
         r.protocols |= state::protocol_bit(ex.protocol_name());
         r.status[class_index(ex.outcome())] += 1;

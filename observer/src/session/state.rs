@@ -157,7 +157,9 @@ pub(crate) struct Session {
     pub rate: RateEwma,
     pub networks: Bounded<Network, DimStat>,
     pub agents: Bounded<Arc<str>, DimStat>,
-    pub routes: Bounded<Arc<str>, RouteStats>,
+    /// Boxed: a session's table of routes stays small (growing a large one costs much
+    /// more than allocating small records).
+    pub routes: Bounded<Arc<str>, Box<RouteStats>>,
     pub status: [u64; 6],
     pub request_bytes: u64,
     pub response_bytes: u64,

@@ -220,6 +220,12 @@ pub(crate) trait Seen {
     fn last_seen(&self) -> SystemTime;
 }
 
+impl<T: Seen + ?Sized> Seen for Box<T> {
+    fn last_seen(&self) -> SystemTime {
+        (**self).last_seen()
+    }
+}
+
 impl Seen for DimStat {
     fn last_seen(&self) -> SystemTime {
         self.last_seen
