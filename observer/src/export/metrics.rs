@@ -131,18 +131,18 @@ impl RequestMetrics {
             self.children.clear();
         }
         let c = self.children.entry(labels).or_insert_with(|| Children {
-                requests: self.requests.with_label_values(&[
-                    method,
-                    route,
-                    class,
-                    role,
-                    if ex.tls { "true" } else { "false" },
-                    ex.workload.namespace.as_deref().unwrap_or(""),
-                    ex.workload.pod.as_deref().unwrap_or(""),
-                ]),
-                duration: self.duration.with_label_values(&[method, class, role]),
-                _workload: named.then(|| Arc::clone(&ex.workload)),
-            });
+            requests: self.requests.with_label_values(&[
+                method,
+                route,
+                class,
+                role,
+                if ex.tls { "true" } else { "false" },
+                ex.workload.namespace.as_deref().unwrap_or(""),
+                ex.workload.pod.as_deref().unwrap_or(""),
+            ]),
+            duration: self.duration.with_label_values(&[method, class, role]),
+            _workload: named.then(|| Arc::clone(&ex.workload)),
+        });
         c.requests.inc();
         c.duration.observe(ex.latency.as_secs_f64());
     }

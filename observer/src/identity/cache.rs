@@ -185,7 +185,10 @@ mod tests {
             b().bearer("OPAQUE-SECRET-1"),
             b().bearer(&jwt),
             b().bearer("e*J.e*J.sig"),
-            b().header("authorization", &format!("Basic {}", STANDARD.encode("dave:PW-1"))),
+            b().header(
+                "authorization",
+                &format!("Basic {}", STANDARD.encode("dave:PW-1")),
+            ),
             b().header("authorization", "Basic !!!notb64"),
             b().header("x-api-key", "pk_pro_KEY-1"),
             b().header("x-api-key", &jwt),
@@ -237,7 +240,9 @@ mod tests {
         assert_eq!(hits - first.0, 2 * (first.0 + first.1));
         // The same text read another way is another entry (a JWT is a bearer token
         // wherever it is; a dotted API key is opaque, a dotted bearer token malformed).
-        let ex = ExchangeBuilder::new().header("x-api-key", "e*J.e*J.sig").build();
+        let ex = ExchangeBuilder::new()
+            .header("x-api-key", "e*J.e*J.sig")
+            .build();
         x.extract_cached(&ex, &key, &mut cache, &mut out);
         assert_eq!(out, x.extract(&ex, &key));
         assert_eq!(out[0].format, TokenFormat::Opaque);

@@ -26,8 +26,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::exchange::Exchange;
 
-use cache::ReadAs;
 pub use cache::CredentialCache;
+use cache::ReadAs;
 pub use durable::{DurableHash, FreezeKey};
 pub use jwt::{JwtClaims, JwtError};
 pub use key::{Fingerprint, FingerprintKey, KeyError};

@@ -85,13 +85,15 @@ impl AcrossStats {
     }
 
     pub(crate) fn record(&mut self, u: &Use<'_>, t: SystemTime) {
-        let c = self.credentials.entry_at(u.credential, t, || CredentialStat {
-            first_seen: t,
-            last_seen: t,
-            requests: 0,
-            failures: 0,
-            successes: 0,
-        });
+        let c = self
+            .credentials
+            .entry_at(u.credential, t, || CredentialStat {
+                first_seen: t,
+                last_seen: t,
+                requests: 0,
+                failures: 0,
+                successes: 0,
+            });
         c.requests += 1;
         c.last_seen = c.last_seen.max(t);
         c.first_seen = c.first_seen.min(t);

@@ -58,7 +58,11 @@ fn cached_jwt_judged_at_each_request() {
         obs(&mut t, b().at(f64::from(i)));
     }
     obs(&mut t, b().at(300.0).status(401));
-    let route_view = t.views.values().find(|v| v.id.starts_with("route:")).unwrap();
+    let route_view = t
+        .views
+        .values()
+        .find(|v| v.id.starts_with("route:"))
+        .unwrap();
     assert_eq!(route_view.requests, 3);
 }
 
@@ -72,10 +76,16 @@ fn ids_follow_the_key() {
             .client("198.51.100.20:4000")
             .ua("curl/8.5.0")
     };
-    let tok = || ExchangeBuilder::new().bearer("ROTATING-TOKEN").ua("curl/8.5.0");
+    let tok = || {
+        ExchangeBuilder::new()
+            .bearer("ROTATING-TOKEN")
+            .ua("curl/8.5.0")
+    };
     let out = || tok().role(Role::Client).server("192.0.2.9:443");
     let expected = |t: &SessionTable| {
-        let fp = |prefix: &str, domain: &str, raw: &[u8]| t.key.fingerprint(prefix, domain, raw).to_string();
+        let fp = |prefix: &str, domain: &str, raw: &[u8]| {
+            t.key.fingerprint(prefix, domain, raw).to_string()
+        };
         let tok = fp("tok", "cred", b"ROTATING-TOKEN");
         let mut v = vec![
             fp("anon", "anon", b"198.51.100.0/24\0curl/8"),
@@ -105,7 +115,12 @@ fn ids_follow_the_key() {
 fn agent_fingerprints_follow_the_key() {
     let mut t = table();
     let agent = |t: &mut SessionTable| {
-        obs(t, ExchangeBuilder::new().bearer("AGENT-TOKEN").ua("ShopApp/1.0"));
+        obs(
+            t,
+            ExchangeBuilder::new()
+                .bearer("AGENT-TOKEN")
+                .ua("ShopApp/1.0"),
+        );
         let s = t.sessions.values().next().unwrap();
         s.last_pair.as_ref().unwrap().1.to_string()
     };

@@ -387,7 +387,9 @@ impl Session {
     }
 
     pub(crate) fn hit_agent(&mut self, a: &Arc<str>, t: SystemTime) -> KeyChange<Arc<str>> {
-        let (d, change) = self.agents.entry_noted(Arc::clone(a), t, || DimStat::new(t));
+        let (d, change) = self
+            .agents
+            .entry_noted(Arc::clone(a), t, || DimStat::new(t));
         d.hit(t);
         change
     }

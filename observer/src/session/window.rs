@@ -347,7 +347,8 @@ impl<K: Hash + Eq + Clone, V: Seen> Bounded<K, V> {
                 if e.listed.is_empty() {
                     return None;
                 }
-                e.listed.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                e.listed
+                    .sort_unstable_by_key(|(seen, _)| std::cmp::Reverse(*seen));
                 e.touched = None;
             }
             let (seen, k) = e.listed.pop()?;
