@@ -112,10 +112,11 @@ impl AcrossStats {
                 })
             });
             r.last_seen = r.last_seen.max(t);
-            if let Some(n) = r.requests.at(t) {
+            let secs = crate::clock::unix_secs(t);
+            if let Some(n) = r.requests.at_secs(secs) {
                 *n += 1;
             }
-            if let (Some(h), Some(bits)) = (u.ids, r.ids.at(t)) {
+            if let (Some(h), Some(bits)) = (u.ids, r.ids.at_secs(secs)) {
                 bits.insert(h);
             }
         }

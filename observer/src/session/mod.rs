@@ -475,6 +475,7 @@ impl SessionTable {
     ) {
         // The event's time, never after `now`.
         let t = ex.started_at.min(now);
+        let t_secs = unix_secs(t);
         // Whatever this exchange makes or updates is seen at `t` at the earliest.
         self.expiry_floor.0 = self.expiry_floor.0.min(t);
         self.expiry_floor.1 = self.expiry_floor.1.min(t);
@@ -569,7 +570,7 @@ impl SessionTable {
         let refresh = primary.is_some_and(|p| {
             matches!(ex.outcome(), 401 | 403)
                 && p.jwt().and_then(|c| c.exp).is_some_and(|exp| {
-                    unix_secs(t) as i64 > exp.saturating_add(self.scoring.jwt_leeway_secs as i64)
+                    t_secs as i64 > exp.saturating_add(self.scoring.jwt_leeway_secs as i64)
                 })
         });
         if let (Direction::Inbound, Some(p), false) = (direction, primary, refresh) {
@@ -658,14 +659,14 @@ impl SessionTable {
             let ring = r
                 .ids
                 .get_or_insert_with(|| Box::new(window::Ring::new(sc.window(), ID_BUCKETS)));
-            if let Some(bits) = ring.at(t) {
+            if let Some(bits) = ring.at_secs(t_secs) {
                 bits.insert(combined);
             }
         }
 
         // Outcomes.
         s.status[class_index(ex.outcome())] += 1;
-        if let Some(c) = s.window.at(t) {
+        if let Some(c) = s.window.at_secs(t_secs) {
             c.requests += 1;
             if matches!(ex.outcome(), 401 | 403) {
                 c.auth_failures += 1;
@@ -678,7 +679,7 @@ impl SessionTable {
         s.response_bytes += ex.response_body_bytes.unwrap_or(0);
         s.latency_sum += ex.latency;
         s.latency_max = s.latency_max.max(ex.latency);
-        let hour = (unix_secs(t) as u64 / 3600) % 24;
+        let hour = (t_secs as u64 / 3600) % 24;
         s.active_hours |= 1 << hour;
         if !ex.workload.is_empty()
             && s.workloads.len() < MAX_PROCESSES
@@ -710,7 +711,7 @@ impl SessionTable {
                 mark(&mut s.marks.plaintext_credential, t);
             }
         }
-        let t_unix = unix_secs(t) as i64;
+        let t_unix = t_secs as i64;
         let leeway = sc.jwt_leeway_secs as i64;
         let ok = (200..300).contains(&ex.outcome());
         for i in identities {

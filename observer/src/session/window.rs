@@ -96,13 +96,24 @@ impl<T: Default + Clone> Ring<T> {
     }
 
     fn epoch(&self, t: SystemTime) -> u64 {
+        self.epoch_of_secs(unix_secs(t))
+    }
+
+    fn epoch_of_secs(&self, secs: f64) -> u64 {
         // Epoch 0 marks an unused slot; real times are far from it.
-        (unix_secs(t) as u64 / self.bucket_secs).max(1)
+        (secs as u64 / self.bucket_secs).max(1)
     }
 
     /// The bucket for time `t`; `None` when `t` is older than the ring.
+    #[cfg(test)]
     pub(crate) fn at(&mut self, t: SystemTime) -> Option<&mut T> {
-        let e = self.epoch(t);
+        self.at_secs(unix_secs(t))
+    }
+
+    /// [`Ring::at`] for the time `unix_secs(t)` (computed once by callers that use it
+    /// more than once).
+    pub(crate) fn at_secs(&mut self, secs: f64) -> Option<&mut T> {
+        let e = self.epoch_of_secs(secs);
         let n = self.slots.len() as u64;
         if e + n <= self.newest {
             return None;
