@@ -40,12 +40,19 @@ impl Seen for CredentialStat {
     }
 }
 
-/// Requests and distinct ids of one route within a network view.
+/// Requests and distinct ids of one route within a network view, per time bucket (one
+/// ring for both: they always cover the same buckets).
 #[derive(Clone, Debug)]
 struct RouteIds {
     last_seen: SystemTime,
-    requests: Ring<u32>,
-    ids: Ring<Bits>,
+    buckets: Ring<RouteBucket>,
+}
+
+/// One time bucket of [`RouteIds`].
+#[derive(Clone, Copy, Debug, Default)]
+struct RouteBucket {
+    requests: u32,
+    ids: Bits,
 }
 
 impl Seen for RouteIds {
@@ -107,17 +114,15 @@ impl AcrossStats {
             let r = self.routes.entry_at(Arc::clone(u.route), t, || {
                 Box::new(RouteIds {
                     last_seen: t,
-                    requests: Ring::new(window, ID_BUCKETS),
-                    ids: Ring::new(window, ID_BUCKETS),
+                    buckets: Ring::new(window, ID_BUCKETS),
                 })
             });
             r.last_seen = r.last_seen.max(t);
-            let secs = crate::clock::unix_secs(t);
-            if let Some(n) = r.requests.at_secs(secs) {
-                *n += 1;
-            }
-            if let (Some(h), Some(bits)) = (u.ids, r.ids.at_secs(secs)) {
-                bits.insert(h);
+            if let Some(b) = r.buckets.at(t) {
+                b.requests += 1;
+                if let Some(h) = u.ids {
+                    b.ids.insert(h);
+                }
             }
         }
     }
@@ -137,9 +142,9 @@ impl AcrossStats {
         let mut requests = 0u64;
         let mut top_id_route = (0u64, 0u64);
         for (_, r) in self.routes.live(now, window) {
-            let n: u64 = r.requests.live(now).map(|n| u64::from(*n)).sum();
+            let n: u64 = r.buckets.live(now).map(|b| u64::from(b.requests)).sum();
             requests += n;
-            let ids = distinct(r.ids.live(now));
+            let ids = distinct(r.buckets.live(now).map(|b| &b.ids));
             if ids > top_id_route.0 {
                 top_id_route = (ids, n);
             }
@@ -165,11 +170,7 @@ impl AcrossStats {
                 within_until(c.first_seen, now, window),
             ]
         });
-        let routes = self
-            .routes
-            .map
-            .values()
-            .flat_map(|r| [r.requests.live_until(now), r.ids.live_until(now)]);
+        let routes = self.routes.map.values().map(|r| r.buckets.live_until(now));
         credentials
             .chain(routes)
             .chain(std::iter::once(self.routes.live_until(now, window)))

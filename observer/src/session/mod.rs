@@ -658,7 +658,7 @@ impl SessionTable {
         if let Some(combined) = id_hash {
             let ring = r
                 .ids
-                .get_or_insert_with(|| Box::new(window::Ring::new(sc.window(), ID_BUCKETS)));
+                .get_or_insert_with(|| window::Ring::new(sc.window(), ID_BUCKETS));
             if let Some(bits) = ring.at_secs(t_secs) {
                 bits.insert(combined);
             }

@@ -67,7 +67,7 @@ pub(crate) struct RouteStats {
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
     /// Distinct ids per time bucket; only for routes with id segments.
-    pub ids: Option<Box<Ring<Bits>>>,
+    pub ids: Option<Ring<Bits>>,
     /// Protocols the route was called over ([`PROTOCOLS`] bits).
     pub protocols: u8,
 }

@@ -105,7 +105,6 @@ impl<T: Default + Clone> Ring<T> {
     }
 
     /// The bucket for time `t`; `None` when `t` is older than the ring.
-    #[cfg(test)]
     pub(crate) fn at(&mut self, t: SystemTime) -> Option<&mut T> {
         self.at_secs(unix_secs(t))
     }
