@@ -16,19 +16,16 @@ pub struct RouteTemplate {
 impl RouteTemplate {
     /// Template `method` and `path`.
     pub fn of(method: &str, path: &str) -> Self {
-        let mut ids = Vec::new();
-        let template = template_path(path, &mut ids);
         let base = path.as_ptr() as usize;
+        let mut id_spans = Vec::new();
+        let template = template_with(path, |seg| {
+            let start = (seg.as_ptr() as usize - base) as u32;
+            id_spans.push((start, start + seg.len() as u32));
+        });
         Self {
             method: method_label(method),
             path: template,
-            id_spans: ids
-                .into_iter()
-                .map(|seg| {
-                    let start = (seg.as_ptr() as usize - base) as u32;
-                    (start, start + seg.len() as u32)
-                })
-                .collect(),
+            id_spans,
         }
     }
 
@@ -124,6 +121,11 @@ pub fn is_id_segment(s: &str) -> bool {
 /// Template a path: id segments become `{id}` and are handed to `ids` (so callers can count
 /// distinct ids without storing the path). Long paths are cut to 12 segments / 200 bytes.
 pub fn template_path<'a>(path: &'a str, ids: &mut Vec<&'a str>) -> String {
+    template_with(path, |seg| ids.push(seg))
+}
+
+/// [`template_path`], handing each id segment to `id`.
+fn template_with<'a>(path: &'a str, mut id: impl FnMut(&'a str)) -> String {
     if !path.starts_with('/') {
         let mut s: String = path.chars().take(32).collect();
         if s.is_empty() {
@@ -139,7 +141,7 @@ pub fn template_path<'a>(path: &'a str, ids: &mut Vec<&'a str>) -> String {
         }
         out.push('/');
         if is_id_segment(seg) {
-            ids.push(seg);
+            id(seg);
             out.push_str(ID);
         } else {
             let room = MAX_TEMPLATE.saturating_sub(out.len()).max(1);

@@ -44,6 +44,11 @@ impl Fingerprint {
         &self.0
     }
 
+    /// The shared text (cloning it costs no allocation).
+    pub(crate) fn shared(&self) -> &Arc<str> {
+        &self.0
+    }
+
     /// The part before `_` (`tok`, `key`, `usr`, `ck`, `sub`, `jti`, `anon`).
     pub fn prefix(&self) -> &str {
         self.0.split('_').next().unwrap_or_default()
@@ -178,6 +183,15 @@ pub struct FingerprintKey {
     /// When a key loaded from a file was written (its modification time): the scheduled
     /// rotation counts from it, so a restart does not extend the key's life.
     written: Option<SystemTime>,
+    /// Unique in this process to these key bytes: taken anew by every key made and every
+    /// change of key (what was cached under one stamp is stale under another).
+    stamp: u64,
+}
+
+/// A stamp no key had before.
+fn new_stamp() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl fmt::Debug for FingerprintKey {
@@ -258,6 +272,7 @@ impl FingerprintKey {
             path: None,
             fleet: None,
             written: None,
+            stamp: new_stamp(),
         }
     }
 
@@ -272,6 +287,7 @@ impl FingerprintKey {
             path: None,
             fleet: Some(Fleet { secret, epoch_secs }),
             written: None,
+            stamp: new_stamp(),
         }
     }
 
@@ -307,6 +323,7 @@ impl FingerprintKey {
         self.bytes = derive_epoch_key(&fleet.secret, epoch);
         self.mac = keyed(&self.bytes);
         self.generation = epoch;
+        self.stamp = new_stamp();
         true
     }
 
@@ -345,6 +362,7 @@ impl FingerprintKey {
             path: Some(path.to_path_buf()),
             fleet: None,
             written,
+            stamp: new_stamp(),
         })
     }
 
@@ -403,6 +421,7 @@ impl FingerprintKey {
         self.bytes = bytes;
         self.mac = keyed(&self.bytes);
         self.generation += 1;
+        self.stamp = new_stamp();
         self.written = self.path.as_ref().map(|_| SystemTime::now());
         Ok(())
     }
@@ -410,6 +429,11 @@ impl FingerprintKey {
     /// How many times the key was rotated since it was made or loaded.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Unique in this process to the current key bytes of this key (changes with them).
+    pub(crate) fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     /// Fingerprint `raw` in a domain (which keeps e.g. a `sub` apart from a token with the
@@ -420,8 +444,22 @@ impl FingerprintKey {
         mac.update(&[0]);
         mac.update(raw);
         let digest = mac.finalize().into_bytes();
-        let hex = to_hex(&digest[..FINGERPRINT_HEX / 2]);
-        Fingerprint(Arc::from(format!("{prefix}_{hex}")))
+        // `prefix_hex` built on the stack: one allocation, the shared string itself.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 32 + FINGERPRINT_HEX];
+        let Some(text) = buf.get_mut(..prefix.len() + 1 + FINGERPRINT_HEX) else {
+            let hex = to_hex(&digest[..FINGERPRINT_HEX / 2]);
+            return Fingerprint(Arc::from(format!("{prefix}_{hex}")));
+        };
+        let (head, hex) = text.split_at_mut(prefix.len() + 1);
+        head[..prefix.len()].copy_from_slice(prefix.as_bytes());
+        head[prefix.len()] = b'_';
+        for (pair, b) in hex.chunks_exact_mut(2).zip(&digest[..FINGERPRINT_HEX / 2]) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
+        }
+        let text = std::str::from_utf8(text).expect("a str and hex digits");
+        Fingerprint(Arc::from(text))
     }
 }
 

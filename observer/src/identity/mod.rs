@@ -10,6 +10,7 @@
 //! `Authorization: Bearer` (JWT or opaque), `Authorization: Basic` (user part only),
 //! API-key headers, credentials in the query string, session cookies.
 
+pub mod cache;
 pub mod durable;
 pub mod jwt;
 pub mod key;
@@ -25,6 +26,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::exchange::Exchange;
 
+pub use cache::CredentialCache;
+use cache::ReadAs;
 pub use durable::{DurableHash, FreezeKey};
 pub use jwt::{JwtClaims, JwtError};
 pub use key::{Fingerprint, FingerprintKey, KeyError};
@@ -318,13 +321,39 @@ impl Extractor {
 
     /// Every credential in the exchange, primary first, fingerprinted with `key`.
     pub fn extract(&self, ex: &Exchange, key: &FingerprintKey) -> Vec<Identity> {
+        let mut out = Vec::new();
         self.extract_with(
             ex,
             &Keys {
                 fp: key,
                 freeze: None,
             },
-        )
+            None,
+            &mut out,
+        );
+        out
+    }
+
+    /// As [`Self::extract`], into `out` (cleared first), with what `cache` knows of
+    /// credentials seen before: a credential sent again costs a keyed hash and a lookup.
+    /// The identities are the same as [`Self::extract`]'s.
+    pub fn extract_cached(
+        &self,
+        ex: &Exchange,
+        key: &FingerprintKey,
+        cache: &mut CredentialCache,
+        out: &mut Vec<Identity>,
+    ) {
+        cache.use_key(key);
+        self.extract_with(
+            ex,
+            &Keys {
+                fp: key,
+                freeze: None,
+            },
+            Some(cache),
+            out,
+        );
     }
 
     /// As [`Self::extract`], with each identity's durable hash under `freeze` too (one
@@ -335,26 +364,56 @@ impl Extractor {
         key: &FingerprintKey,
         freeze: &FreezeKey,
     ) -> Vec<Identity> {
+        let mut out = Vec::new();
         self.extract_with(
             ex,
             &Keys {
                 fp: key,
                 freeze: Some(freeze),
             },
-        )
+            None,
+            &mut out,
+        );
+        out
     }
 
-    fn extract_with(&self, ex: &Exchange, key: &Keys<'_>) -> Vec<Identity> {
-        let mut out: Vec<Identity> = Vec::new();
-        let mut push = |id: Identity| {
+    /// The identity of one credential: from `cache` when given (never with durable
+    /// hashes), else made by `make`.
+    fn resolve(
+        cache: Option<&mut CredentialCache>,
+        read_as: ReadAs,
+        raw: &[u8],
+        source: CredentialSource,
+        location: &Arc<str>,
+        make: impl FnOnce() -> Identity,
+    ) -> Identity {
+        match cache {
+            Some(c) => c.identity(read_as, raw, source, location, make),
+            None => make(),
+        }
+    }
+
+    fn extract_with(
+        &self,
+        ex: &Exchange,
+        key: &Keys<'_>,
+        mut cache: Option<&mut CredentialCache>,
+        out: &mut Vec<Identity>,
+    ) {
+        out.clear();
+        // With durable hashes, nothing comes from (or goes to) the cache.
+        if key.freeze.is_some() {
+            cache = None;
+        }
+        fn push(out: &mut Vec<Identity>, id: Identity) {
             if out.len() < MAX_IDENTITIES && !out.iter().any(|o| o.fingerprint == id.fingerprint) {
                 out.push(id);
             }
-        };
+        }
         for h in &ex.request_headers {
             if h.name == "authorization" {
-                if let Some(id) = self.authorization(&h.value, key) {
-                    push(id);
+                if let Some(id) = self.authorization(&h.value, key, cache.as_deref_mut()) {
+                    push(out, id);
                 }
             }
         }
@@ -362,13 +421,23 @@ impl Extractor {
             for h in ex.request_headers.iter().filter(|h| *h.name == **name) {
                 let v = h.value.trim();
                 if !v.is_empty() {
-                    push(self.opaque_or_jwt(
-                        CredentialKind::ApiKey,
+                    let id = Self::resolve(
+                        cache.as_deref_mut(),
+                        ReadAs::ApiKey,
+                        v.as_bytes(),
                         CredentialSource::Header,
                         name,
-                        v.as_bytes(),
-                        key,
-                    ));
+                        || {
+                            self.opaque_or_jwt(
+                                CredentialKind::ApiKey,
+                                CredentialSource::Header,
+                                name,
+                                v.as_bytes(),
+                                key,
+                            )
+                        },
+                    );
+                    push(out, id);
                 }
             }
         }
@@ -384,12 +453,20 @@ impl Extractor {
                     continue;
                 }
                 // OAuth's `access_token` is a bearer token; a JWT is one wherever it is.
-                let kind = if name.eq_ignore_ascii_case("access_token") {
-                    CredentialKind::Bearer
+                let (kind, read_as) = if name.eq_ignore_ascii_case("access_token") {
+                    (CredentialKind::Bearer, ReadAs::Bearer)
                 } else {
-                    CredentialKind::ApiKey
+                    (CredentialKind::ApiKey, ReadAs::ApiKey)
                 };
-                push(self.opaque_or_jwt(kind, CredentialSource::Query, name, &value, key));
+                let id = Self::resolve(
+                    cache.as_deref_mut(),
+                    read_as,
+                    &value,
+                    CredentialSource::Query,
+                    name,
+                    || self.opaque_or_jwt(kind, CredentialSource::Query, name, &value, key),
+                );
+                push(out, id);
                 let mut value = value;
                 value.fill(0);
                 std::hint::black_box(&value);
@@ -411,46 +488,77 @@ impl Extractor {
                 if v.is_empty() {
                     continue;
                 }
-                let (fingerprint, durable) = key.identify(
-                    CredentialKind::Cookie.prefix(),
-                    CredentialKind::Cookie.domain(),
+                let id = Self::resolve(
+                    cache.as_deref_mut(),
+                    ReadAs::Cookie,
                     v.as_bytes(),
+                    CredentialSource::Cookie,
+                    name,
+                    || {
+                        let (fingerprint, durable) = key.identify(
+                            CredentialKind::Cookie.prefix(),
+                            CredentialKind::Cookie.domain(),
+                            v.as_bytes(),
+                        );
+                        Identity {
+                            fingerprint,
+                            kind: CredentialKind::Cookie,
+                            source: CredentialSource::Cookie,
+                            location: Arc::clone(name),
+                            format: TokenFormat::Opaque,
+                            tier: None,
+                            durable,
+                        }
+                    },
                 );
-                push(Identity {
-                    fingerprint,
-                    kind: CredentialKind::Cookie,
-                    source: CredentialSource::Cookie,
-                    location: Arc::clone(name),
-                    format: TokenFormat::Opaque,
-                    tier: None,
-                    durable,
-                });
+                push(out, id);
             }
         }
         // Basic users and cookies: the default tier.
         for id in out.iter_mut().filter(|i| i.tier.is_none()) {
             id.tier = self.tiers.tier_of(b"", false, None);
         }
-        out
     }
 
-    fn authorization(&self, value: &str, key: &Keys<'_>) -> Option<Identity> {
+    fn authorization(
+        &self,
+        value: &str,
+        key: &Keys<'_>,
+        cache: Option<&mut CredentialCache>,
+    ) -> Option<Identity> {
         let value = value.trim();
         let (scheme, rest) = value.split_once(char::is_whitespace)?;
         let rest = rest.trim();
         if rest.is_empty() {
             return None;
         }
+        let location = &self.authorization;
         if scheme.eq_ignore_ascii_case("bearer") {
-            Some(self.opaque_or_jwt(
-                CredentialKind::Bearer,
-                CredentialSource::Header,
-                &self.authorization,
+            Some(Self::resolve(
+                cache,
+                ReadAs::Bearer,
                 rest.as_bytes(),
-                key,
+                CredentialSource::Header,
+                location,
+                || {
+                    self.opaque_or_jwt(
+                        CredentialKind::Bearer,
+                        CredentialSource::Header,
+                        location,
+                        rest.as_bytes(),
+                        key,
+                    )
+                },
             ))
         } else if scheme.eq_ignore_ascii_case("basic") {
-            Some(basic(rest, &self.authorization, key))
+            Some(Self::resolve(
+                cache,
+                ReadAs::Basic,
+                rest.as_bytes(),
+                CredentialSource::Header,
+                location,
+                || basic(rest, location, key),
+            ))
         } else {
             None
         }

@@ -40,12 +40,19 @@ impl Seen for CredentialStat {
     }
 }
 
-/// Requests and distinct ids of one route within a network view.
+/// Requests and distinct ids of one route within a network view, per time bucket (one
+/// ring for both: they always cover the same buckets).
 #[derive(Clone, Debug)]
 struct RouteIds {
     last_seen: SystemTime,
-    requests: Ring<u32>,
-    ids: Ring<Bits>,
+    buckets: Ring<RouteBucket>,
+}
+
+/// One time bucket of [`RouteIds`].
+#[derive(Clone, Copy, Debug, Default)]
+struct RouteBucket {
+    requests: u32,
+    ids: Bits,
 }
 
 impl Seen for RouteIds {
@@ -60,7 +67,7 @@ pub(crate) struct AcrossStats {
     pub kind: ViewKind,
     credentials: Bounded<u64, CredentialStat>,
     /// Network views only: ids walked per route.
-    routes: Bounded<Arc<str>, RouteIds>,
+    routes: Bounded<Arc<str>, Box<RouteIds>>,
     window: Duration,
 }
 
@@ -85,13 +92,15 @@ impl AcrossStats {
     }
 
     pub(crate) fn record(&mut self, u: &Use<'_>, t: SystemTime) {
-        let c = self.credentials.entry(u.credential, || CredentialStat {
-            first_seen: t,
-            last_seen: t,
-            requests: 0,
-            failures: 0,
-            successes: 0,
-        });
+        let c = self
+            .credentials
+            .entry_at(u.credential, t, || CredentialStat {
+                first_seen: t,
+                last_seen: t,
+                requests: 0,
+                failures: 0,
+                successes: 0,
+            });
         c.requests += 1;
         c.last_seen = c.last_seen.max(t);
         c.first_seen = c.first_seen.min(t);
@@ -102,17 +111,18 @@ impl AcrossStats {
         }
         if self.kind == ViewKind::Network {
             let window = self.window;
-            let r = self.routes.entry(Arc::clone(u.route), || RouteIds {
-                last_seen: t,
-                requests: Ring::new(window, ID_BUCKETS),
-                ids: Ring::new(window, ID_BUCKETS),
+            let r = self.routes.entry_at(Arc::clone(u.route), t, || {
+                Box::new(RouteIds {
+                    last_seen: t,
+                    buckets: Ring::new(window, ID_BUCKETS),
+                })
             });
             r.last_seen = r.last_seen.max(t);
-            if let Some(n) = r.requests.at(t) {
-                *n += 1;
-            }
-            if let (Some(h), Some(bits)) = (u.ids, r.ids.at(t)) {
-                bits.insert(h);
+            if let Some(b) = r.buckets.at(t) {
+                b.requests += 1;
+                if let Some(h) = u.ids {
+                    b.ids.insert(h);
+                }
             }
         }
     }
@@ -132,9 +142,9 @@ impl AcrossStats {
         let mut requests = 0u64;
         let mut top_id_route = (0u64, 0u64);
         for (_, r) in self.routes.live(now, window) {
-            let n: u64 = r.requests.live(now).map(|n| u64::from(*n)).sum();
+            let n: u64 = r.buckets.live(now).map(|b| u64::from(b.requests)).sum();
             requests += n;
-            let ids = distinct(r.ids.live(now));
+            let ids = distinct(r.buckets.live(now).map(|b| &b.ids));
             if ids > top_id_route.0 {
                 top_id_route = (ids, n);
             }
@@ -160,11 +170,7 @@ impl AcrossStats {
                 within_until(c.first_seen, now, window),
             ]
         });
-        let routes = self
-            .routes
-            .map
-            .values()
-            .flat_map(|r| [r.requests.live_until(now), r.ids.live_until(now)]);
+        let routes = self.routes.map.values().map(|r| r.buckets.live_until(now));
         credentials
             .chain(routes)
             .chain(std::iter::once(self.routes.live_until(now, window)))

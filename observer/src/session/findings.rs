@@ -2,10 +2,11 @@
 //! credentials sent in plaintext or in query strings. Reported once per host and route
 //! (`GET /api/findings`, `api_observer_findings`), not as every session's signal.
 
-use std::{borrow::Cow, collections::HashMap, sync::Arc, time::SystemTime};
+use std::{borrow::Cow, sync::Arc, time::SystemTime};
 
 use serde::Serialize;
 
+use super::window::FastMap;
 use crate::clock::ser_unix;
 
 /// Most (finding, host, route) entries kept; later ones are counted as dropped.
@@ -62,9 +63,9 @@ pub struct Finding {
 /// Findings of this host, bounded.
 #[derive(Debug, Default)]
 pub struct Findings {
-    map: HashMap<(FindingKind, Arc<str>, Arc<str>), FindingStat>,
+    map: FastMap<(FindingKind, Arc<str>, Arc<str>), FindingStat>,
     /// The hosts of `map`, so that recording a known finding allocates nothing.
-    hosts: HashMap<Box<str>, Arc<str>>,
+    hosts: FastMap<Box<str>, Arc<str>>,
     pub dropped: u64,
 }
 
@@ -103,21 +104,26 @@ impl Findings {
             None => Arc::from(host),
         };
         let key = (kind, host, Arc::clone(route));
-        if !self.map.contains_key(&key) {
-            if self.map.len() >= MAX_FINDINGS {
-                self.dropped += 1;
-                return;
+        let full = self.map.len() >= MAX_FINDINGS;
+        let f = match self.map.entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                if full {
+                    self.dropped += 1;
+                    return;
+                }
+                let host = Arc::clone(&v.key().1);
+                self.hosts
+                    .entry(Box::from(&*host))
+                    .or_insert_with(|| Arc::clone(&host));
+                v.insert(FindingStat {
+                    requests: 0,
+                    untrusted: 0,
+                    first_seen: t,
+                    last_seen: t,
+                })
             }
-            self.hosts
-                .entry(Box::from(&*key.1))
-                .or_insert_with(|| Arc::clone(&key.1));
-        }
-        let f = self.map.entry(key).or_insert(FindingStat {
-            requests: 0,
-            untrusted: 0,
-            first_seen: t,
-            last_seen: t,
-        });
+        };
         f.requests += 1;
         f.untrusted += u64::from(untrusted);
         f.first_seen = f.first_seen.min(t);

@@ -14,6 +14,8 @@
 //! seen from both ends on loopback is counted once per direction.
 
 pub(crate) mod across;
+#[cfg(test)]
+mod cache_tests;
 pub mod config;
 pub mod dims;
 pub mod durable;
@@ -36,9 +38,9 @@ pub mod view;
 pub(crate) mod window;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     fmt::Write as _,
-    hash::{BuildHasher, RandomState},
+    hash::BuildHasher,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -48,8 +50,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     exchange::{Exchange, Role},
     identity::{
-        CredentialSource, DurableHash, Extractor, Fingerprint, FingerprintKey, FreezeKey, KeyError,
-        TierConfig, TierRules, TokenFormat,
+        CredentialCache, CredentialSource, DurableHash, Extractor, Fingerprint, FingerprintKey,
+        FreezeKey, Identity, KeyError, TierConfig, TierRules, TokenFormat,
     },
     score::{self, Reason, ScoreConfig, TrustedNetworks, ViewKind},
 };
@@ -64,6 +66,11 @@ use state::{
     class_index, mark, since, unix_secs, Limits, RouteStats, Session, MAX_LOCATIONS, MAX_PROCESSES,
 };
 pub use view::{ListQuery, SessionDetail, SessionSummary, StateChange};
+use window::{fast_map, keyed_state, FastMap};
+
+/// Keyed hasher of values kept as hashes (path ids, credentials in views, cache keys of
+/// `User-Agent` headers).
+type IdHasher = foldhash::quality::SeedableRandomState;
 
 /// Which way the traffic of a session goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -109,6 +116,10 @@ pub const VIEW_MIN_CREDENTIALS: usize = 2;
 const MAX_ROUTE_KEYS: usize = 4096;
 /// Most user-agent families and product fingerprints cached (per key).
 const MAX_AGENT_CACHE: usize = 4096;
+/// Most anonymous session fingerprints (per network and agent) cached (per key).
+const MAX_ANON_CACHE: usize = 4096;
+/// Most network view ids cached.
+const MAX_NETWORK_VIEW_KEYS: usize = 4096;
 
 /// Counters for metrics and the privacy report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -150,13 +161,18 @@ pub struct SessionTable {
     limits: Limits,
     extractor: Extractor,
     key: FingerprintKey,
-    sessions: HashMap<Arc<str>, Session>,
+    /// What extraction made of credentials seen lately (by keyed hash, never raw).
+    credentials: CredentialCache,
+    /// Scratch buffers of `observe`: the exchange's identities and an outbound id.
+    identities: Vec<Identity>,
+    id_buf: String,
+    sessions: FastMap<Arc<str>, Session>,
     /// What the sessions hold across them (for the privacy report).
     held: privacy::Held,
     /// Views across credentials (per network, per route), bounded by `MAX_VIEWS`.
-    views: HashMap<Arc<str>, Session>,
-    /// Scratch buffer for view ids (no allocation per exchange).
-    view_key: String,
+    views: FastMap<Arc<str>, Session>,
+    /// Network view ids (`net:10.0.3.0/24`) by network (no formatting per exchange).
+    network_views: FastMap<Network, Arc<str>>,
     /// Frozen fingerprints under the current key (the per-request check).
     frozen: HashSet<Fingerprint>,
     /// Durable freezes by durable hash (see [`freeze`]).
@@ -169,13 +185,18 @@ pub struct SessionTable {
     findings: Findings,
     /// Keyed per process: hashes of path ids and credentials in views are never linkable
     /// across runs.
-    id_hasher: RandomState,
-    /// Route keys in use (see `route_key`), and the buffer they are built in.
-    route_keys: HashMap<Arc<str>, Arc<str>>,
+    id_hasher: IdHasher,
+    /// Route keys in use (see `route_key`) with their route view ids, and the buffer they
+    /// are built in.
+    route_keys: FastMap<Arc<str>, Arc<str>>,
     route_buf: String,
-    /// `User-Agent` headers (by unkeyed per-process hash) to their client family or
+    /// `User-Agent` headers (by keyed per-process hash) to their client family or
     /// keyed product fingerprint.
-    agent_cache: HashMap<u64, Arc<str>>,
+    agent_cache: FastMap<u64, Arc<str>>,
+    /// Anonymous sessions' fingerprints by client network and agent.
+    anon_ids: FastMap<(Network, Arc<str>), Fingerprint>,
+    /// [`FingerprintKey::stamp`] of the key `agent_cache` and `anon_ids` were made with.
+    cache_stamp: u64,
     counters: TableCounters,
     /// Latest time seen by any call (views are relative to it).
     now: SystemTime,
@@ -219,11 +240,15 @@ impl SessionTable {
             tiers: config.tiers,
             trusted,
             limits,
+            cache_stamp: key.stamp(),
             key,
-            sessions: HashMap::new(),
+            credentials: CredentialCache::new(),
+            identities: Vec::new(),
+            id_buf: String::new(),
+            sessions: fast_map(),
             held: privacy::Held::default(),
-            views: HashMap::new(),
-            view_key: String::new(),
+            views: fast_map(),
+            network_views: fast_map(),
             frozen: HashSet::new(),
             durable: BTreeMap::new(),
             // With a state directory, replaced by its key in `open_state`.
@@ -234,9 +259,10 @@ impl SessionTable {
             state_dir: config.state_dir.clone(),
             frozen_file: None,
             findings: Findings::default(),
-            id_hasher: RandomState::new(),
-            agent_cache: HashMap::new(),
-            route_keys: HashMap::new(),
+            id_hasher: keyed_state(),
+            agent_cache: fast_map(),
+            anon_ids: fast_map(),
+            route_keys: fast_map(),
             route_buf: String::new(),
             counters: TableCounters::default(),
             now: SystemTime::UNIX_EPOCH,
@@ -312,38 +338,79 @@ impl SessionTable {
         family
     }
 
-    /// `GET /users/{id}`, shared by every session and view that names it: built in a
-    /// scratch buffer and looked up, so a known route costs no allocation.
-    fn route_key(&mut self, ex: &Exchange) -> Arc<str> {
+    /// `GET /users/{id}`, shared by every session and view that names it, and the id of
+    /// its route view (`route:GET /users/{id}`): built in a scratch buffer and looked up,
+    /// so a known route costs no allocation.
+    fn route_key(&mut self, ex: &Exchange) -> (Arc<str>, Arc<str>) {
         let mut key = std::mem::take(&mut self.route_buf);
         key.clear();
         ex.route.write_key(&mut key);
-        let route = match self.route_keys.get(key.as_str()) {
-            Some(r) => Arc::clone(r),
+        let route = match self.route_keys.get_key_value(key.as_str()) {
+            Some((r, v)) => (Arc::clone(r), Arc::clone(v)),
             None => {
                 if self.route_keys.len() >= MAX_ROUTE_KEYS {
                     self.route_keys.clear();
                 }
                 let r: Arc<str> = Arc::from(key.as_str());
-                self.route_keys.insert(Arc::clone(&r), Arc::clone(&r));
-                r
+                let v: Arc<str> = Arc::from(format!("{ROUTE_VIEW_PREFIX}{key}"));
+                self.route_keys.insert(Arc::clone(&r), Arc::clone(&v));
+                (r, v)
             }
         };
         self.route_buf = key;
         route
     }
 
-    fn ensure_session(
+    /// The id of the view of network `n` (`net:10.0.3.0/24`).
+    fn network_view_key(&mut self, n: Network) -> Arc<str> {
+        if let Some(k) = self.network_views.get(&n) {
+            return Arc::clone(k);
+        }
+        if self.network_views.len() >= MAX_NETWORK_VIEW_KEYS {
+            self.network_views.clear();
+        }
+        let mut key = String::new();
+        let _ = write!(key, "{NETWORK_VIEW_PREFIX}{n}");
+        let key: Arc<str> = Arc::from(key);
+        self.network_views.insert(n, Arc::clone(&key));
+        key
+    }
+
+    /// The fingerprint of the anonymous group of `network` and `agent` (the id of its
+    /// session).
+    fn anon_id(&mut self, network: Network, agent: &Arc<str>) -> Fingerprint {
+        let k = (network, Arc::clone(agent));
+        if let Some(f) = self.anon_ids.get(&k) {
+            return f.clone();
+        }
+        let group = format!("{network}\0{agent}");
+        let f = self.key.fingerprint("anon", "anon", group.as_bytes());
+        if self.anon_ids.len() >= MAX_ANON_CACHE {
+            self.anon_ids.clear();
+        }
+        self.anon_ids.insert(k, f.clone());
+        f
+    }
+
+    /// Forget what the key-dependent caches hold if the key changed since.
+    fn check_key_caches(&mut self) {
+        if self.cache_stamp != self.key.stamp() {
+            self.agent_cache.clear();
+            self.anon_ids.clear();
+            self.credentials.clear();
+            self.cache_stamp = self.key.stamp();
+        }
+    }
+
+    /// Make the session `id` (missing from the table).
+    fn new_session(
         &mut self,
-        id: &Arc<str>,
+        id: Arc<str>,
         direction: Direction,
         fingerprint: Option<&Fingerprint>,
         durable: Option<DurableHash>,
         t: SystemTime,
     ) {
-        if self.sessions.contains_key(id) {
-            return;
-        }
         if self.sessions.len() >= self.sessions_cfg.max_sessions {
             let held = &mut self.held;
             evict_oldest(
@@ -353,7 +420,7 @@ impl SessionTable {
             );
         }
         let mut s = Session::new(
-            Arc::clone(id),
+            Arc::clone(&id),
             direction,
             fingerprint.cloned(),
             t,
@@ -362,7 +429,7 @@ impl SessionTable {
         s.frozen = fingerprint.is_some_and(|f| self.frozen.contains(f));
         s.durable = durable;
         self.held.add(direction);
-        self.sessions.insert(Arc::clone(id), s);
+        self.sessions.insert(id, s);
         self.counters.sessions_created += 1;
     }
 
@@ -389,12 +456,33 @@ impl SessionTable {
         if direction == Direction::Outbound && !self.sessions_cfg.track_outbound {
             return;
         }
+        let mut identities = std::mem::take(&mut self.identities);
+        let mut id_buf = std::mem::take(&mut self.id_buf);
+        self.observe_with(ex, now, direction, &mut identities, &mut id_buf);
+        identities.clear();
+        self.identities = identities;
+        self.id_buf = id_buf;
+    }
+
+    /// [`SessionTable::observe`] with its scratch buffers.
+    fn observe_with(
+        &mut self,
+        ex: &Exchange,
+        now: SystemTime,
+        direction: Direction,
+        identities: &mut Vec<Identity>,
+        id_buf: &mut String,
+    ) {
         // The event's time, never after `now`.
         let t = ex.started_at.min(now);
+        let t_secs = unix_secs(t);
         // Whatever this exchange makes or updates is seen at `t` at the earliest.
         self.expiry_floor.0 = self.expiry_floor.0.min(t);
         self.expiry_floor.1 = self.expiry_floor.1.min(t);
-        let identities = self.extractor.extract(ex, &self.key);
+        self.check_key_caches();
+        self.extractor
+            .extract_cached(ex, &self.key, &mut self.credentials, identities);
+        let identities: &[Identity] = identities;
         let peer = match ex.role {
             Role::Server => ex.client.ip(),
             Role::Client => ex.server.ip(),
@@ -406,7 +494,7 @@ impl SessionTable {
         let cfg = &self.sessions_cfg;
         let network = dims::network_of(peer, cfg.client_ip, cfg.ipv4_prefix, cfg.ipv6_prefix);
         let agent = self.agent_of(ex.header("user-agent"));
-        let route = self.route_key(ex);
+        let (route, route_view) = self.route_key(ex);
         let id_hash = ex.route.has_ids().then(|| {
             let hasher = &self.id_hasher;
             ex.route
@@ -416,23 +504,28 @@ impl SessionTable {
         });
 
         let primary = identities.first();
-        let base_id = match primary {
-            Some(id) => id.fingerprint.to_string(),
+        let anon;
+        let base_id: &Arc<str> = match primary {
+            Some(id) => id.fingerprint.shared(),
             None => {
-                let group = format!("{network}\0{agent}");
-                self.key
-                    .fingerprint("anon", "anon", group.as_bytes())
-                    .to_string()
+                anon = self.anon_id(network, &agent);
+                anon.shared()
             }
         };
-        let id: Arc<str> = match direction {
-            Direction::Inbound => Arc::from(base_id),
-            Direction::Outbound => Arc::from(format!("{OUTBOUND_PREFIX}{base_id}")),
+        let id: &str = match direction {
+            Direction::Inbound => base_id,
+            Direction::Outbound => {
+                id_buf.clear();
+                id_buf.push_str(OUTBOUND_PREFIX);
+                id_buf.push_str(base_id);
+                id_buf.as_str()
+            }
         };
+        let exists = self.sessions.contains_key(id);
         // A new session: its credentials' durable hashes, once (a durable freeze made
         // under an earlier key, or before a restart, is linked to the new fingerprint).
         let mut durable = None;
-        if !self.sessions.contains_key(&id) && primary.is_some() {
+        if !exists && primary.is_some() {
             let with_durable = self
                 .extractor
                 .extract_durable(ex, &self.key, &self.freeze_key);
@@ -477,7 +570,7 @@ impl SessionTable {
         let refresh = primary.is_some_and(|p| {
             matches!(ex.outcome(), 401 | 403)
                 && p.jwt().and_then(|c| c.exp).is_some_and(|exp| {
-                    unix_secs(t) as i64 > exp.saturating_add(self.scoring.jwt_leeway_secs as i64)
+                    t_secs as i64 > exp.saturating_add(self.scoring.jwt_leeway_secs as i64)
                 })
         });
         if let (Direction::Inbound, Some(p), false) = (direction, primary, refresh) {
@@ -487,19 +580,14 @@ impl SessionTable {
                 route: &route,
                 ids: id_hash,
             };
-            let mut key = std::mem::take(&mut self.view_key);
             for kind in [ViewKind::Network, ViewKind::Route] {
-                key.clear();
-                match kind {
+                let key = match kind {
                     ViewKind::Network if matches!(network, Network::Net { .. }) => {
-                        let _ = write!(key, "{NETWORK_VIEW_PREFIX}{network}");
+                        self.network_view_key(network)
                     }
                     ViewKind::Network => continue,
-                    ViewKind::Route => {
-                        key.push_str(ROUTE_VIEW_PREFIX);
-                        key.push_str(&route);
-                    }
-                }
+                    ViewKind::Route => Arc::clone(&route_view),
+                };
                 let v = self.view_mut(&key, kind, t);
                 v.touch();
                 v.first_seen = v.first_seen.min(t);
@@ -512,11 +600,16 @@ impl SessionTable {
                     a.record(&u, t);
                 }
             }
-            self.view_key = key;
         }
 
-        self.ensure_session(&id, direction, primary.map(|p| &p.fingerprint), durable, t);
-        let Some(s) = self.sessions.get_mut(&id) else {
+        if !exists {
+            let id: Arc<str> = match direction {
+                Direction::Inbound => Arc::clone(base_id),
+                Direction::Outbound => Arc::from(id),
+            };
+            self.new_session(id, direction, primary.map(|p| &p.fingerprint), durable, t);
+        }
+        let Some(s) = self.sessions.get_mut(id) else {
             return;
         };
         let sc = &self.scoring;
@@ -554,7 +647,9 @@ impl SessionTable {
         self.held.agent(&agent, change);
 
         // Route, with distinct ids.
-        let r = s.routes.entry(Arc::clone(&route), || RouteStats::new(t));
+        let r = s
+            .routes
+            .entry_at(Arc::clone(&route), t, || Box::new(RouteStats::new(t)));
         r.requests += 1;
         r.protocols |= state::protocol_bit(ex.protocol_name());
         r.status[class_index(ex.outcome())] += 1;
@@ -563,15 +658,15 @@ impl SessionTable {
         if let Some(combined) = id_hash {
             let ring = r
                 .ids
-                .get_or_insert_with(|| Box::new(window::Ring::new(sc.window(), ID_BUCKETS)));
-            if let Some(bits) = ring.at(t) {
+                .get_or_insert_with(|| window::Ring::new(sc.window(), ID_BUCKETS));
+            if let Some(bits) = ring.at_secs(t_secs) {
                 bits.insert(combined);
             }
         }
 
         // Outcomes.
         s.status[class_index(ex.outcome())] += 1;
-        if let Some(c) = s.window.at(t) {
+        if let Some(c) = s.window.at_secs(t_secs) {
             c.requests += 1;
             if matches!(ex.outcome(), 401 | 403) {
                 c.auth_failures += 1;
@@ -584,7 +679,7 @@ impl SessionTable {
         s.response_bytes += ex.response_body_bytes.unwrap_or(0);
         s.latency_sum += ex.latency;
         s.latency_max = s.latency_max.max(ex.latency);
-        let hour = (unix_secs(t) as u64 / 3600) % 24;
+        let hour = (t_secs as u64 / 3600) % 24;
         s.active_hours |= 1 << hour;
         if !ex.workload.is_empty()
             && s.workloads.len() < MAX_PROCESSES
@@ -616,19 +711,21 @@ impl SessionTable {
                 mark(&mut s.marks.plaintext_credential, t);
             }
         }
-        let t_unix = unix_secs(t) as i64;
+        let t_unix = t_secs as i64;
         let leeway = sc.jwt_leeway_secs as i64;
         let ok = (200..300).contains(&ex.outcome());
-        for i in &identities {
+        for i in identities {
             if i.source == CredentialSource::Query && !trusted {
                 mark(&mut s.marks.credential_in_query, t);
             }
-            let loc = (i.source, Arc::clone(&i.location));
             if s.fingerprint.as_ref() == Some(&i.fingerprint)
-                && !s.locations.contains(&loc)
+                && !s
+                    .locations
+                    .iter()
+                    .any(|(src, l)| *src == i.source && **l == *i.location)
                 && s.locations.len() < MAX_LOCATIONS
             {
-                s.locations.push(loc);
+                s.locations.push((i.source, Arc::clone(&i.location)));
             }
             if let Some(c) = i.jwt() {
                 if c.alg_none() {
@@ -755,8 +852,10 @@ impl SessionTable {
         self.held.clear();
         self.views.clear();
         // Id hashes from before cannot be matched against later ones.
-        self.id_hasher = RandomState::new();
+        self.id_hasher = keyed_state();
         self.agent_cache.clear();
+        self.anon_ids.clear();
+        self.credentials.clear();
         self.counters.purged += n as u64;
         n
     }
@@ -788,7 +887,7 @@ impl SessionTable {
 /// Drop the least recently used entries of `map` (1%, at least one); counts them, and
 /// shows each to `dropped`.
 fn evict_oldest(
-    map: &mut HashMap<Arc<str>, Session>,
+    map: &mut FastMap<Arc<str>, Session>,
     counter: &mut u64,
     mut dropped: impl FnMut(&Session),
 ) {

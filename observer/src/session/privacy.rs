@@ -1,14 +1,14 @@
 //! What the table keeps, said openly ([`PrivacyReport`]), and the fingerprint key's
 //! scheduled rotation.
 
-use std::{borrow::Borrow, collections::HashMap, hash::Hash, sync::Arc, time::SystemTime};
+use std::{borrow::Borrow, hash::Hash, sync::Arc, time::SystemTime};
 
 use serde::Serialize;
 
 use super::{
     dims::{ClientIpMode, Network},
     state::{since, unix_secs, Session},
-    window::KeyChange,
+    window::{FastMap, KeyChange},
     Direction, SessionTable,
 };
 use crate::identity::KeyError;
@@ -88,19 +88,19 @@ pub struct PrivacyReport {
 /// that a report costs nothing per session.
 #[derive(Debug, Default)]
 pub(crate) struct Held {
-    networks: HashMap<Network, u32>,
-    agents: HashMap<Arc<str>, u32>,
+    networks: FastMap<Network, u32>,
+    agents: FastMap<Arc<str>, u32>,
     inbound: usize,
     outbound: usize,
 }
 
 impl Held {
-    fn count<K: Hash + Eq>(map: &mut HashMap<K, u32>, key: K) {
+    fn count<K: Hash + Eq>(map: &mut FastMap<K, u32>, key: K) {
         *map.entry(key).or_default() += 1;
     }
 
     fn uncount<K: Hash + Eq + Borrow<Q>, Q: Hash + Eq + ?Sized>(
-        map: &mut HashMap<K, u32>,
+        map: &mut FastMap<K, u32>,
         key: &Q,
     ) {
         if let Some(n) = map.get_mut(key) {

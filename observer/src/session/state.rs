@@ -67,7 +67,7 @@ pub(crate) struct RouteStats {
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
     /// Distinct ids per time bucket; only for routes with id segments.
-    pub ids: Option<Box<Ring<Bits>>>,
+    pub ids: Option<Ring<Bits>>,
     /// Protocols the route was called over ([`PROTOCOLS`] bits).
     pub protocols: u8,
 }
@@ -157,7 +157,9 @@ pub(crate) struct Session {
     pub rate: RateEwma,
     pub networks: Bounded<Network, DimStat>,
     pub agents: Bounded<Arc<str>, DimStat>,
-    pub routes: Bounded<Arc<str>, RouteStats>,
+    /// Boxed: a session's table of routes stays small (growing a large one costs much
+    /// more than allocating small records).
+    pub routes: Bounded<Arc<str>, Box<RouteStats>>,
     pub status: [u64; 6],
     pub request_bytes: u64,
     pub response_bytes: u64,
@@ -379,13 +381,15 @@ impl Session {
     }
 
     pub(crate) fn hit_network(&mut self, n: Network, t: SystemTime) -> KeyChange<Network> {
-        let (d, change) = self.networks.entry_noted(n, || DimStat::new(t));
+        let (d, change) = self.networks.entry_noted(n, t, || DimStat::new(t));
         d.hit(t);
         change
     }
 
     pub(crate) fn hit_agent(&mut self, a: &Arc<str>, t: SystemTime) -> KeyChange<Arc<str>> {
-        let (d, change) = self.agents.entry_noted(Arc::clone(a), || DimStat::new(t));
+        let (d, change) = self
+            .agents
+            .entry_noted(Arc::clone(a), t, || DimStat::new(t));
         d.hit(t);
         change
     }

@@ -4,10 +4,35 @@
 use std::{
     collections::HashMap,
     hash::Hash,
+    sync::OnceLock,
     time::{Duration, SystemTime},
 };
 
 use crate::clock::{since, unix_secs, within};
+
+/// Hasher of the table's in-memory maps: foldhash, seeded per map (much cheaper than
+/// SipHash for the short keys hashed on every exchange).
+pub(crate) type FastState = foldhash::fast::RandomState;
+/// A map with [`FastState`].
+pub(crate) type FastMap<K, V> = HashMap<K, V, FastState>;
+
+/// A new empty [`FastMap`].
+pub(crate) fn fast_map<K, V>() -> FastMap<K, V> {
+    HashMap::with_hasher(FastState::default())
+}
+
+/// A foldhash state keyed with operating-system randomness (a per-process shared seed
+/// and a per-call seed), for hashes kept as values (ids, credentials in views, cache
+/// keys of headers): never linkable across runs or across [`keyed_state`] calls. Falls
+/// back to foldhash's own per-process seeding when no randomness is available.
+pub(crate) fn keyed_state() -> foldhash::quality::SeedableRandomState {
+    static SHARED: OnceLock<Option<foldhash::SharedSeed>> = OnceLock::new();
+    let shared = SHARED.get_or_init(|| getrandom::u64().ok().map(foldhash::SharedSeed::from_u64));
+    match (shared, getrandom::u64()) {
+        (Some(shared), Ok(seed)) => foldhash::quality::SeedableRandomState::with_seed(seed, shared),
+        _ => foldhash::quality::SeedableRandomState::random(),
+    }
+}
 
 /// An exponentially weighted request rate (requests per second) with two time constants:
 /// a short one (the current rate) and a long one (the baseline).
@@ -55,6 +80,8 @@ impl RateEwma {
 pub(crate) struct Ring<T> {
     slots: Box<[(u64, T)]>,
     bucket_secs: u64,
+    /// The latest epoch of any slot (0: none used); slots only ever move to later epochs.
+    newest: u64,
 }
 
 impl<T: Default + Clone> Ring<T> {
@@ -64,22 +91,35 @@ impl<T: Default + Clone> Ring<T> {
         Self {
             slots: vec![(0, T::default()); buckets].into_boxed_slice(),
             bucket_secs,
+            newest: 0,
         }
     }
 
     fn epoch(&self, t: SystemTime) -> u64 {
+        self.epoch_of_secs(unix_secs(t))
+    }
+
+    fn epoch_of_secs(&self, secs: f64) -> u64 {
         // Epoch 0 marks an unused slot; real times are far from it.
-        (unix_secs(t) as u64 / self.bucket_secs).max(1)
+        (secs as u64 / self.bucket_secs).max(1)
     }
 
     /// The bucket for time `t`; `None` when `t` is older than the ring.
     pub(crate) fn at(&mut self, t: SystemTime) -> Option<&mut T> {
-        let e = self.epoch(t);
+        self.at_secs(unix_secs(t))
+    }
+
+    /// [`Ring::at`] for the time `unix_secs(t)` (computed once by callers that use it
+    /// more than once).
+    pub(crate) fn at_secs(&mut self, secs: f64) -> Option<&mut T> {
+        let e = self.epoch_of_secs(secs);
         let n = self.slots.len() as u64;
-        let newest = self.slots.iter().map(|(e, _)| *e).max().unwrap_or(0);
-        if e + n <= newest {
+        if e + n <= self.newest {
             return None;
         }
+        // A slot is only ever given a later epoch than it had (an epoch `n` or more
+        // later than `e` returned above), so `newest` is the largest of them.
+        self.newest = self.newest.max(e);
         let slot = &mut self.slots[(e % n) as usize];
         if slot.0 != e {
             *slot = (e, T::default());
@@ -190,6 +230,12 @@ pub(crate) trait Seen {
     fn last_seen(&self) -> SystemTime;
 }
 
+impl<T: Seen + ?Sized> Seen for Box<T> {
+    fn last_seen(&self) -> SystemTime {
+        (**self).last_seen()
+    }
+}
+
 impl Seen for DimStat {
     fn last_seen(&self) -> SystemTime {
         self.last_seen
@@ -207,48 +253,120 @@ pub(crate) struct KeyChange<K> {
 
 /// A map of at most `cap` entries; inserting into a full map drops the least recently
 /// seen entry (counted in `dropped`).
+///
+/// Finding that entry does not walk the map each time: a walk lists every entry by its
+/// last-seen time, and later evictions take the oldest listed entry that is unchanged
+/// since, as long as it is no later than the earliest time anything was touched at
+/// since the walk (entries only ever move later: see [`Bounded::entry`]). Otherwise the
+/// map is walked again.
 #[derive(Clone, Debug)]
 pub(crate) struct Bounded<K, V> {
-    pub map: HashMap<K, V>,
+    pub map: FastMap<K, V>,
     cap: usize,
     pub dropped: u64,
+    /// Made at the first eviction (most maps never fill).
+    evict: Option<Box<Evictions<K>>>,
+}
+
+/// The eviction candidates of a [`Bounded`] map.
+#[derive(Clone, Debug)]
+struct Evictions<K> {
+    /// `(last seen, key)` of every entry at the last walk, latest first.
+    listed: Vec<(SystemTime, K)>,
+    /// The earliest `t` of [`Bounded::entry`] since the last walk: every entry touched or
+    /// added since was last seen at this time or later.
+    touched: Option<SystemTime>,
 }
 
 impl<K: Hash + Eq + Clone, V: Seen> Bounded<K, V> {
     pub(crate) fn new(cap: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: fast_map(),
             cap: cap.max(1),
             dropped: 0,
+            evict: None,
         }
     }
 
+    /// The entry of `k`, made with `make` when missing. The caller leaves the entry last
+    /// seen at `t` or later (its last-seen time never goes back).
+    pub(crate) fn entry_at(&mut self, k: K, t: SystemTime, make: impl FnOnce() -> V) -> &mut V {
+        self.entry_noted(k, t, make).0
+    }
+
+    /// [`Bounded::entry_at`] without a time: the next eviction walks the map.
+    #[cfg(test)]
     pub(crate) fn entry(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
-        self.entry_noted(k, make).0
+        if let Some(e) = self.evict.as_deref_mut() {
+            e.listed.clear();
+        }
+        let t = SystemTime::UNIX_EPOCH;
+        let (v, _) = self.entry_noted(k, t, make);
+        v
     }
 
     /// [`Bounded::entry`], and how the set of keys changed.
-    pub(crate) fn entry_noted(&mut self, k: K, make: impl FnOnce() -> V) -> (&mut V, KeyChange<K>) {
-        let mut change = KeyChange {
-            added: false,
-            dropped: None,
-        };
-        if !self.map.contains_key(&k) {
-            change.added = true;
-            if self.map.len() >= self.cap {
-                let oldest = self
-                    .map
-                    .iter()
-                    .min_by_key(|(_, v)| v.last_seen())
-                    .map(|(k, _)| k.clone());
-                if let Some(old) = oldest {
-                    self.map.remove(&old);
-                    self.dropped += 1;
-                    change.dropped = Some(old);
-                }
+    pub(crate) fn entry_noted(
+        &mut self,
+        k: K,
+        t: SystemTime,
+        make: impl FnOnce() -> V,
+    ) -> (&mut V, KeyChange<K>) {
+        let mut dropped = None;
+        if self.map.len() >= self.cap && !self.map.contains_key(&k) {
+            if let Some(old) = self.least_recent() {
+                self.map.remove(&old);
+                self.dropped += 1;
+                dropped = Some(old);
             }
         }
-        (self.map.entry(k).or_insert_with(make), change)
+        if let Some(e) = self.evict.as_deref_mut() {
+            e.touched = Some(e.touched.map_or(t, |m| m.min(t)));
+        }
+        let (v, added) = match self.map.entry(k) {
+            std::collections::hash_map::Entry::Occupied(o) => (o.into_mut(), false),
+            std::collections::hash_map::Entry::Vacant(v) => (v.insert(make()), true),
+        };
+        (v, KeyChange { added, dropped })
+    }
+
+    /// The key of the least recently seen entry (any one of them on a tie).
+    fn least_recent(&mut self) -> Option<K> {
+        if self.evict.is_none() {
+            // A full map: from now on every new key removes one. Room for twice the keys
+            // keeps the table sparse, so removals leave no tombstones that would make
+            // inserts rebuild it.
+            self.map.reserve(self.cap);
+        }
+        let e = self.evict.get_or_insert_with(|| {
+            Box::new(Evictions {
+                listed: Vec::new(),
+                touched: None,
+            })
+        });
+        loop {
+            let usable = e
+                .listed
+                .last()
+                .is_some_and(|(seen, _)| e.touched.is_none_or(|t| *seen <= t));
+            if !usable {
+                // Walk the map: every entry listed as it is now.
+                e.listed.clear();
+                e.listed
+                    .extend(self.map.iter().map(|(k, v)| (v.last_seen(), k.clone())));
+                if e.listed.is_empty() {
+                    return None;
+                }
+                e.listed
+                    .sort_unstable_by_key(|(seen, _)| std::cmp::Reverse(*seen));
+                e.touched = None;
+            }
+            let (seen, k) = e.listed.pop()?;
+            // Unchanged since listed (else it was touched: later than `touched`).
+            if self.map.get(&k).is_some_and(|v| v.last_seen() == seen) {
+                return Some(k);
+            }
+        }
     }
 
     /// Entries seen within `window` before `now`.
@@ -331,6 +449,55 @@ mod tests {
             let e = distinct(std::iter::once(&b));
             let tolerance = (n as f64 * 0.25).max(2.0);
             assert!((e as f64 - n as f64).abs() <= tolerance, "{n}: {e}");
+        }
+    }
+
+    /// The eviction lists give what a walk of the map gives: the dropped entry is always
+    /// one of the least recently seen, with times going back now and then (exchanges
+    /// end out of order) and keys coming back after being dropped.
+    #[test]
+    fn bounded_evicts_as_a_walk_would() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for cap in [1usize, 2, 8, 32] {
+            let mut b: Bounded<u64, DimStat> = Bounded::new(cap);
+            let mut model: HashMap<u64, SystemTime> = HashMap::new();
+            let mut clock = 0.0;
+            let mut evictions = 0;
+            for _ in 0..20_000 {
+                clock += 0.01 * next(100) as f64;
+                // Mostly now, sometimes a while back, sometimes exactly an earlier time.
+                let t = match next(10) {
+                    0 => at((clock - next(3000) as f64 * 0.01).max(0.0)),
+                    1 => at((clock * 10.0).floor() / 10.0),
+                    _ => at(clock),
+                };
+                let k = next(cap as u64 * 3);
+                let (d, change) = b.entry_noted(k, t, || DimStat::new(t));
+                d.hit(t);
+                if let Some(old) = change.dropped {
+                    evictions += 1;
+                    let least = *model.values().min().unwrap();
+                    assert_eq!(model[&old], least, "cap {cap}");
+                    model.remove(&old);
+                } else {
+                    assert!(model.contains_key(&k) || model.len() < cap);
+                }
+                assert_eq!(change.added, !model.contains_key(&k));
+                let seen = model.entry(k).or_insert(t);
+                *seen = (*seen).max(t);
+                assert_eq!(b.map.len(), model.len());
+                for (k, v) in &b.map {
+                    assert_eq!(v.last_seen, model[k]);
+                }
+            }
+            assert!(evictions > 1000, "cap {cap}: {evictions}");
+            assert_eq!(b.dropped, evictions);
         }
     }
 
