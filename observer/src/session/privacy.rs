@@ -235,6 +235,7 @@ impl SessionTable {
             "local process name serving or making the requests".into(),
             "JWT claims alg, typ, exp, iat, nbf, iss, aud, scope; sub and jti only as fingerprints"
                 .into(),
+            format!("in memory only, to skip recomputing them: the fingerprints and claims of up to {} recent credentials, found by a 128-bit keyed hash of the credential (the credential itself is not kept); dropped whenever the key changes", crate::identity::cache::MAX_CACHED),
         ];
         let held = &self.held;
         debug_assert_eq!(held.inbound + held.outbound, self.sessions.len());
