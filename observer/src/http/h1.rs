@@ -86,8 +86,7 @@
 //! * `finish` reports one `Unanswered` per pending request (placeholders excluded) and one
 //!   `Truncated` per direction left holding a partial head; then the parser is reset.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::{collections::VecDeque, mem::MaybeUninit, sync::Arc};
 
 use bytes::BytesMut;
 
@@ -159,8 +158,8 @@ const VERSION_START: &[u8] = b"HTTP/1.";
 /// What a response starts with.
 const RESPONSE_STARTS: [&[u8]; 2] = [b"HTTP/1.1 ", b"HTTP/1.0 "];
 
-/// Headers parsed with a stack array when the limit allows.
-const STACK_HEADERS: usize = 64;
+/// Headers parsed with a stack array when the limit allows (the default limit is 100).
+const STACK_HEADERS: usize = 128;
 
 /// A buffer that grew beyond this is released when emptied, so an idle connection does not
 /// keep a large allocation.
@@ -518,6 +517,22 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
     })
 }
 
+/// Run `f` with `n` uninitialised header slots (on the stack when few enough: no
+/// allocation and no filling per head).
+fn with_uninit_headers<'b, R>(
+    n: usize,
+    f: impl FnOnce(&mut [MaybeUninit<httparse::Header<'b>>]) -> R,
+) -> R {
+    if n <= STACK_HEADERS {
+        let mut headers = [const { MaybeUninit::uninit() }; STACK_HEADERS];
+        f(&mut headers[..n])
+    } else {
+        let mut headers = Vec::with_capacity(n);
+        headers.resize_with(n, MaybeUninit::uninit);
+        f(&mut headers)
+    }
+}
+
 /// Run `f` with `n` empty header slots (on the stack when few enough).
 fn with_headers<'b, R>(n: usize, f: impl FnOnce(&mut [httparse::Header<'b>]) -> R) -> R {
     if n <= STACK_HEADERS {
@@ -553,9 +568,9 @@ fn parse_request(
     max_headers: usize,
     allowlist: &HeaderAllowlist,
 ) -> ParseResult<ParsedRequest> {
-    with_headers(max_headers, |slots| {
-        let mut req = httparse::Request::new(slots);
-        match config.parse_request(&mut req, buf) {
+    with_uninit_headers(max_headers, |slots| {
+        let mut req = httparse::Request::new(&mut []);
+        match config.parse_request_with_uninit_headers(&mut req, buf, slots) {
             Ok(httparse::Status::Complete(used)) => {
                 let headers = req
                     .headers
@@ -597,9 +612,9 @@ fn parse_response(
     config: &httparse::ParserConfig,
     max_headers: usize,
 ) -> ParseResult<ResponseHead> {
-    with_headers(max_headers, |slots| {
-        let mut res = httparse::Response::new(slots);
-        match config.parse_response(&mut res, buf) {
+    with_uninit_headers(max_headers, |slots| {
+        let mut res = httparse::Response::new(&mut []);
+        match config.parse_response_with_uninit_headers(&mut res, buf, slots) {
             Ok(httparse::Status::Complete(used)) => Ok(Some((
                 used,
                 ResponseHead {
