@@ -227,22 +227,14 @@ fn emit_record(
             return;
         };
         let record = entry.as_mut_ptr();
-        let mut captured: u64 = 0;
-        if cap > 0 {
-            // SAFETY: cap <= SMALL_PAYLOAD, the size of the reserved payload.
-            let rc = unsafe {
-                read_raw(
-                    core::ptr::addr_of_mut!((*record).payload) as *mut c_void,
-                    cap as u32,
-                    call.ptr as *const c_void,
-                )
-            };
-            if rc == 0 {
-                captured = cap;
-            } else {
-                count_drop(drop_reason::READ_FAILED);
-            }
-        }
+        // SAFETY: cap <= SMALL_PAYLOAD, the size of the reserved payload.
+        let captured = unsafe {
+            copy_user(
+                core::ptr::addr_of_mut!((*record).payload) as *mut u8,
+                cap,
+                call.ptr,
+            )
+        };
         let head = data_header(
             pid,
             tid,
@@ -266,21 +258,8 @@ fn emit_record(
     let buf = unsafe { (*scratch).buf.as_mut_ptr() };
     let mut captured: u64 = 0;
     if call.kind == CALL_BUF {
-        if cap > 0 {
-            // SAFETY: cap <= MAX_CAPTURE and the scratch buffer holds header + 2 * MAX_CAPTURE.
-            let rc = unsafe {
-                read_raw(
-                    buf.add(DATA_HEADER_LEN) as *mut c_void,
-                    cap as u32,
-                    call.ptr as *const c_void,
-                )
-            };
-            if rc == 0 {
-                captured = cap;
-            } else {
-                count_drop(drop_reason::READ_FAILED);
-            }
-        }
+        // SAFETY: cap <= MAX_CAPTURE and the scratch buffer holds header + 2 * MAX_CAPTURE.
+        captured = unsafe { copy_user(buf.add(DATA_HEADER_LEN), cap, call.ptr) };
     } else if call.kind == CALL_IOV {
         captured = copy_iovecs(buf, call, cap);
     }
@@ -305,6 +284,25 @@ fn emit_record(
     let record = unsafe { core::slice::from_raw_parts(buf as *const u8, size as usize) };
     if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
         count_drop(drop_reason::RINGBUF_FULL);
+    }
+}
+
+/// Copy `cap` bytes of the user buffer at `src` to `dst`; returns how many were copied
+/// (0 when the read failed: counted).
+///
+/// # Safety
+/// `dst` must have room for `cap` bytes.
+#[inline(always)]
+unsafe fn copy_user(dst: *mut u8, cap: u64, src: u64) -> u64 {
+    if cap == 0 {
+        return 0;
+    }
+    // SAFETY: the caller guarantees the room; the helper validates the user pointer.
+    if unsafe { read_raw(dst as *mut c_void, cap as u32, src as *const c_void) } == 0 {
+        cap
+    } else {
+        count_drop(drop_reason::READ_FAILED);
+        0
     }
 }
 
