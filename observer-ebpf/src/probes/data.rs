@@ -219,9 +219,11 @@ fn emit_record(
     if cap > len {
         cap = len;
     }
-    if call.kind == CALL_BUF && cap <= SMALL_PAYLOAD as u64 {
+    if call.kind == CALL_BUF && cap <= SMALL_PAYLOAD as u64 && ring_has_room() {
         // A small copy from one buffer goes straight into a fixed-size record reserved in
-        // the ring: no scratch, no second copy.
+        // the ring: no scratch, no second copy. Only while the ring is mostly empty: a
+        // fixed-size record takes more room than a record of the exact size, so once the
+        // agent falls behind the ring's room goes to exact-size records.
         let Some(mut entry) = EVENTS.reserve::<SmallRecord>(0) else {
             count_drop(drop_reason::RINGBUF_FULL);
             return;
@@ -285,6 +287,18 @@ fn emit_record(
     if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
         count_drop(drop_reason::RINGBUF_FULL);
     }
+}
+
+/// The ring holds less than a quarter of its size in unread records (twice the wake-up
+/// threshold, an eighth).
+#[inline(always)]
+fn ring_has_room() -> bool {
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    let threshold = match config() {
+        Some(c) => c.wakeup_bytes,
+        None => return false,
+    };
+    EVENTS.query(BPF_RB_AVAIL_DATA) < 2 * threshold
 }
 
 /// Copy `cap` bytes of the user buffer at `src` to `dst`; returns how many were copied
