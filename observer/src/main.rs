@@ -169,6 +169,10 @@ struct RunArgs {
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info", env = "OBSERVER_LOG")]
     log_level: String,
+    /// Log line format on stderr: text (for people) or json (one object per line, for log
+    /// shippers).
+    #[arg(long, default_value = "text", env = "OBSERVER_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 impl RunArgs {
@@ -199,13 +203,16 @@ impl RunArgs {
     }
 }
 
-fn init_logging(filter: &str) -> anyhow::Result<()> {
+fn init_logging(filter: &str, format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("bad log filter {filter:?}"))?;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        "json" => logs.json().with_current_span(false).init(),
+        _ => logs.init(),
+    }
     Ok(())
 }
 
@@ -260,7 +267,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_level)?;
+    init_logging(&args.log_level, &args.log_format)?;
     let config = args.config()?;
     // The capture (draining the ring buffer, on this thread, in `agent::run`) comes
     // before the agent's API: a flood of API calls must not make the ring buffer

@@ -238,3 +238,51 @@ fn agent_pid_by_listen_arg(port: u16) -> Option<i32> {
         (exe == bin && cmdline.split(|b| *b == 0).any(|a| a == listen.as_bytes())).then_some(pid)
     })
 }
+
+/// `--log-format json`: every line the agent logs is one JSON object with a level, a
+/// target and a message, for log shippers; an unknown format is a clear error naming the
+/// flag.
+#[test]
+fn json_logs_are_one_object_per_line_and_an_unknown_format_is_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let mut agent = Agent::start(&["--log-format", "json"]).unwrap();
+    agent.stop().unwrap();
+    let stderr = agent.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    let mut messages = Vec::new();
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+        assert!(
+            v["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("observer")),
+            "{line}"
+        );
+        assert!(v["timestamp"].is_string(), "{line}");
+        messages.push(
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("attached ") && m.ends_with(" probes")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("stopping")),
+        "{messages:?}"
+    );
+
+    let err = failing_start(Command::new(agent_bin()).args(["--log-format", "xml"]));
+    assert!(err.contains("--log-format"), "{err}");
+    assert!(err.contains("text, json"), "{err}");
+}
