@@ -232,14 +232,26 @@ pub fn count_drop(reason: u32) {
 /// Ring-buffer flags for a record: no wakeup unless the agent has fallen behind.
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
+    wakeup_flags_at(ring_level())
+}
+
+/// Unread bytes in the ring and the wake-up threshold (0 before configuration).
+#[inline(always)]
+pub fn ring_level() -> (u64, u64) {
     const BPF_RB_AVAIL_DATA: u64 = 0;
-    const BPF_RB_NO_WAKEUP: u64 = 1;
-    const BPF_RB_FORCE_WAKEUP: u64 = 2;
     let threshold = match config() {
         Some(c) => c.wakeup_bytes,
         None => 0,
     };
-    if EVENTS.query(BPF_RB_AVAIL_DATA) > threshold {
+    (EVENTS.query(BPF_RB_AVAIL_DATA), threshold)
+}
+
+/// [`wakeup_flags`] for a level already read.
+#[inline(always)]
+pub fn wakeup_flags_at((avail, threshold): (u64, u64)) -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    if avail > threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

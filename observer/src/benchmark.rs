@@ -117,7 +117,7 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
 pub fn hooks() -> Vec<String> {
     let mut out: Vec<String> = capture::SYSCALL_DISPATCH
         .iter()
-        .map(|(_, point)| format!("rawtracepoint:{point}"))
+        .map(|point| format!("rawtracepoint:{point}"))
         .collect();
     out.extend(
         capture::PROBES

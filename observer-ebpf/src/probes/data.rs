@@ -21,8 +21,8 @@ use observer_common::{
 
 use super::{native, syscall_arg, syscall_ret};
 use crate::maps::{
-    config, count_drop, current, tls_socket, tracked, wakeup_flags, Call, CALL_ADDRESSES, CALL_BUF,
-    CALL_IOV, CALL_SENDFILE, EVENTS, INFLIGHT, ORDERS, SCRATCH,
+    config, count_drop, current, ring_level, tls_socket, tracked, wakeup_flags_at, Call,
+    CALL_ADDRESSES, CALL_BUF, CALL_IOV, CALL_SENDFILE, EVENTS, INFLIGHT, ORDERS, SCRATCH,
 };
 
 /// Most iovecs copied from one vectored call.
@@ -219,7 +219,12 @@ fn emit_record(
     if cap > len {
         cap = len;
     }
-    if call.kind == CALL_BUF && cap <= SMALL_PAYLOAD as u64 && ring_has_room() {
+    // Read once for the record: where the ring stands, for the choice below and the
+    // wake-up.
+    let level = ring_level();
+    // Room: less than a quarter of the ring unread (twice the wake-up threshold).
+    let room = level.0 < 2 * level.1;
+    if call.kind == CALL_BUF && cap <= SMALL_PAYLOAD as u64 && room {
         // A small copy from one buffer goes straight into a fixed-size record reserved in
         // the ring: no scratch, no second copy. Only while the ring is mostly empty: a
         // fixed-size record takes more room than a record of the exact size, so once the
@@ -250,7 +255,7 @@ fn emit_record(
         );
         // SAFETY: the reserved record starts with room for the header.
         unsafe { core::ptr::addr_of_mut!((*record).head).write(head) };
-        entry.submit(wakeup_flags());
+        entry.submit(wakeup_flags_at(level));
         return;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -284,21 +289,12 @@ fn emit_record(
     }
     // SAFETY: size is bounded by the scratch buffer's length.
     let record = unsafe { core::slice::from_raw_parts(buf as *const u8, size as usize) };
-    if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<[u8]>(record, wakeup_flags_at(level))
+        .is_err()
+    {
         count_drop(drop_reason::RINGBUF_FULL);
     }
-}
-
-/// The ring holds less than a quarter of its size in unread records (twice the wake-up
-/// threshold, an eighth).
-#[inline(always)]
-fn ring_has_room() -> bool {
-    const BPF_RB_AVAIL_DATA: u64 = 0;
-    let threshold = match config() {
-        Some(c) => c.wakeup_bytes,
-        None => return false,
-    };
-    EVENTS.query(BPF_RB_AVAIL_DATA) < 2 * threshold
 }
 
 /// Copy `cap` bytes of the user buffer at `src` to `dst`; returns how many were copied

@@ -57,10 +57,9 @@ pub const PROBES: &[ProbeSpec] = &[
     probe("tcp_state", "sock", "inet_sock_set_state", false),
 ];
 
-/// The two raw syscall tracepoints and their dispatchers (`observer-ebpf`'s
-/// `probes/mod.rs`): every syscall hook below goes through them.
-pub const SYSCALL_DISPATCH: [(&str, &str); 2] =
-    [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")];
+/// The two raw syscall tracepoints, each with its dispatcher program of the same name
+/// (`observer-ebpf`'s `probes/mod.rs`): every syscall hook below goes through them.
+pub const SYSCALL_DISPATCH: [&str; 2] = ["sys_enter", "sys_exit"];
 
 /// One syscall hook: the program the dispatcher tail-calls for the syscall's number, on
 /// entry or on return. `point` names it like the syscall's own tracepoint.
@@ -224,7 +223,7 @@ pub fn empty_syscall_hooks(seconds: u64) -> anyhow::Result<()> {
     let mut ebpf = EbpfLoader::new()
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
-    for ((_, point), program) in SYSCALL_DISPATCH
+    for (point, program) in SYSCALL_DISPATCH
         .iter()
         .zip(["floor_sys_enter", "floor_sys_exit"])
     {
@@ -560,7 +559,8 @@ fn attach_syscalls(ebpf: &mut Ebpf) -> anyhow::Result<Vec<ProbeStatus>> {
                 .with_context(|| format!("filling {table}"))?;
         }
     }
-    for (program, point) in SYSCALL_DISPATCH {
+    for program in SYSCALL_DISPATCH {
+        let point = program;
         let dispatcher = load_raw(ebpf, program)?;
         dispatcher
             .attach(point)
