@@ -39,6 +39,10 @@ struct Pipeline {
     jsonl: Option<JsonLines>,
     sessions: Arc<Mutex<SessionTable>>,
     privacy: crate::config::PrivacyConfig,
+    /// Whether the exchange stream prints raw paths (`output.exchange_raw_paths`).
+    raw_paths: bool,
+    /// Configured route patterns (`[metrics] routes`).
+    routes: crate::route::RoutePatterns,
     addresses: crate::exchange::AddressPolicy,
     ignored: prometheus::IntCounter,
     out: ConnOutput,
@@ -107,15 +111,18 @@ impl Pipeline {
         let now = self.conns.clock.now();
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         // Exchanges (with their raw credentials) are dropped here, once fingerprinted.
-        for ex in self.out.exchanges.drain(..) {
+        for mut ex in self.out.exchanges.drain(..) {
             if self.privacy.ignores(&ex) {
                 self.ignored.inc();
                 continue;
             }
-            self.request_metrics.observe(&ex);
+            if let Some(route) = self.routes.route(&ex.method, &ex.path) {
+                ex.route = route;
+            }
+            self.request_metrics.observe(&ex, now);
             sessions.observe(&ex, now);
             if let Some(j) = &mut self.jsonl {
-                j.write(&ex.record(&self.addresses));
+                j.write(&ex.record(&self.addresses, self.raw_paths));
             }
         }
     }
@@ -173,7 +180,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let registry = Registry::new();
     let capture_metrics = CaptureMetrics::register(&registry)?;
-    let request_metrics = RequestMetrics::register(&registry)?;
+    let request_metrics = RequestMetrics::register(&registry, &config.metrics)?;
+    crate::export::metrics::register_agent_info(&registry)?;
     let session_metrics = SessionMetrics::new(&registry, config.sessions.metrics_top_k)?;
     let ignored = prometheus::IntCounter::new(
         "api_observer_privacy_ignored_total",
@@ -305,6 +313,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         jsonl,
         sessions: Arc::clone(&sessions),
         privacy: config.privacy.clone(),
+        routes: config.metrics.patterns(),
+        raw_paths: config.output.exchange_raw_paths,
         addresses: crate::exchange::AddressPolicy {
             mode: config.sessions.client_ip,
             ipv4_prefix: config.sessions.ipv4_prefix,

@@ -842,7 +842,7 @@ pub(crate) struct Replay {
 impl Replay {
     pub(crate) fn new(config: &Config, registry: &Registry) -> anyhow::Result<Self> {
         let capture_metrics = CaptureMetrics::register(registry)?;
-        let request_metrics = RequestMetrics::register(registry)?;
+        let request_metrics = RequestMetrics::register(registry, &config.metrics)?;
         let ignored = prometheus::IntCounter::new(
             "api_observer_privacy_ignored_total",
             "Exchanges dropped unseen by the privacy off switch (processes, hosts, routes).",
@@ -937,7 +937,7 @@ impl Replay {
                 }
                 self.exchanges += 1;
                 let t = Instant::now();
-                self.request_metrics.observe(&ex);
+                self.request_metrics.observe(&ex, now);
                 self.metrics_time += t.elapsed();
                 sessions.observe(&ex, now);
             }

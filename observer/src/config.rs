@@ -28,6 +28,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub capture: CaptureConfig,
     pub output: OutputConfig,
+    /// `[metrics]`: names and route labels of the HTTP metrics.
+    pub metrics: crate::export::metrics::MetricsConfig,
     pub identity: IdentityConfig,
     pub sessions: SessionConfig,
     pub scoring: ScoreConfig,
@@ -52,6 +54,7 @@ impl Default for Config {
             listen: "127.0.0.1:9464".parse().expect("valid literal"),
             capture: CaptureConfig::default(),
             output: OutputConfig::default(),
+            metrics: Default::default(),
             identity: IdentityConfig::default(),
             sessions: SessionConfig::default(),
             scoring: ScoreConfig::default(),
@@ -104,6 +107,9 @@ impl Default for CaptureConfig {
 pub struct OutputConfig {
     /// Write every exchange as a JSON line to this file (`-` for stdout). Off by default.
     pub exchanges_jsonl: Option<String>,
+    /// Print each exchange's raw path besides its route template. Off by default: a
+    /// path may name a person (`/users/jsmith`).
+    pub exchange_raw_paths: bool,
     /// Write a JSON line to this file (`-` for stdout) each time a session changes state.
     pub alerts_jsonl: Option<String>,
     /// Audit stream: one JSON line per API call on the control channel. Default:
@@ -121,8 +127,12 @@ pub struct PrivacyConfig {
     pub ignore_processes: Vec<String>,
     /// `Host` header values (any case, with or without port) that are ignored.
     pub ignore_hosts: Vec<String>,
-    /// Path prefixes (`/internal/`, `/health`) that are ignored.
+    /// Path prefixes (`/internal/`, `/health`) that are ignored. Paths are compared as
+    /// the server resolves them ([`normalise_path`]): `/%69nternal/`, `//internal/` and
+    /// `/public/../internal/` are all `/internal/`.
     pub ignore_routes: Vec<String>,
+    /// Compare `ignore_routes` without regard to case (for servers that do the same).
+    pub ignore_routes_case_insensitive: bool,
 }
 
 impl PrivacyConfig {
@@ -147,10 +157,88 @@ impl PrivacyConfig {
                 return true;
             }
         }
-        self.ignore_routes
-            .iter()
-            .any(|r| ex.path.starts_with(r.as_str()))
+        if self.ignore_routes.is_empty() {
+            return false;
+        }
+        let path = normalise_path(&ex.path);
+        self.ignore_routes.iter().any(|r| {
+            let prefix = normalise_path(r);
+            if self.ignore_routes_case_insensitive {
+                path.len() >= prefix.len()
+                    && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+            } else {
+                path.starts_with(prefix.as_ref())
+            }
+        })
     }
+}
+
+/// A path as a server resolves it, for the off switch: percent-decoded (again while
+/// anything is left to decode, so double encoding hides nothing), `\` read as `/`,
+/// `;parameters` dropped from segments, empty and `.` segments removed, `..` resolved.
+/// A trailing slash is kept.
+pub fn normalise_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !path.contains(['%', '\\', ';']) && !path.contains("//") && !path.contains("/.");
+    if plain {
+        return path.into();
+    }
+    let mut bytes = path.as_bytes().to_vec();
+    for _ in 0..4 {
+        if !bytes.contains(&b'%') {
+            break;
+        }
+        let decoded = percent_decode(&bytes);
+        if decoded == bytes {
+            break;
+        }
+        bytes = decoded;
+    }
+    let text = String::from_utf8_lossy(&bytes).replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    let parts: Vec<&str> = text.split('/').collect();
+    let mut trailing = false;
+    for (i, part) in parts.iter().enumerate() {
+        let seg = part.split(';').next().unwrap_or_default();
+        let last = i + 1 == parts.len();
+        match seg {
+            "" | "." => trailing = last && i > 0,
+            ".." => {
+                segments.pop();
+                trailing = last;
+            }
+            s => {
+                segments.push(s);
+                trailing = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing || out.is_empty() {
+        out.push('/');
+    }
+    out.into()
+}
+
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
 }
 
 /// A configuration problem, naming the key.
@@ -243,6 +331,9 @@ impl Config {
                 why: format!("{bad:?} does not start with /"),
             });
         }
+        self.metrics
+            .validate()
+            .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
         self.kubernetes
             .validate()
             .map_err(|(key, why)| ConfigError::Invalid {
@@ -338,10 +429,11 @@ mod tests {
             workload: Default::default(),
             lost_before: 0,
         };
-        let p = PrivacyConfig {
+        let mut p = PrivacyConfig {
             ignore_processes: vec!["payroll".into()],
             ignore_hosts: vec!["hr.example.com".into()],
             ignore_routes: vec!["/internal/".into()],
+            ignore_routes_case_insensitive: false,
         };
         assert!(p.ignores(&ex("payroll", "a", "/x")));
         assert!(p.ignores(&ex("nginx", "HR.example.com:8443", "/x")));
@@ -349,6 +441,30 @@ mod tests {
         assert!(p.ignores(&ex("nginx", "a", "/internal/metrics")));
         assert!(!p.ignores(&ex("nginx", "api.example.com", "/internal")));
         assert!(!PrivacyConfig::default().ignores(&ex("nginx", "a", "/")));
+        // The off switch cannot be walked around by spelling the path differently.
+        for path in [
+            "/%69nternal/x",
+            "/%2569nternal/x",
+            "//internal/x",
+            "/internal//x",
+            "/./internal/x",
+            "/public/../internal/x",
+            "/a/b/../../internal/",
+            "/internal;jsessionid=1/x",
+            "\\internal\\x",
+            "/internal%2Fx",
+        ] {
+            assert!(p.ignores(&ex("nginx", "a", path)), "{path}");
+        }
+        assert!(!p.ignores(&ex("nginx", "a", "/INTERNAL/x")));
+        assert!(!p.ignores(&ex("nginx", "a", "/internal/../public/x")));
+        p.ignore_routes_case_insensitive = true;
+        assert!(p.ignores(&ex("nginx", "a", "/INTERNAL/x")));
+        assert!(p.ignores(&ex("nginx", "a", "/%49nternal/x")));
+        assert_eq!(normalise_path("/a/./b/../c/"), "/a/c/");
+        assert_eq!(normalise_path("/.."), "/");
+        assert_eq!(normalise_path("/a%zz"), "/a%zz");
+        assert_eq!(normalise_path("/plain/path"), "/plain/path");
         let err = Config::from_toml("[privacy]\nignore_routes = [\"internal\"]\n").unwrap_err();
         assert!(err.to_string().contains("privacy.ignore_routes"), "{err}");
     }

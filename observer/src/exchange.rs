@@ -141,9 +141,10 @@ impl Exchange {
         }
     }
 
-    /// The printable record of this exchange: no header values, no query values, the
-    /// client address as `policy` allows.
-    pub fn record(&self, policy: &AddressPolicy) -> ExchangeRecord<'_> {
+    /// The printable record of this exchange: the route template (the raw path only when
+    /// `raw_path`), no header values, no query values (only the names of `name=value`
+    /// parameters that look like names), the client address as `policy` allows.
+    pub fn record(&self, policy: &AddressPolicy, raw_path: bool) -> ExchangeRecord<'_> {
         ExchangeRecord {
             ts: self
                 .started_at
@@ -154,17 +155,9 @@ impl Exchange {
             role: self.role,
             tls: self.tls,
             method: &self.method,
-            path: &self.path,
-            query_keys: self
-                .query
-                .as_deref()
-                .map(|q| {
-                    q.split('&')
-                        .filter(|kv| !kv.is_empty())
-                        .map(|kv| kv.split('=').next().unwrap_or_default())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            route: &self.route.path,
+            path: raw_path.then_some(self.path.as_str()),
+            query_keys: self.query.as_deref().map(query_keys).unwrap_or_default(),
             status: self.status,
             latency_ms: self.latency.as_secs_f64() * 1000.0,
             client: policy.client(self.client),
@@ -179,9 +172,22 @@ impl Exchange {
     }
 }
 
+/// The names of a query's `name=value` parameters that may be printed: a part without
+/// `=` (`/cb?<token>`) may be a value itself and is never printed, nor is a name that
+/// looks like a value (an id, an address, an encoded string).
+fn query_keys(query: &str) -> Vec<&str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+        .filter(|k| {
+            !k.is_empty() && crate::route::is_safe_literal(k) && !crate::route::is_id_segment(k)
+        })
+        .collect()
+}
+
 impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.record(&AddressPolicy::TRUNCATE).fmt(f)
+        self.record(&AddressPolicy::TRUNCATE, false).fmt(f)
     }
 }
 
@@ -231,8 +237,12 @@ pub struct ExchangeRecord<'a> {
     pub role: Role,
     pub tls: bool,
     pub method: &'a str,
-    pub path: &'a str,
-    /// Names of the query parameters; their values are never printed.
+    /// The route template (`/users/{id}/orders`), always printed.
+    pub route: &'a str,
+    /// The raw path, only with `output.exchange_raw_paths` (it may name people).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<&'a str>,
+    /// Names of the `name=value` query parameters; values are never printed.
     pub query_keys: Vec<&'a str>,
     pub status: u16,
     pub latency_ms: f64,
@@ -301,9 +311,9 @@ mod tests {
             pid: 1,
             comm: Arc::from("x"),
             method: "GET".into(),
-            path: "/p".into(),
-            query: Some("api_key=SECRETQ".into()),
-            route: crate::route::RouteTemplate::of("GET", "/p"),
+            path: "/p/alice.smith".into(),
+            query: Some("api_key=SECRETQ&SECRETBARE&alice@example.com=x&page=2".into()),
+            route: crate::route::RouteTemplate::of("GET", "/p/alice.smith"),
             status: 200,
             request_headers: vec![Header {
                 name: "authorization".into(),
@@ -319,10 +329,19 @@ mod tests {
         };
         let printed = format!(
             "{ex:?} {}",
-            serde_json::to_string(&ex.record(&AddressPolicy::TRUNCATE)).unwrap()
+            serde_json::to_string(&ex.record(&AddressPolicy::TRUNCATE, false)).unwrap()
         );
         assert!(!printed.contains("SECRET"), "{printed}");
-        assert!(printed.contains("api_key"));
+        assert!(!printed.contains("alice"), "{printed}");
+        assert!(printed.contains(r#""route":"/p/{id}""#), "{printed}");
+        assert!(
+            printed.contains(r#""query_keys":["api_key","page"]"#),
+            "{printed}"
+        );
+        // The raw path only when asked for; the query never.
+        let raw = serde_json::to_string(&ex.record(&AddressPolicy::TRUNCATE, true)).unwrap();
+        assert!(raw.contains(r#""path":"/p/alice.smith""#), "{raw}");
+        assert!(!raw.contains("SECRET"), "{raw}");
     }
 
     #[test]

@@ -160,6 +160,10 @@ struct RunArgs {
     /// Write every exchange as a JSON line to this file (`-` for stdout).
     #[arg(long)]
     exchanges_jsonl: Option<String>,
+    /// Print raw paths in the exchange stream besides route templates (they may name
+    /// people; off by default).
+    #[arg(long)]
+    exchange_raw_paths: bool,
     /// Client addresses in sessions and outputs: full, truncate (default) or drop.
     #[arg(long, value_parser = ["full", "truncate", "drop"])]
     client_ip: Option<String>,
@@ -197,6 +201,9 @@ impl RunArgs {
         }
         if let Some(target) = &self.exchanges_jsonl {
             config.output.exchanges_jsonl = Some(target.clone());
+        }
+        if self.exchange_raw_paths {
+            config.output.exchange_raw_paths = true;
         }
         config.validate()?;
         Ok(config)

@@ -174,7 +174,17 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Start an agent whose exchange stream prints raw paths (the tests compare them).
     pub fn start(extra: &[&str]) -> Result<Self> {
+        Self::launch(extra, true)
+    }
+
+    /// Start an agent with the default exchange stream: route templates, no raw paths.
+    pub fn start_default_stream(extra: &[&str]) -> Result<Self> {
+        Self::launch(extra, false)
+    }
+
+    fn launch(extra: &[&str], raw_paths: bool) -> Result<Self> {
         let dir = scratch_dir("agent");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let jsonl = dir.join("exchanges.jsonl");
@@ -207,6 +217,7 @@ impl Agent {
             .arg("--exchanges-jsonl")
             .arg(&jsonl)
             .args(&own_socket)
+            .args(raw_paths.then_some("--exchange-raw-paths"))
             .args(extra)
             .stdout(std::fs::File::create(dir.join("stdout"))?)
             .stderr(std::fs::File::create(dir.join("stderr"))?)

@@ -75,6 +75,22 @@ fn bad_config_names_the_key() {
         err.contains("tiers.default") && err.contains("gold"),
         "{err}"
     );
+    // Metric naming options: an unknown value or an unknown key is refused, named.
+    std::fs::write(&file, "[metrics]\nnaming = \"semconv\"\n").unwrap();
+    let err = failing_start(Command::new(agent_bin()).arg("--config").arg(&file));
+    assert!(
+        err.contains("metrics.naming") && err.contains("semconv"),
+        "{err}"
+    );
+    std::fs::write(&file, "[metrics]\nname_style = \"otel\"\n").unwrap();
+    let err = failing_start(Command::new(agent_bin()).arg("--config").arg(&file));
+    assert!(err.contains("name_style"), "{err}");
+    std::fs::write(&file, "[metrics]\nroutes = [\"/users/{id\"]\n").unwrap();
+    let err = failing_start(Command::new(agent_bin()).arg("--config").arg(&file));
+    assert!(
+        err.contains("metrics.routes") && err.contains("/users/{id"),
+        "{err}"
+    );
     std::fs::write(&file, "[tiers.levels.free]\nrate_per_sec = -3.0\n").unwrap();
     let err = failing_start(Command::new(agent_bin()).arg("--config").arg(&file));
     assert!(err.contains("tiers.levels.free.rate_per_sec"), "{err}");
@@ -202,7 +218,7 @@ fn root_agent_mounts_tracefs_when_missing() {
             .find(|e| server_port(e) == Some(port) && e["role"] == "server")
     })
     .unwrap_or_else(|| panic!("no exchange captured; stderr: {}", stderr()));
-    assert_eq!(seen["path"], "/hello");
+    assert_eq!(seen["route"], "/hello");
     assert_eq!(seen["status"], 200);
 
     // SIGINT the agent: it is the shell's child, found by its listen port's owner.

@@ -147,13 +147,13 @@ fn traffic_is_attributed_to_its_container_and_pod() {
 
     let metrics = agent.metrics();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("api_observer_http_requests_total{")
-                && l.contains("namespace=\"shop\"")
-                && l.contains("pod=\"checkout-7d9f5\"")
-                && l.contains("route=\"/items/{id}\"")
-                && l.ends_with(" 1")),
+        metrics.lines().any(
+            |l| l.starts_with("http_server_request_duration_seconds_count{")
+                && l.contains("k8s_namespace_name=\"shop\"")
+                && l.contains("k8s_pod_name=\"checkout-7d9f5\"")
+                && l.contains("http_route=\"/items/{id}\"")
+                && l.ends_with(" 1")
+        ),
         "{metrics}"
     );
     drop(server); // leave the cgroup empty so it can be removed
@@ -229,7 +229,7 @@ fn a_real_prometheus_scrapes_the_agent() {
         &format!("{base}/hello"),
     ]);
     out.unwrap();
-    let server_port_requests = "sum(api_observer_http_requests_total{job=\"observer\",role=\"server\",route=\"/items/{id}\",status_class=\"2xx\"})";
+    let server_port_requests = "sum(http_server_request_duration_seconds_count{job=\"observer\",http_route=\"/items/{id}\",http_response_status_code=\"200\"})";
     let items = wait_for(Duration::from_secs(30), || {
         query(prom, server_port_requests).filter(|v| *v >= 2.0)
     });
@@ -241,7 +241,7 @@ fn a_real_prometheus_scrapes_the_agent() {
     let not_found = wait_for(Duration::from_secs(10), || {
         query(
             prom,
-            "sum(api_observer_http_requests_total{role=\"server\",status_class=\"4xx\",route=\"/status/{id}\"})",
+            "sum(http_server_request_duration_seconds_count{http_response_status_code=\"404\",http_route=\"/status/{id}\"})",
         )
     });
     assert_eq!(not_found, Some(1.0));

@@ -403,16 +403,18 @@ fn exchange_reaches_metrics_and_stream_within_a_second_and_stop_detaches() {
     let line = metrics
         .lines()
         .find(|l| {
-            l.starts_with("api_observer_http_requests_total{")
-                && l.contains("method=\"GET\"")
-                && l.contains("role=\"server\"")
-                && l.contains("status_class=\"2xx\"")
-                && l.contains("tls=\"false\"")
+            l.starts_with("http_server_request_duration_seconds_count{")
+                && l.contains("http_request_method=\"GET\"")
+                && l.contains("http_response_status_code=\"200\"")
+                && l.contains(&format!("server_port=\"{port}\""))
+                && l.contains("url_scheme=\"http\"")
         })
         .unwrap_or_else(|| panic!("no request counter in:\n{metrics}"));
     let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(value >= 1.0, "{line}");
-    assert!(metrics.contains("api_observer_http_request_duration_seconds_bucket"));
+    assert!(metrics.contains("http_server_request_duration_seconds_bucket{"));
+    assert!(metrics.contains("api_observer_build_info{version=\""));
+    assert!(metrics.contains("process_resident_memory_bytes "));
     assert!(metrics.contains("api_observer_capture_events_total{kind=\"data\"}"));
     assert!(metrics.contains("api_observer_capture_dropped_total{reason=\"ringbuf_full\"} 0"));
 

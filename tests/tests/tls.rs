@@ -168,7 +168,8 @@ fn nginx_tls_with_curl_and_python_clients_keepalive_and_large_body() {
         );
     }
     assert!(
-        metrics.contains("api_observer_http_requests_total{method=\"GET\",namespace=\"\",pod=\"\",role=\"server\",route=\"/index.html\",status_class=\"2xx\",tls=\"true\"} 1"),
+        metrics.lines().any(|l| l.starts_with("http_server_request_duration_seconds_count{error_type=\"\",http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/index.html\",k8s_namespace_name=\"\",k8s_pod_name=\"\",network_protocol_version=\"1.1\",server_address=\"127.0.0.1\",")
+            && l.ends_with(",url_scheme=\"https\"} 1")),
         "{metrics}"
     );
 }

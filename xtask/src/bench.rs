@@ -641,7 +641,8 @@ fn with_agent<T>(bin: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, AgentR
             hooked,
             cpu_s,
             drops,
-            requests_seen: metric_sum(&metrics, "api_observer_http_requests_total"),
+            requests_seen: metric_sum(&metrics, "http_server_request_duration_seconds_count")
+                + metric_sum(&metrics, "http_client_request_duration_seconds_count"),
             parse_issues: metric_by_label(
                 &metrics,
                 "api_observer_http_parse_issues_total",

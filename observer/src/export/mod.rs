@@ -3,6 +3,7 @@ pub mod audit;
 pub mod control;
 pub mod jsonl;
 pub mod metrics;
+pub mod routes;
 pub mod server;
 pub mod snapshot;
 pub mod surface;
