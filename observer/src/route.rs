@@ -34,16 +34,21 @@ impl RouteTemplate {
 
     /// The route of a gRPC call: `/package.Service/Method` verbatim (service and method
     /// names come from the API's definition, not from its data, and their dotted names
-    /// would otherwise look like opaque ids). Any other path is templated as usual.
+    /// would otherwise look like opaque ids). Only names shaped as protobuf names are
+    /// taken so (dotted identifiers, the service and the method in CamelCase, as the
+    /// protobuf style has them); any other path is templated as usual.
     pub fn grpc(method: &str, path: &str) -> Self {
         let ident = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 100
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         };
+        let camel = |s: &str| s.bytes().next().is_some_and(|b| b.is_ascii_uppercase());
+        let service_ok = |s: &str| {
+            s.len() <= 100 && s.split('.').all(ident) && s.rsplit('.').next().is_some_and(camel)
+        };
+        let rpc_ok = |s: &str| s.len() <= 100 && ident(s) && camel(s);
         match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
-            Some((service, rpc)) if ident(service) && ident(rpc) => Self {
+            Some((service, rpc)) if service_ok(service) && rpc_ok(rpc) => Self {
                 method: method_label(method),
                 path: path.to_string(),
                 id_spans: Vec::new(),
@@ -563,5 +568,17 @@ mod tests {
         assert_eq!(RouteTemplate::of("POST", path).path, "/{id}/GetItem");
         // anything that is not /Service/Method is templated as usual
         assert_eq!(RouteTemplate::grpc("POST", "/a/123/b").path, "/a/{id}/b");
+        assert_eq!(
+            RouteTemplate::grpc("POST", "/john.doe/Get").path,
+            "/{id}/Get"
+        );
+        assert_eq!(
+            RouteTemplate::grpc("POST", "/pkg.Svc/lowercase").path,
+            "/{id}/lowercase"
+        );
+        assert_eq!(
+            RouteTemplate::grpc("POST", "/Greeter/SayHello").path,
+            "/Greeter/SayHello"
+        );
     }
 }
