@@ -158,32 +158,22 @@ pub struct RequestMetrics {
     series: HashMap<u32, HashSet<Series, Fast>, Fast>,
 }
 
-/// Label names of the server histogram (OpenTelemetry attributes, dots as underscores).
-const SERVER_LABELS: &[&str] = &[
-    "http_request_method",
-    "http_response_status_code",
-    "error_type",
-    "http_route",
-    "server_address",
-    "server_port",
-    "url_scheme",
-    "network_protocol_version",
-    "k8s_namespace_name",
-    "k8s_pod_name",
-];
-/// Label names of the client histogram: the route is the called URL's template.
-const CLIENT_LABELS: &[&str] = &[
-    "http_request_method",
-    "http_response_status_code",
-    "error_type",
-    "url_template",
-    "server_address",
-    "server_port",
-    "url_scheme",
-    "network_protocol_version",
-    "k8s_namespace_name",
-    "k8s_pod_name",
-];
+/// Label names of the duration histograms (OpenTelemetry attributes, dots as
+/// underscores); `route` is `http_route` for servers, `url_template` for clients.
+const fn otel_labels(route: &'static str) -> [&'static str; 10] {
+    [
+        "http_request_method",
+        "http_response_status_code",
+        "error_type",
+        route,
+        "server_address",
+        "server_port",
+        "url_scheme",
+        "network_protocol_version",
+        "k8s_namespace_name",
+        "k8s_pod_name",
+    ]
+}
 
 impl RequestMetrics {
     pub fn register(registry: &Registry, config: &MetricsConfig) -> prometheus::Result<Self> {
@@ -200,12 +190,12 @@ impl RequestMetrics {
                 Some(histogram(
                     "http_server_request_duration_seconds",
                     "Duration of HTTP server requests the traced processes served (OpenTelemetry http.server.request.duration): from the end of the request head to the end of the response head.",
-                    SERVER_LABELS,
+                    &otel_labels("http_route"),
                 )?),
                 Some(histogram(
                     "http_client_request_duration_seconds",
                     "Duration of HTTP client requests the traced processes made (OpenTelemetry http.client.request.duration).",
-                    CLIENT_LABELS,
+                    &otel_labels("url_template"),
                 )?),
             )
         } else {
