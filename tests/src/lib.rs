@@ -17,6 +17,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
+pub mod dashboard;
 pub mod scenarios;
 
 pub fn workspace_root() -> PathBuf {

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use e2e::*;
+use e2e::{dashboard, *};
 
 fn deploy() -> PathBuf {
     workspace_root().join("deploy")
@@ -205,25 +205,20 @@ fn container_file_passes_hadolint() {
     run(Command::new("hadolint").arg(deploy().join("Containerfile")));
 }
 
-/// Every `api_observer_*` name in a text, histogram series reduced to their family.
+/// Every metric name of the agent's in a text (its `api_observer_*` series, the request
+/// histograms, the process metrics), histogram series reduced to their family.
 fn metric_names(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("api_observer_") {
-        let tail = &rest[i..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        let name = &tail[..end];
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s))
-            .filter(|f| f.ends_with("_seconds"))
-            .unwrap_or(name);
-        names.insert(family.to_string());
-        rest = &tail[end..];
-    }
-    names
+    dashboard::metric_names(text)
+        .into_iter()
+        .map(|(name, _)| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| f.ends_with("_seconds"))
+                .unwrap_or(name)
+                .to_string()
+        })
+        .collect()
 }
 
 #[test]
@@ -233,6 +228,17 @@ fn dashboard_and_rules_use_only_metrics_a_real_agent_exports() {
     let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
     assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 6));
     let mut used = metric_names(&dashboard);
+    for family in [
+        "http_server_request_duration_seconds",
+        "http_client_request_duration_seconds",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            used.contains(family),
+            "the dashboard uses {family}: {used:?}"
+        );
+    }
     for f in ["prometheus/alerts.yml", "kubernetes/prometheusrule.yaml"] {
         used.extend(metric_names(
             &std::fs::read_to_string(deploy().join(f)).unwrap(),
@@ -274,4 +280,99 @@ fn dashboard_and_rules_use_only_metrics_a_real_agent_exports() {
         missing.is_empty(),
         "used but not exported: {missing:?}\nexported: {exported:?}"
     );
+}
+
+/// The label matchers every selector of `metric` must carry: a query takes every
+/// variable its series have labels for.
+fn required_matchers(metric: &str) -> Vec<&'static str> {
+    let mut m = vec![r#"job=~"$job""#, r#"node=~"$node""#];
+    if metric.starts_with("http_server_") || metric.starts_with("http_client_") {
+        m.extend([
+            r#"k8s_namespace_name=~"$namespace""#,
+            r#"k8s_pod_name=~"$pod""#,
+        ]);
+    }
+    if metric.starts_with("http_server_") {
+        m.push(r#"http_route=~"$route""#);
+    }
+    m
+}
+
+#[test]
+fn dashboard_queries_take_every_variable_they_can() {
+    let dash = dashboard::load();
+    assert_eq!(dash["schemaVersion"], 39);
+    assert_eq!(dash["__inputs"][0]["name"], "DS_PROMETHEUS");
+    let list = dash["templating"]["list"].as_array().unwrap();
+    assert_eq!(list[0]["name"], "DS_PROMETHEUS");
+    assert_eq!(list[0]["type"], "datasource");
+
+    let vars = dashboard::variables(&dash);
+    let names: Vec<&str> = vars.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["job", "node", "namespace", "pod", "route"]);
+    for v in &vars {
+        assert_eq!(v.raw["multi"], true, "{}", v.name);
+        assert_eq!(v.raw["includeAll"], true, "{}", v.name);
+        assert_eq!(v.raw["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", v.name);
+        assert_eq!(v.raw["definition"], v.raw["query"]["query"], "{}", v.name);
+        // Empty labels (outside Kubernetes) must match All: `.*`, not the list of values.
+        // All jobs is the list of jobs that export the agent's build info.
+        let all = if v.name == "job" {
+            serde_json::Value::Null
+        } else {
+            ".*".into()
+        };
+        assert_eq!(v.raw["allValue"], all, "{}", v.name);
+    }
+    let by_name = |n: &str| vars.iter().find(|v| v.name == n).unwrap();
+    assert_eq!(by_name("node").label, "node");
+    assert_eq!(
+        by_name("node").selector,
+        r#"api_observer_build_info{job=~"$job"}"#
+    );
+    assert_eq!(by_name("namespace").label, "k8s_namespace_name");
+    assert_eq!(by_name("pod").label, "k8s_pod_name");
+    assert!(by_name("pod")
+        .selector
+        .contains(r#"k8s_namespace_name=~"$namespace""#));
+    assert_eq!(by_name("route").label, "http_route");
+    for m in [
+        r#"k8s_namespace_name=~"$namespace""#,
+        r#"k8s_pod_name=~"$pod""#,
+    ] {
+        assert!(by_name("route").selector.contains(m), "{m}");
+    }
+
+    let targets = dashboard::targets(&dash);
+    assert!(targets.len() >= 15, "{targets:#?}");
+    for t in &targets {
+        let names = dashboard::metric_names(&t.expr);
+        assert!(!names.is_empty(), "{}: no metric in {}", t.panel, t.expr);
+        for (metric, end) in names {
+            let rest = &t.expr[end..];
+            let labels = rest
+                .strip_prefix('{')
+                .and_then(|r| r.split_once('}'))
+                .map(|(l, _)| l)
+                .unwrap_or_else(|| panic!("{}: {metric} without matchers", t.panel));
+            let matchers: Vec<&str> = labels.split(',').map(str::trim).collect();
+            for m in required_matchers(metric) {
+                assert!(
+                    matchers.contains(&m),
+                    "{}: {metric} lacks {m} in {}",
+                    t.panel,
+                    t.expr
+                );
+            }
+        }
+        // Every range is Grafana's, which follows the scrape interval and the zoom.
+        for (i, _) in t.expr.match_indices('[') {
+            assert!(
+                t.expr[i..].starts_with("[$__rate_interval]"),
+                "{}: {}",
+                t.panel,
+                t.expr
+            );
+        }
+    }
 }
