@@ -17,7 +17,8 @@ use crate::{
     config::Config,
     conn::{ConnOutput, ConnTable},
     export::{
-        audit::Audit, control, jsonl::JsonLines, metrics::RequestMetrics, server, surface, tls,
+        audit::Audit, control, jsonl::JsonLines, metrics::RequestMetrics, otlp::Otlp, server,
+        surface, tls,
     },
     http::{HeaderAllowlist, ParserLimits},
     identity::FingerprintKey,
@@ -37,6 +38,8 @@ struct Pipeline {
     capture_metrics: CaptureMetrics,
     request_metrics: RequestMetrics,
     jsonl: Option<JsonLines>,
+    /// Metrics and sampled spans to an OpenTelemetry Collector (`[otlp]`).
+    otlp: Option<Otlp>,
     sessions: Arc<Mutex<SessionTable>>,
     privacy: crate::config::PrivacyConfig,
     addresses: crate::exchange::AddressPolicy,
@@ -113,6 +116,9 @@ impl Pipeline {
                 continue;
             }
             self.request_metrics.observe(&ex);
+            if let Some(otlp) = &mut self.otlp {
+                otlp.observe(&ex, &ex.route.path);
+            }
             sessions.observe(&ex, now);
             if let Some(j) = &mut self.jsonl {
                 j.write(&ex.record(&self.addresses));
@@ -180,6 +186,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "Exchanges dropped unseen by the privacy off switch (processes, hosts, routes).",
     )?;
     registry.register(Box::new(ignored.clone()))?;
+    let node = std::env::var("NODE_NAME").ok();
+    let otlp = Otlp::start(&config.otlp, &registry, node.as_deref())?;
     let key = FingerprintKey::from_config(
         &config.identity,
         config.state_dir.as_deref(),
@@ -303,6 +311,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         capture_metrics,
         request_metrics,
         jsonl,
+        otlp,
         sessions: Arc::clone(&sessions),
         privacy: config.privacy.clone(),
         addresses: crate::exchange::AddressPolicy {
@@ -440,6 +449,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tls.stop();
     }
     drop(capture);
+    if let Some(otlp) = pipeline.otlp.take() {
+        otlp.shutdown();
+    }
     tracing::info!(
         "stopped; probes detached; {} records dropped in total",
         pipeline.capture_metrics.total_dropped()
