@@ -17,7 +17,8 @@ use crate::{
     config::Config,
     conn::{ConnOutput, ConnTable},
     export::{
-        audit::Audit, control, jsonl::JsonLines, metrics::RequestMetrics, server, surface, tls,
+        audit::Audit, control, jsonl::JsonLines, metrics::RequestMetrics, otlp::Otlp, server,
+        surface, tls,
     },
     http::{HeaderAllowlist, ParserLimits},
     identity::FingerprintKey,
@@ -37,6 +38,8 @@ struct Pipeline {
     capture_metrics: CaptureMetrics,
     request_metrics: RequestMetrics,
     jsonl: Option<JsonLines>,
+    /// Metrics and sampled spans to an OpenTelemetry Collector (`[otlp]`).
+    otlp: Option<Otlp>,
     sessions: Arc<Mutex<SessionTable>>,
     privacy: crate::config::PrivacyConfig,
     /// Whether the exchange stream prints raw paths (`output.exchange_raw_paths`).
@@ -119,7 +122,10 @@ impl Pipeline {
             if let Some(route) = self.routes.route(&ex.method, &ex.path) {
                 ex.route = route;
             }
-            self.request_metrics.observe(&ex, now);
+            let route = self.request_metrics.observe(&ex, now);
+            if let Some(otlp) = &mut self.otlp {
+                otlp.observe(&ex, route);
+            }
             sessions.observe(&ex, now);
             if let Some(j) = &mut self.jsonl {
                 j.write(&ex.record(&self.addresses, self.raw_paths));
@@ -188,6 +194,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "Exchanges dropped unseen by the privacy off switch (processes, hosts, routes).",
     )?;
     registry.register(Box::new(ignored.clone()))?;
+    let node = std::env::var("NODE_NAME").ok();
+    let otlp = Otlp::start(&config.otlp, &registry, node.as_deref())?;
     let key = FingerprintKey::from_config(
         &config.identity,
         config.state_dir.as_deref(),
@@ -311,6 +319,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         capture_metrics,
         request_metrics,
         jsonl,
+        otlp,
         sessions: Arc::clone(&sessions),
         privacy: config.privacy.clone(),
         routes: config.metrics.patterns(),
@@ -450,6 +459,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tls.stop();
     }
     drop(capture);
+    if let Some(otlp) = pipeline.otlp.take() {
+        otlp.shutdown();
+    }
     tracing::info!(
         "stopped; probes detached; {} records dropped in total",
         pipeline.capture_metrics.total_dropped()

@@ -46,6 +46,8 @@ pub struct Config {
     /// `[control]`: where the JSON API is served (socket, optional TCP listener) and who
     /// may use it.
     pub control: crate::export::control::ControlConfig,
+    /// `[otlp]`: metrics and sampled spans sent to an OpenTelemetry Collector.
+    pub otlp: crate::export::otlp::OtlpConfig,
 }
 
 impl Default for Config {
@@ -65,6 +67,7 @@ impl Default for Config {
             state_dir: None,
             control_socket: None,
             control: Default::default(),
+            otlp: Default::default(),
         }
     }
 }
@@ -376,6 +379,9 @@ impl Config {
             });
         }
         self.control
+            .validate()
+            .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
+        self.otlp
             .validate()
             .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
         Ok(())

@@ -170,6 +170,10 @@ struct RunArgs {
     /// Unix socket of the local control channel (empty: none).
     #[arg(long)]
     control_socket: Option<PathBuf>,
+    /// Send metrics and sampled spans to this OTLP/HTTP endpoint (`http://collector:4318`;
+    /// `[otlp] endpoint`).
+    #[arg(long, value_name = "URL", env = "OBSERVER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info", env = "OBSERVER_LOG")]
     log_level: String,
@@ -204,6 +208,9 @@ impl RunArgs {
         }
         if self.exchange_raw_paths {
             config.output.exchange_raw_paths = true;
+        }
+        if let Some(url) = &self.otlp_endpoint {
+            config.otlp.endpoint = Some(url.clone());
         }
         config.validate()?;
         Ok(config)

@@ -91,6 +91,19 @@ pub const PEERS: &[Peer] = &[
         Source::Apt("bpftrace"),
         "empty probes: the overhead benchmark's floor",
     ),
+    // The OTLP receiver: opentelemetry-proto's generated code needs protobuf 5.26 or
+    // later (the runtime_version module; Debian's python3-protobuf is older). Both
+    // pinned, to versions that work together.
+    Peer {
+        probe: Probe::PythonModule("google.protobuf.runtime_version"),
+        source: Source::Pip("protobuf==6.33.6"),
+        used_by: "OTLP receiver (protobuf decoding)",
+    },
+    Peer {
+        probe: Probe::PythonModule("opentelemetry.proto.collector.trace.v1.trace_service_pb2"),
+        source: Source::Pip("opentelemetry-proto==1.45.2"),
+        used_by: "OTLP receiver (OTLP messages)",
+    },
     Peer {
         probe: Probe::PythonModule("yaml"),
         source: Source::Pip("pyyaml"),
