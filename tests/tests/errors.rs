@@ -203,6 +203,7 @@ fn root_agent_mounts_tracefs_when_missing() {
         .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
         .spawn()
         .unwrap();
+    let _stop = KillOnDrop(agent_port);
     let addr = format!("127.0.0.1:{agent_port}").parse().unwrap();
     let healthy = wait_for(Duration::from_secs(30), || {
         http_get(addr, "/healthz").ok().filter(|(c, _)| *c == 200)
@@ -241,6 +242,19 @@ fn root_agent_mounts_tracefs_when_missing() {
         out.contains("after: unmounted"),
         "the agent must unmount what it mounted: {out}"
     );
+}
+
+/// Kills the agent listening on its port if a test ends early (a failed assertion): a
+/// leftover agent would observe, and disturb, every later test.
+struct KillOnDrop(u16);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = agent_pid_by_listen_arg(self.0) {
+            // SAFETY: kill(2) on the agent this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 /// The pid of the agent started with `--listen 127.0.0.1:<port>`.
