@@ -24,6 +24,7 @@ pub mod bench;
 pub mod entry;
 pub mod metrics;
 pub mod store;
+pub mod sync;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -704,6 +705,25 @@ impl Fleet {
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Relaxed)
     }
+}
+
+/// What the fleet store holds, for `/privacy`.
+pub fn privacy(cfg: &FleetConfig, idle_ttl_secs: u64) -> serde_json::Value {
+    if !cfg.enabled() {
+        return serde_json::json!({ "enabled": false });
+    }
+    serde_json::json!({
+        "enabled": true,
+        "node": cfg.node_name(),
+        "holds": "per live credentialed session and node: the fingerprint (never the \
+                  credential), credential kind, counts by status class, 401/403 count, \
+                  up to 16 client networks as truncated here, up to 8 user-agent \
+                  families, score and reasons, last-seen time; indexes of fingerprints \
+                  by score and by publish time; node names; frozen durable hashes and \
+                  fingerprints",
+        "ttl_secs": idle_ttl_secs,
+        "frozen": "kept until unfrozen (no TTL)",
+    })
 }
 
 pub fn unix_now() -> u64 {
