@@ -208,8 +208,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "fleet fingerprint key: derived from the shared secret, same on every node"
         );
     }
-    let fleet = crate::fleet::Fleet::new(&config.fleet, &config.sessions, &config.scoring, &registry)
-        .context("[fleet]")?;
+    let fleet =
+        crate::fleet::Fleet::new(&config.fleet, &config.sessions, &config.scoring, &registry)
+            .context("[fleet]")?;
     if let Some(f) = &fleet {
         tracing::info!(node = %f.node, "fleet mode: sessions shared through the fleet store");
         if !key.is_fleet() {

@@ -328,7 +328,10 @@ async fn fleet_sessions(
     query: Result<Query<FleetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Some(fleet) = &state.fleet else {
-        return error(StatusCode::NOT_FOUND, "fleet mode is off (set [fleet] endpoint)");
+        return error(
+            StatusCode::NOT_FOUND,
+            "fleet mode is off (set [fleet] endpoint)",
+        );
     };
     let Query(query) = match query {
         Ok(q) => q,

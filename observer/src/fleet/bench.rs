@@ -70,7 +70,13 @@ pub fn run(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(bench(endpoint, agents, sessions, interval_secs, rounds.max(1)))
+    runtime.block_on(bench(
+        endpoint,
+        agents,
+        sessions,
+        interval_secs,
+        rounds.max(1),
+    ))
 }
 
 async fn bench(
@@ -118,7 +124,10 @@ async fn bench(
             .and_then(|s| used_memory(&s))
     };
     let before = info(Arc::clone(&fleet[0])).await;
-    let ops_before: Vec<u64> = fleet.iter().map(|f| f.store.ops.load(Ordering::Relaxed)).collect();
+    let ops_before: Vec<u64> = fleet
+        .iter()
+        .map(|f| f.store.ops.load(Ordering::Relaxed))
+        .collect();
     let now = super::unix_now();
     let work: Vec<Arc<Vec<FleetPublication>>> = (0..agents)
         .map(|i| Arc::new(publications(i, agents, sessions, now)))

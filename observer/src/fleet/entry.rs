@@ -270,7 +270,12 @@ impl Merged {
             }
             m.last_seen = m.last_seen.max(e.t);
         }
-        for list in [&mut m.reasons, &mut m.nodes, &mut m.networks, &mut m.families] {
+        for list in [
+            &mut m.reasons,
+            &mut m.nodes,
+            &mut m.networks,
+            &mut m.families,
+        ] {
             list.sort();
         }
         any.then_some(m)
@@ -357,13 +362,31 @@ mod tests {
         };
         let local = vec!["10.1.1.0/24".to_string()];
         let f = view.facts(&local, true, 1000, 300);
-        assert_eq!(f, FleetFacts { nodes: 2, networks: 2 });
+        assert_eq!(
+            f,
+            FleetFacts {
+                nodes: 2,
+                networks: 2
+            }
+        );
         // Later, b's entry leaves the window too.
         let f = view.facts(&local, true, 1400, 300);
-        assert_eq!(f, FleetFacts { nodes: 1, networks: 1 });
+        assert_eq!(
+            f,
+            FleetFacts {
+                nodes: 1,
+                networks: 1
+            }
+        );
         // Within c's window: three nodes and three networks.
         let f = view.facts(&local, true, 890, 300);
-        assert_eq!(f, FleetFacts { nodes: 3, networks: 3 });
+        assert_eq!(
+            f,
+            FleetFacts {
+                nodes: 3,
+                networks: 3
+            }
+        );
         // This node idle: it does not count as a node.
         assert_eq!(view.facts(&[], false, 1000, 300).nodes, 1);
     }

@@ -167,7 +167,11 @@ impl FleetConfig {
     pub fn node_name(&self) -> String {
         self.node
             .clone()
-            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| check_node(n).is_ok()))
+            .or_else(|| {
+                std::env::var("NODE_NAME")
+                    .ok()
+                    .filter(|n| check_node(n).is_ok())
+            })
             .unwrap_or_else(hostname)
     }
 
@@ -191,17 +195,24 @@ impl FleetConfig {
         }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("fleet.password_file {}", path.display()))?;
-        let line = text.lines().next().unwrap_or_default().trim_end().to_string();
+        let line = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end()
+            .to_string();
         if line.is_empty() {
-            anyhow::bail!("fleet.password_file {}: first line is empty", path.display());
+            anyhow::bail!(
+                "fleet.password_file {}: first line is empty",
+                path.display()
+            );
         }
         Ok(Some(line))
     }
 }
 
 fn check_node(n: &str) -> Result<(), String> {
-    if n.is_empty() || n.len() > entry::MAX_NODE_NAME || !n.bytes().all(|b| b.is_ascii_graphic())
-    {
+    if n.is_empty() || n.len() > entry::MAX_NODE_NAME || !n.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!(
             "{n:?} must be 1..={} printable characters without spaces",
             entry::MAX_NODE_NAME
@@ -793,7 +804,10 @@ mod tests {
             ..Default::default()
         };
         let e = cfg.password().unwrap_err().to_string();
-        assert!(e.contains("fleet.password_file") && !e.contains("s3cret"), "{e}");
+        assert!(
+            e.contains("fleet.password_file") && !e.contains("s3cret"),
+            "{e}"
+        );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(cfg.password().unwrap().as_deref(), Some("s3cret-pw"));
         let _ = std::fs::remove_dir_all(&dir);

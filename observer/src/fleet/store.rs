@@ -242,8 +242,7 @@ impl Store {
     pub async fn load_script(&self, script: &redis::Script) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         self.ops.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(CALL_TIMEOUT, script.prepare_invoke().load_async(&mut c)).await
-        {
+        match tokio::time::timeout(CALL_TIMEOUT, script.prepare_invoke().load_async(&mut c)).await {
             Ok(r) => r.map(|_| ()).map_err(Into::into),
             Err(_) => Err(StoreError::Timeout(CALL_TIMEOUT)),
         }

@@ -167,10 +167,13 @@ async fn subscribe(fleet: &Fleet, state: &AppState, channel: &str) -> anyhow::Re
             };
             let mut response = axum::response::Response::new(axum::body::Body::empty());
             let path = format!("/api/frozen/{}", changed[0]);
-            response
-                .extensions_mut()
-                .insert(AuditFingerprints(changed));
-            audit.record(&Caller::Fleet(freeze.node.clone()), &method, &path, &response);
+            response.extensions_mut().insert(AuditFingerprints(changed));
+            audit.record(
+                &Caller::Fleet(freeze.node.clone()),
+                &method,
+                &path,
+                &response,
+            );
         }
         state.republish.notify_one();
     }

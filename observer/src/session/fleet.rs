@@ -212,7 +212,174 @@ pub fn freeze_diff(before: &FreezeMarks, after: &FreezeMarks) -> (FreezeMarks, F
             .filter(|(h, _)| !b.durable.contains_key(*h))
             .map(|(h, k)| (h.clone(), k.clone()))
             .collect(),
-        fingerprints: a.fingerprints.difference(&b.fingerprints).cloned().collect(),
+        fingerprints: a
+            .fingerprints
+            .difference(&b.fingerprints)
+            .cloned()
+            .collect(),
     };
     (side(after, before), side(before, after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        fleet::entry::Skipped,
+        identity::FingerprintKey,
+        score::{HealthState, Reason},
+        session::{
+            testutil::{at, ExchangeBuilder},
+            SessionTableConfig,
+        },
+    };
+
+    const SECRET: &[u8] = b"fleet secret for the tests, 32+ bytes long";
+
+    /// One node's table with the fleet key of the tests.
+    fn node(name: &str) -> SessionTable {
+        let key = FingerprintKey::from_shared_secret(SECRET.to_vec(), 0, at(0.0));
+        let mut t = SessionTable::new(SessionTableConfig::default(), key);
+        t.set_fleet_node(name);
+        t
+    }
+
+    fn use_token(t: &mut SessionTable, from: &str, secs: f64) {
+        for i in 0..3 {
+            let ex = ExchangeBuilder::new()
+                .bearer("fleet-token-1")
+                .client(from)
+                .at(secs + f64::from(i))
+                .build();
+            t.observe(&ex, at(secs + 10.0));
+        }
+    }
+
+    /// One publishing round as the fleet task runs it, store left out: `t` reads back
+    /// the entries `others` published.
+    fn round(t: &mut SessionTable, others: &[(&str, &SessionTable)], now: SystemTime) {
+        let published: Vec<(&str, Vec<FleetPublication>)> = others
+            .iter()
+            .map(|(n, o)| (*n, o.fleet_publications(now)))
+            .collect();
+        let now_secs = unix_secs(now) as u64;
+        let views = t
+            .fleet_publications(now)
+            .into_iter()
+            .map(|p| {
+                let fields: Vec<(String, String)> = published
+                    .iter()
+                    .flat_map(|(n, ps)| {
+                        ps.iter()
+                            .filter(|q| q.fingerprint == p.fingerprint)
+                            .map(|q| (n.to_string(), q.entry.encode()))
+                    })
+                    .collect();
+                let view = FleetView::from_fields(
+                    "me",
+                    fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+                    now_secs,
+                    300,
+                    &mut Skipped::default(),
+                );
+                (p.id, view)
+            })
+            .collect();
+        t.merge_fleet(views);
+    }
+
+    fn verdict(t: &SessionTable) -> (HealthState, Vec<Reason>) {
+        let s = t.sessions.values().next().expect("one session");
+        (s.state, s.reasons.clone())
+    }
+
+    #[test]
+    fn two_nodes_two_networks_is_unhealthy_on_both() {
+        let (mut a, mut b) = (node("a"), node("b"));
+        use_token(&mut a, "198.51.100.7:4000", 0.0);
+        use_token(&mut b, "203.0.113.9:4000", 2.0);
+        let now = at(20.0);
+        a.score(now);
+        b.score(now);
+        // Each local view alone: one network, healthy.
+        assert_eq!(verdict(&a).0, HealthState::Healthy);
+        assert_eq!(verdict(&b).0, HealthState::Healthy);
+        round(&mut a, &[("b", &b)], now);
+        round(&mut b, &[("a", &a)], now);
+        a.score(now);
+        b.score(now);
+        for t in [&a, &b] {
+            let (state, reasons) = verdict(t);
+            assert_eq!(state, HealthState::Unhealthy, "{reasons:?}");
+            assert!(reasons.contains(&Reason::FleetNetworks), "{reasons:?}");
+        }
+        let id = a.sessions.keys().next().unwrap().to_string();
+        let detail = a.get(&id).unwrap();
+        let fleet = detail.fleet.expect("fleet detail");
+        assert_eq!(fleet.nodes, vec!["a", "b"]);
+        assert_eq!(fleet.networks, vec!["198.51.100.0/24", "203.0.113.0/24"]);
+        assert_eq!(fleet.requests, 6);
+        // Once the other node's use leaves the window, the signal goes.
+        let later = at(400.0);
+        use_token(&mut a, "198.51.100.7:4000", 390.0);
+        a.score(later);
+        assert_eq!(verdict(&a).0, HealthState::Healthy, "{:?}", verdict(&a).1);
+    }
+
+    #[test]
+    fn one_network_or_one_node_is_not_fleet_networks() {
+        // Two nodes, one network.
+        let (mut a, mut b) = (node("a"), node("b"));
+        use_token(&mut a, "198.51.100.7:4000", 0.0);
+        use_token(&mut b, "198.51.100.8:4000", 2.0);
+        let now = at(20.0);
+        round(&mut a, &[("b", &b)], now);
+        a.score(now);
+        assert_eq!(verdict(&a), (HealthState::Healthy, vec![]));
+        // One node (nobody else published): nothing to merge.
+        let mut c = node("c");
+        use_token(&mut c, "198.51.100.7:4000", 0.0);
+        round(&mut c, &[], now);
+        c.score(now);
+        assert_eq!(verdict(&c), (HealthState::Healthy, vec![]));
+        assert!(c.sessions.values().next().unwrap().fleet.is_none());
+    }
+
+    #[test]
+    fn fleet_networks_feed_the_network_count() {
+        let (mut a, mut b, mut c) = (node("a"), node("b"), node("c"));
+        use_token(&mut a, "198.51.100.7:4000", 0.0);
+        use_token(&mut b, "203.0.113.9:4000", 0.0);
+        use_token(&mut c, "192.0.2.9:4000", 0.0);
+        let now = at(20.0);
+        round(&mut a, &[("b", &b), ("c", &c)], now);
+        a.score(now);
+        let (_, reasons) = verdict(&a);
+        assert!(reasons.contains(&Reason::MultiNetwork), "{reasons:?}");
+    }
+
+    #[test]
+    fn a_freeze_made_on_one_node_applies_on_another() {
+        let (mut a, mut b) = (node("a"), node("b"));
+        use_token(&mut b, "203.0.113.9:4000", 0.0);
+        let before = a.freeze_marks();
+        a.freeze_credential("Bearer fleet-token-1").unwrap();
+        let (added, removed) = freeze_diff(&before, &a.freeze_marks());
+        assert!(!added.durable.is_empty() && removed.durable.is_empty());
+        // Never a credential in what is shared.
+        let shared = format!("{added:?}");
+        assert!(!shared.contains("fleet-token-1"), "{shared}");
+        assert!(b.apply_fleet_freeze(true, &added.durable, &added.fingerprints));
+        use_token(&mut b, "203.0.113.9:4000", 30.0);
+        b.score(at(40.0));
+        let (state, reasons) = verdict(&b);
+        assert_eq!(state, HealthState::Unhealthy);
+        assert!(reasons.contains(&Reason::FrozenCredential), "{reasons:?}");
+        // And the unfreeze.
+        let before = a.freeze_marks();
+        a.unfreeze_credential("Bearer fleet-token-1").unwrap();
+        let (_, removed) = freeze_diff(&before, &a.freeze_marks());
+        assert!(b.apply_fleet_freeze(false, &removed.durable, &removed.fingerprints));
+        assert!(b.frozen().is_empty());
+    }
 }

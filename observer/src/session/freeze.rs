@@ -138,7 +138,11 @@ impl SessionTable {
     }
 
     /// Add a durable entry (not saved). Returns whether it is new.
-    pub(super) fn add_durable(&mut self, hash: DurableHash, kind: &str) -> Result<bool, FreezeError> {
+    pub(super) fn add_durable(
+        &mut self,
+        hash: DurableHash,
+        kind: &str,
+    ) -> Result<bool, FreezeError> {
         if self.durable.contains_key(&hash) {
             return Ok(false);
         }
@@ -218,7 +222,11 @@ impl SessionTable {
 
     /// Remove these durable freezes and fingerprints (and the fingerprints the durable
     /// ones were linked to).
-    pub(super) fn lift(&mut self, hashes: &[DurableHash], fps: &[Fingerprint]) -> Result<bool, FreezeError> {
+    pub(super) fn lift(
+        &mut self,
+        hashes: &[DurableHash],
+        fps: &[Fingerprint],
+    ) -> Result<bool, FreezeError> {
         let mut fps = fps.to_vec();
         let mut removed_durable = false;
         for h in hashes {
