@@ -76,7 +76,11 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// Where the store is.
+/// Where the store is (made once; its size does not matter).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per agent, never moved on a hot path"
+)]
 enum Target {
     Single(Client),
     /// The cluster, and a plain client on its first seed for pub/sub (a message

@@ -58,7 +58,7 @@ impl SessionTable {
                     .live(now, window)
                     .map(|(a, d)| (a, d.requests))
                     .collect();
-                agents.sort_by(|a, b| b.1.cmp(&a.1));
+                agents.sort_by_key(|a| std::cmp::Reverse(a.1));
                 let failures = s.window.live(now).map(|c| u64::from(c.auth_failures)).sum();
                 Some(FleetPublication {
                     id: Arc::clone(&s.id),

@@ -485,7 +485,7 @@ impl Session {
             .filter(|(n, _)| matches!(n, Network::Net { .. }))
             .map(|(n, d)| (n, d.requests))
             .collect();
-        live.sort_by(|a, b| b.1.cmp(&a.1));
+        live.sort_by_key(|a| std::cmp::Reverse(a.1));
         live.into_iter()
             .take(crate::fleet::entry::MAX_ENTRY_NETWORKS)
             .map(|(n, _)| n.to_string())
