@@ -208,6 +208,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "fleet fingerprint key: derived from the shared secret, same on every node"
         );
     }
+    let fleet =
+        crate::fleet::Fleet::new(&config.fleet, &config.sessions, &config.scoring, &registry)
+            .context("[fleet]")?;
+    if let Some(f) = &fleet {
+        tracing::info!(node = %f.node, "fleet mode: sessions shared through the fleet store");
+        if !key.is_fleet() {
+            tracing::warn!(
+                "fleet mode is on but [identity] shared_secret_file is not set: each node \
+                 makes its own fingerprints, so no session can match across nodes"
+            );
+        }
+    }
     let mut table = SessionTable::new(
         SessionTableConfig {
             identity: config.identity.clone(),
@@ -218,6 +230,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         key,
     );
+    if let Some(f) = &fleet {
+        table.set_fleet_node(&f.node);
+    }
     let loaded = table.open_state().context("state directory")?;
     if let Some(dir) = &config.state_dir {
         tracing::info!(
@@ -228,6 +243,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let allowlist = header_allowlist(&config, &table);
     let sessions = Arc::new(Mutex::new(table));
     let mut app_state = server::AppState::new(registry, Arc::clone(&sessions));
+    app_state.fleet = fleet.clone();
     app_state.capture_privacy = capture_privacy(&config, &allowlist);
     let audit_target = config.output.audit_jsonl.clone().or_else(|| {
         config
@@ -339,12 +355,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pipeline.capture_metrics.kernel_sockets.clone(),
         pipeline.capture_metrics.kernel_sockets_swept.clone(),
     ));
+    let (fleet_tx, fleet_tasks) = match &fleet {
+        Some(f) => {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            let period = Duration::from_secs(config.scoring.interval_secs);
+            let tasks = [
+                tokio::spawn(crate::fleet::sync::publish_loop(
+                    Arc::clone(f),
+                    Arc::clone(&state),
+                    rx,
+                    period,
+                )),
+                tokio::spawn(crate::fleet::sync::freeze_loop(
+                    Arc::clone(f),
+                    Arc::clone(&state),
+                )),
+            ];
+            (Some(tx), tasks.into_iter().collect())
+        }
+        None => (None, Vec::new()),
+    };
     let scoring_task = tokio::spawn(scoring_loop(
         Clock::system(),
         Arc::clone(&state),
         session_metrics,
         Duration::from_secs(config.scoring.interval_secs),
         alerts,
+        fleet_tx,
     ));
 
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
@@ -452,6 +489,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(control_socket);
     scoring_task.abort();
+    for t in fleet_tasks {
+        t.abort();
+    }
     sweep_task.abort();
     drop(ring);
     if let Some(tls) = tls {
@@ -568,6 +608,7 @@ fn capture_privacy(config: &Config, allowlist: &HeaderAllowlist) -> serde_json::
             "exchanges_jsonl": config.output.exchanges_jsonl.is_some(),
             "alerts_jsonl": config.output.alerts_jsonl.is_some(),
         },
+        "fleet_store": crate::fleet::privacy(&config.fleet, config.sessions.idle_ttl_secs),
     })
 }
 
@@ -579,6 +620,7 @@ async fn scoring_loop(
     mut metrics: SessionMetrics,
     period: Duration,
     mut alerts: Option<JsonLines>,
+    fleet: Option<tokio::sync::watch::Sender<Option<crate::fleet::sync::Round>>>,
 ) {
     let sessions = Arc::clone(&state.sessions);
     let mut tick = tokio::time::interval(period);
@@ -612,6 +654,15 @@ async fn scoring_loop(
             }
             metrics.update(&table);
             state.publish(&table);
+            // Fleet mode: what to publish, copied out; the store is talked to by the
+            // fleet task, never under the table's lock (the latest round replaces one
+            // not yet sent: nothing is buffered).
+            if let Some(tx) = &fleet {
+                tx.send_replace(Some(crate::fleet::sync::Round {
+                    epoch: table.key_generation(),
+                    publications: Arc::new(table.fleet_publications(now)),
+                }));
+            }
             changes
         };
         for change in &changes {

@@ -76,6 +76,23 @@ pub enum Bench {
     },
     /// The hooks the agent attaches, one per line in bpftrace's probe syntax.
     Hooks,
+    /// Fleet mode: N simulated agents publish M sessions each to a Redis-protocol store
+    /// every interval; store operations per agent, bytes per session, fleet query time.
+    Fleet {
+        /// The store (`redis://127.0.0.1:6379`). Its keys use a prefix of their own and
+        /// expire after two minutes.
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long, default_value_t = 20)]
+        agents: usize,
+        /// Sessions per agent.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 5)]
+        interval_secs: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Empty programs on the raw syscall tracepoints the agent hooks, for N seconds (the
     /// floor's part that bpftrace cannot attach).
     EmptySyscallHooks {
@@ -97,6 +114,13 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
             passes,
         } => sessions_bench(sessions, exchanges_each, passes),
         Bench::EmptySyscallHooks { seconds } => capture::empty_syscall_hooks(seconds),
+        Bench::Fleet {
+            endpoint,
+            agents,
+            sessions,
+            interval_secs,
+            rounds,
+        } => crate::fleet::bench::run(&endpoint, agents, sessions, interval_secs, rounds),
         Bench::Hooks => {
             for hook in hooks() {
                 println!("{hook}");

@@ -48,6 +48,8 @@ pub struct Config {
     pub control: crate::export::control::ControlConfig,
     /// `[otlp]`: metrics and sampled spans sent to an OpenTelemetry Collector.
     pub otlp: crate::export::otlp::OtlpConfig,
+    /// `[fleet]`: sessions across every node on a Redis-protocol store (off by default).
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             control_socket: None,
             control: Default::default(),
             otlp: Default::default(),
+            fleet: Default::default(),
         }
     }
 }
@@ -384,6 +387,9 @@ impl Config {
         self.otlp
             .validate()
             .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
+        self.fleet
+            .validate()
+            .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
         Ok(())
     }
 
@@ -498,5 +504,9 @@ mod tests {
             err.to_string().contains("identity.shared_secret_file"),
             "{err}"
         );
+        let err = Config::from_toml("[fleet]\nendpoint = \"localhost:6379\"\n").unwrap_err();
+        assert!(err.to_string().contains("fleet.endpoint"), "{err}");
+        let err = Config::from_toml("[fleet]\nendpoit = \"redis://a\"\n").unwrap_err();
+        assert!(err.to_string().contains("endpoit"), "{err}");
     }
 }

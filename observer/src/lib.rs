@@ -14,6 +14,7 @@ pub mod config;
 pub mod conn;
 pub mod exchange;
 pub mod export;
+pub mod fleet;
 pub mod http;
 pub mod identity;
 pub mod private_file;

@@ -43,6 +43,9 @@ enum Command {
         /// Print the JSON the agent returned instead of a table.
         #[arg(long)]
         json: bool,
+        /// The fleet-wide list (every node's sessions, from the fleet store).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Print what the agent collects, its precision, retention and current counts.
     Privacy {
@@ -174,6 +177,14 @@ struct RunArgs {
     /// `[otlp] endpoint`).
     #[arg(long, value_name = "URL", env = "OBSERVER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Fleet mode: the Redis/Valkey store shared by every agent (`redis://host:6379`,
+    /// `rediss://...`; `[fleet] endpoint`).
+    #[arg(long, value_name = "URL", env = "OBSERVER_FLEET_ENDPOINT")]
+    fleet_endpoint: Option<String>,
+    /// This node's name in the fleet store (`[fleet] node`; default `$NODE_NAME`, else
+    /// the hostname).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info", env = "OBSERVER_LOG")]
     log_level: String,
@@ -212,6 +223,13 @@ impl RunArgs {
         if let Some(url) = &self.otlp_endpoint {
             config.otlp.endpoint = Some(url.clone());
         }
+        if let Some(url) = &self.fleet_endpoint {
+            config.fleet.endpoint = Some(url.clone());
+            config.fleet.cluster.clear();
+        }
+        if let Some(name) = &self.node_name {
+            config.fleet.node = Some(name.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -241,6 +259,7 @@ fn main() -> anyhow::Result<()> {
             direction,
             limit,
             json,
+            fleet,
         }) => {
             let mut query = Vec::new();
             if let Some(s) = state {
@@ -251,6 +270,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(l) = limit {
                 query.push(format!("limit={l}"));
+            }
+            if fleet {
+                return cli::sessions::list_fleet(&to.target()?, &query.join("&"), json);
             }
             cli::sessions::list(&to.target()?, &query.join("&"), json)
         }

@@ -250,8 +250,14 @@ pub fn render_table(sessions: &[Value]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    layout(&header, &rows, "(no sessions)")
+}
+
+/// Columns padded to their widest cell (the last one not padded).
+fn layout(header: &[&str], rows: &[Vec<String>], empty: &str) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
@@ -259,24 +265,99 @@ pub fn render_table(sessions: &[Value]) -> String {
     let mut out = String::new();
     let line = |cells: &[&str], out: &mut String| {
         let mut l = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
                 l.push_str(cell);
             } else {
-                l.push_str(&format!("{cell:<w$}  "));
+                l.push_str(&format!("{cell:<w$}  ", w = *w));
             }
         }
         out.push_str(l.trim_end());
         out.push('\n');
     };
-    line(&header, &mut out);
-    for row in &rows {
+    line(header, &mut out);
+    for row in rows {
         let cells: Vec<&str> = row.iter().map(String::as_str).collect();
         line(&cells, &mut out);
     }
     if rows.is_empty() {
-        out.push_str("(no sessions)\n");
+        out.push_str(empty);
+        out.push('\n');
     }
+    out
+}
+
+/// Fetch and print the fleet-wide session list (`observer sessions --fleet`).
+pub fn list_fleet(agent: &Target, query: &str, json: bool) -> anyhow::Result<()> {
+    let path = if query.is_empty() {
+        "/api/fleet/sessions".to_string()
+    } else {
+        format!("/api/fleet/sessions?{query}")
+    };
+    let (status, body) = agent.request("GET", &path, b"")?;
+    if status != 200 {
+        bail!("the agent answered {status}: {body}");
+    }
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let list: Value = serde_json::from_str(&body).context("decoding the fleet list")?;
+    print!("{}", render_fleet_table(&list));
+    Ok(())
+}
+
+/// The fleet list as a table: nodes, networks, score, state, reasons.
+pub fn render_fleet_table(list: &Value) -> String {
+    let header = [
+        "SESSION", "DIR", "KIND", "STATE", "SCORE", "REQS", "NODES", "NETWORKS", "REASONS",
+    ];
+    let join = |v: &Value| {
+        let items: Vec<&str> = v
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(",")
+        }
+    };
+    let empty = Vec::new();
+    let rows: Vec<Vec<String>> = list["sessions"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|s| {
+            let text = |k: &str| s[k].as_str().unwrap_or("-").to_string();
+            let num = |k: &str| {
+                s[k].as_u64()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            vec![
+                text("session"),
+                text("direction"),
+                text("kind"),
+                text("state"),
+                num("score"),
+                num("requests"),
+                join(&s["nodes"]),
+                join(&s["networks"]),
+                join(&s["reasons"]),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "fleet view from node {} (store {})\n",
+        list["node"].as_str().unwrap_or("?"),
+        if list["up"].as_bool() == Some(true) {
+            "up"
+        } else {
+            "down"
+        }
+    );
+    out.push_str(&layout(&header, &rows, "(no fleet sessions)"));
     out
 }
 
@@ -308,5 +389,22 @@ key_00aa11bb22cc   inbound  api_key    suspicious        75     900   12.00   1 
 ";
         assert_eq!(render_table(&sessions), expected);
         assert_eq!(render_table(&[]).lines().last(), Some("(no sessions)"));
+    }
+
+    #[test]
+    fn fleet_table_snapshot() {
+        let list: Value = serde_json::from_str(
+            r#"{"node":"a","up":true,"sessions":[
+              {"session":"tok_5f2c9a1e0b7d","direction":"inbound","kind":"bearer",
+               "state":"unhealthy","score":40,"requests":12,"nodes":["a","b"],
+               "networks":["10.1.1.0/24","10.2.2.0/24"],"reasons":["fleet_networks"]}]}"#,
+        )
+        .unwrap();
+        let expected = "\
+fleet view from node a (store up)
+SESSION           DIR      KIND    STATE      SCORE  REQS  NODES  NETWORKS                 REASONS
+tok_5f2c9a1e0b7d  inbound  bearer  unhealthy  40     12    a,b    10.1.1.0/24,10.2.2.0/24  fleet_networks
+";
+        assert_eq!(render_fleet_table(&list), expected);
     }
 }

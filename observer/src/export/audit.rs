@@ -39,6 +39,8 @@ pub enum Caller {
     TokenAndCert(String, ClientCert),
     /// Not (yet) identified: refused requests.
     Unknown(String),
+    /// Fleet mode: a freeze or unfreeze made on another node (its name), applied here.
+    Fleet(String),
 }
 
 impl Caller {
@@ -50,6 +52,7 @@ impl Caller {
                 json!({ "token": name, "client_cert": cert.to_json() })
             }
             Caller::Unknown(peer) => json!({ "unauthenticated": peer }),
+            Caller::Fleet(node) => json!({ "fleet": node }),
         }
     }
 }
@@ -63,6 +66,7 @@ pub fn action(method: &Method, path: &str) -> &'static str {
     let under = |prefix: &str| path.strip_prefix(prefix).is_some_and(|r| !r.is_empty());
     match (method.as_str(), path) {
         ("GET", "/api/sessions") => "list_sessions",
+        ("GET", "/api/fleet/sessions") => "fleet_sessions",
         ("GET", _) if under("/api/sessions/") => "get_session",
         ("GET", "/api/findings") => "findings",
         ("GET", "/api/frozen") => "frozen_list",
@@ -82,7 +86,7 @@ pub fn action(method: &Method, path: &str) -> &'static str {
 pub fn is_read(action: &str) -> bool {
     matches!(
         action,
-        "list_sessions" | "get_session" | "findings" | "frozen_list" | "privacy"
+        "list_sessions" | "get_session" | "findings" | "frozen_list" | "privacy" | "fleet_sessions"
     )
 }
 

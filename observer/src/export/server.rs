@@ -32,7 +32,8 @@ use super::{
 use crate::{
     capture::{tls::TargetStatus, ProbeStatus},
     identity::MAX_CREDENTIAL,
-    session::{CredentialReport, FreezeError, ListQuery, SessionTable},
+    score::HealthState,
+    session::{freeze_diff, CredentialReport, FreezeError, FreezeMarks, ListQuery, SessionTable},
 };
 
 /// Largest request body on the control channel (a credential and a little slack).
@@ -58,6 +59,8 @@ pub struct AppState {
     pub republish: Notify,
     /// The audit stream of the control channel.
     pub audit: Option<Arc<Audit>>,
+    /// Fleet mode (`[fleet]`): the store shared by every node's agent.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl AppState {
@@ -72,6 +75,7 @@ impl AppState {
             snapshot: watch::channel(Arc::new(Snapshot::default())).0,
             republish: Notify::new(),
             audit: None,
+            fleet: None,
         }
     }
 
@@ -90,6 +94,35 @@ impl AppState {
     /// The current snapshot (no lock on the table).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         Arc::clone(&self.snapshot.borrow())
+    }
+
+    /// Fleet mode: share with the other nodes what a freeze or unfreeze changed here
+    /// (`before`: the freezes before it). A store that cannot be reached is counted;
+    /// the local freeze stands.
+    async fn share_freezes(&self, before: FreezeMarks) {
+        let Some(fleet) = &self.fleet else { return };
+        let (after, epoch) = {
+            let t = self.sessions();
+            (t.freeze_marks(), t.key_generation())
+        };
+        let (added, removed) = freeze_diff(&before, &after);
+        for (freeze, marks) in [(true, added), (false, removed)] {
+            match fleet.share_freeze(freeze, epoch, &marks).await {
+                Ok(()) => fleet.metrics.ok(),
+                Err(e) => {
+                    fleet.failed("freeze", &e);
+                    tracing::warn!("freeze not shared with the fleet: {e}");
+                }
+            }
+        }
+    }
+
+    /// The freezes held now (fleet mode only; nothing to diff otherwise).
+    fn freeze_marks(&self) -> FreezeMarks {
+        if self.fleet.is_none() {
+            return FreezeMarks::default();
+        }
+        self.sessions().freeze_marks()
     }
 
     /// After a write: ask for a new snapshot and wait (bounded) until it is out, so that
@@ -131,6 +164,7 @@ pub fn control_router(state: Arc<AppState>, guard: Arc<Guard>) -> Router {
     Router::new()
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", get(get_session))
+        .route("/api/fleet/sessions", get(fleet_sessions))
         .route("/api/findings", get(list_findings))
         .route("/api/frozen", get(list_frozen))
         .route("/api/frozen/{fingerprint}", put(freeze).delete(unfreeze))
@@ -221,9 +255,11 @@ async fn freeze_credential(State(state): State<Arc<AppState>>, body: Body) -> Re
         Ok(t) => t,
         Err(r) => return *r,
     };
+    let before = state.freeze_marks();
     let result = state.sessions().freeze_credential(text);
     match result {
         Ok(report) => {
+            state.share_freezes(before).await;
             tracing::info!(
                 kinds = report.matches.len(),
                 changed = ?report.changed,
@@ -242,9 +278,11 @@ async fn unfreeze_credential(State(state): State<Arc<AppState>>, body: Body) -> 
         Ok(t) => t,
         Err(r) => return *r,
     };
+    let before = state.freeze_marks();
     let result = state.sessions().unfreeze_credential(text);
     match result {
         Ok(report) => {
+            state.share_freezes(before).await;
             tracing::info!(changed = ?report.changed, "credential unfrozen over the control channel");
             state.republish_and_wait().await;
             with_fingerprints(&report, Json(&report).into_response())
@@ -275,6 +313,48 @@ async fn get_session(State(state): State<Arc<AppState>>, Path(id): Path<String>)
     }
 }
 
+/// `GET /api/fleet/sessions?limit=N&state=S`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct FleetQuery {
+    limit: Option<usize>,
+    state: Option<HealthState>,
+}
+
+/// `GET /api/fleet/sessions`: the fleet's riskiest sessions (every node's entries
+/// merged), from the store.
+async fn fleet_sessions(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<FleetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(fleet) = &state.fleet else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "fleet mode is off (set [fleet] endpoint)",
+        );
+    };
+    let Query(query) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let epoch = state.sessions().key_generation();
+    let limit = query.limit.unwrap_or(crate::fleet::DEFAULT_LIST);
+    match fleet.list(epoch, limit, query.state).await {
+        Ok(sessions) => {
+            fleet.metrics.ok();
+            Json(json!({ "node": fleet.node, "up": true, "sessions": sessions })).into_response()
+        }
+        Err(e) => {
+            fleet.failed("read", &e);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "node": fleet.node, "up": false, "error": e.to_string() })),
+            )
+                .into_response()
+        }
+    }
+}
+
 /// `GET /api/findings`: facts about the APIs (credentials in plaintext or in query
 /// strings), once per host and route.
 async fn list_findings(State(state): State<Arc<AppState>>) -> Response {
@@ -287,9 +367,11 @@ async fn list_frozen(State(state): State<Arc<AppState>>) -> Response {
 
 /// `PUT /api/frozen/{fingerprint}`: any later use of it is an unhealthy signal.
 async fn freeze(State(state): State<Arc<AppState>>, Path(fp): Path<String>) -> Response {
+    let before = state.freeze_marks();
     let result = state.sessions().freeze(&fp);
     match result {
         Ok(changed) => {
+            state.share_freezes(before).await;
             state.republish_and_wait().await;
             Json(json!({ "fingerprint": fp, "frozen": true, "changed": changed })).into_response()
         }
@@ -322,9 +404,11 @@ async fn purge(State(state): State<Arc<AppState>>) -> Response {
 
 /// `DELETE /api/frozen/{fingerprint}`.
 async fn unfreeze(State(state): State<Arc<AppState>>, Path(fp): Path<String>) -> Response {
+    let before = state.freeze_marks();
     let result = state.sessions().unfreeze(&fp);
     match result {
         Ok(changed) => {
+            state.share_freezes(before).await;
             state.republish_and_wait().await;
             Json(json!({ "fingerprint": fp, "frozen": false, "changed": changed })).into_response()
         }

@@ -31,6 +31,10 @@ pub const KEY_BYTES: usize = 32;
 pub const MIN_SECRET_BYTES: usize = 32;
 /// HKDF salt of fleet keys (a fixed label: changing it changes every fleet fingerprint).
 const FLEET_SALT: &[u8] = b"observer fingerprint key v1";
+/// HKDF info of the fleet's freeze key (durable hashes), apart from every epoch's info
+/// (eight bytes): the same on every node and in every epoch, so a durable freeze made on
+/// one node matches on all of them and survives rotation.
+const FLEET_FREEZE_INFO: &[u8] = b"observer fleet freeze key v1";
 /// File name of the per-host key inside `state_dir` (when no key is configured).
 pub const STATE_KEY_FILE: &str = "fingerprint.key";
 
@@ -294,6 +298,20 @@ impl FingerprintKey {
     /// Fleet mode: the epoch `now` falls in. `None` for a per-host key.
     pub fn fleet_epoch_at(&self, now: SystemTime) -> Option<u64> {
         self.fleet.as_ref().map(|f| epoch_of(now, f.epoch_secs))
+    }
+
+    /// Fleet mode: the freeze key (of durable hashes) derived from the shared secret,
+    /// the same on every node; `None` for a per-host key.
+    pub fn fleet_freeze_key(&self) -> Option<crate::identity::FreezeKey> {
+        self.fleet.as_ref().map(|f| {
+            let hk = Hkdf::<Sha256>::new(Some(FLEET_SALT), &f.secret);
+            let mut out = [0u8; KEY_BYTES];
+            hk.expand(FLEET_FREEZE_INFO, &mut out)
+                .expect("32 bytes is a valid HKDF-SHA-256 output length");
+            let key = crate::identity::FreezeKey::from_bytes(out);
+            out.fill(0);
+            key
+        })
     }
 
     /// Whether the key is derived from a fleet secret.

@@ -86,6 +86,8 @@ reasons! {
         "The credential was used from several client networks within the window.";
     ConcurrentNetworks / concurrent_networks => "concurrent_networks", 60,
         "The credential was used from several networks at once: its network switched back and forth within seconds (a shared or stolen credential, not a client that moved).";
+    FleetNetworks / fleet_networks => "fleet_networks", 60,
+        "Across the fleet the credential was used on several nodes from several client networks within the window (each node alone may have seen one).";
     MultiAgent / multi_agent => "multi_agent", 25,
         "The credential was used by several client programs (user-agent families) within the window.";
     NetworkAgentSwitch / network_agent_switch => "network_agent_switch", 35,
@@ -382,6 +384,16 @@ pub struct ScoreInput {
     pub over_tier: bool,
     /// Views across credentials: which view, and its facts.
     pub across: Option<(ViewKind, AcrossFacts)>,
+    /// Fleet mode: what the other nodes saw of the credential within the window.
+    pub fleet: Option<FleetFacts>,
+}
+
+/// The fleet's view of one credential within the window (`[fleet]`): nodes that used
+/// it (this one included when it did) and the union of their client networks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetFacts {
+    pub nodes: usize,
+    pub networks: usize,
 }
 
 /// Which view across credentials.
@@ -462,6 +474,9 @@ pub fn signals(input: &ScoreInput, cfg: &ScoreConfig) -> Vec<Reason> {
             || input.recent_networks >= 3)
     {
         out.push(Reason::ConcurrentNetworks);
+    }
+    if inbound && input.fleet.is_some_and(|f| f.nodes >= 2 && f.networks >= 2) {
+        out.push(Reason::FleetNetworks);
     }
     if input.agents >= cfg.multi_agent_min.max(2) {
         out.push(Reason::MultiAgent);

@@ -85,7 +85,7 @@ impl SessionTable {
         })
     }
 
-    fn mark_frozen(&mut self, fp: &Fingerprint, frozen: bool) {
+    pub(super) fn mark_frozen(&mut self, fp: &Fingerprint, frozen: bool) {
         for s in self.sessions_of(fp) {
             s.frozen = frozen;
             s.touch();
@@ -101,7 +101,12 @@ impl SessionTable {
         let Some(dir) = self.state_dir.clone() else {
             return Ok(0);
         };
-        self.freeze_key = durable::load_key(&dir)?;
+        // Fleet mode keeps the freeze key derived from the shared secret.
+        if !self.key.is_fleet() {
+            self.freeze_key = durable::load_key(&dir)?;
+        } else {
+            durable::ensure_dir(&dir)?;
+        }
         let path = dir.join(FROZEN_FILE);
         let entries = durable::load(&path)?;
         self.durable = entries.into_iter().map(|e| (e.hash, e)).collect();
@@ -109,7 +114,7 @@ impl SessionTable {
         Ok(self.durable.len())
     }
 
-    fn save_durable(&self) -> Result<(), FreezeError> {
+    pub(super) fn save_durable(&self) -> Result<(), FreezeError> {
         match &self.frozen_file {
             Some(path) => durable::save(path, self.durable.values()).map_err(|e| {
                 tracing::error!("{e}");
@@ -133,7 +138,11 @@ impl SessionTable {
     }
 
     /// Add a durable entry (not saved). Returns whether it is new.
-    fn add_durable(&mut self, hash: DurableHash, kind: &str) -> Result<bool, FreezeError> {
+    pub(super) fn add_durable(
+        &mut self,
+        hash: DurableHash,
+        kind: &str,
+    ) -> Result<bool, FreezeError> {
         if self.durable.contains_key(&hash) {
             return Ok(false);
         }
@@ -213,7 +222,11 @@ impl SessionTable {
 
     /// Remove these durable freezes and fingerprints (and the fingerprints the durable
     /// ones were linked to).
-    fn lift(&mut self, hashes: &[DurableHash], fps: &[Fingerprint]) -> Result<bool, FreezeError> {
+    pub(super) fn lift(
+        &mut self,
+        hashes: &[DurableHash],
+        fps: &[Fingerprint],
+    ) -> Result<bool, FreezeError> {
         let mut fps = fps.to_vec();
         let mut removed_durable = false;
         for h in hashes {

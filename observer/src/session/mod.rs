@@ -20,6 +20,7 @@ pub mod config;
 pub mod dims;
 pub mod durable;
 pub mod findings;
+mod fleet;
 pub mod freeze;
 #[cfg(test)]
 mod freeze_tests;
@@ -61,6 +62,7 @@ pub use config::{SessionConfig, SessionTableConfig};
 pub use dims::{ClientIpMode, Network};
 pub use durable::StateError;
 use findings::{FindingKind, Findings};
+pub use fleet::{freeze_diff, FleetDetail, FleetPublication, FreezeMarks};
 pub use freeze::{CredentialReport, FreezeError, FrozenItem, FREEZABLE};
 use state::{
     class_index, mark, since, unix_secs, Limits, RouteStats, Session, MAX_LOCATIONS, MAX_PROCESSES,
@@ -208,6 +210,8 @@ pub struct SessionTable {
     /// When the key last rotated.
     last_rotation: Option<SystemTime>,
     rotate_every: Duration,
+    /// Fleet mode: this node's name (the detail's fleet view names it).
+    fleet_node: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for SessionTable {
@@ -230,6 +234,7 @@ impl SessionTable {
         };
         // Validated with the config; a bad list here trusts nothing.
         let trusted = TrustedNetworks::parse(&config.scoring.trusted_networks).unwrap_or_default();
+        let fleet_freeze_key = key.fleet_freeze_key();
         Self {
             rotate_every: Duration::from_secs(config.identity.rotate_every_secs),
             key_since: None,
@@ -251,10 +256,13 @@ impl SessionTable {
             network_views: fast_map(),
             frozen: HashSet::new(),
             durable: BTreeMap::new(),
-            // With a state directory, replaced by its key in `open_state`.
-            freeze_key: FreezeKey::random().unwrap_or_else(|e| {
-                tracing::warn!("no randomness for the freeze key ({e}); using a fixed one");
-                FreezeKey::from_bytes([0x5a; 32])
+            // Fleet mode: derived from the shared secret (the same on every node). Else,
+            // with a state directory, replaced by its key in `open_state`.
+            freeze_key: fleet_freeze_key.unwrap_or_else(|| {
+                FreezeKey::random().unwrap_or_else(|e| {
+                    tracing::warn!("no randomness for the freeze key ({e}); using a fixed one");
+                    FreezeKey::from_bytes([0x5a; 32])
+                })
             }),
             state_dir: config.state_dir.clone(),
             frozen_file: None,
@@ -267,7 +275,13 @@ impl SessionTable {
             counters: TableCounters::default(),
             now: SystemTime::UNIX_EPOCH,
             expiry_floor: (SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH),
+            fleet_node: None,
         }
+    }
+
+    /// Fleet mode: this node's name.
+    pub fn set_fleet_node(&mut self, node: &str) {
+        self.fleet_node = Some(Arc::from(node));
     }
 
     pub fn scoring_config(&self) -> &ScoreConfig {

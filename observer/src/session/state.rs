@@ -205,6 +205,8 @@ pub(crate) struct Session {
     /// The summary of it made after it was last scored (time-independent fields only),
     /// shared by snapshots until it changes ([`Session::touch`] drops it).
     pub summary: Option<Arc<SessionSummary>>,
+    /// Fleet mode: the other nodes' entries for this credential, as last read.
+    pub fleet: Option<Box<crate::fleet::entry::FleetView>>,
 }
 
 pub(crate) const MAX_LOCATIONS: usize = 4;
@@ -288,6 +290,7 @@ impl Session {
             settled: false,
             quiet: None,
             summary: None,
+            fleet: None,
         }
     }
 
@@ -366,11 +369,19 @@ impl Session {
             .map
             .values()
             .map(|r| r.ids.as_ref().and_then(|ids| ids.live_until(now)));
+        // Other nodes' entries count until they leave the window.
+        let fleet = self.fleet.iter().flat_map(|v| {
+            let now_secs = unix_secs(now) as u64;
+            v.expiries(cfg.window_secs)
+                .filter(move |t| *t > now_secs)
+                .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t))
+        });
         let until = [
             self.window.live_until(now),
             self.agents.live_until(now, window),
         ]
         .into_iter()
+        .chain(fleet.map(Some))
         .chain(networks)
         .chain(marks)
         .chain(switches)
@@ -465,6 +476,22 @@ impl Session {
         }
     }
 
+    /// Client networks within the window as the agent prints them (what a fleet entry
+    /// lists), at most [`crate::fleet::entry::MAX_ENTRY_NETWORKS`], most used first.
+    pub(crate) fn fleet_networks(&self, now: SystemTime, window: Duration) -> Vec<String> {
+        let mut live: Vec<(&Network, u64)> = self
+            .networks
+            .live(now, window)
+            .filter(|(n, _)| matches!(n, Network::Net { .. }))
+            .map(|(n, d)| (n, d.requests))
+            .collect();
+        live.sort_by_key(|a| std::cmp::Reverse(a.1));
+        live.into_iter()
+            .take(crate::fleet::entry::MAX_ENTRY_NETWORKS)
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+
     /// The facts scoring reads, at `now`.
     pub(crate) fn score_input(
         &self,
@@ -500,13 +527,24 @@ impl Session {
         .filter(|(t, _)| recent(*t))
         .map(|(_, r)| r)
         .collect();
+        let networks = self
+            .networks
+            .live(now, window)
+            .filter(|(n, _)| matches!(n, Network::Net { .. }))
+            .count();
+        // The fleet's view: its union of networks also feeds the network count.
+        let fleet = self.fleet.as_ref().map(|v| {
+            v.facts(
+                &self.fleet_networks(now, window),
+                requests > 0,
+                unix_secs(now) as u64,
+                cfg.window_secs,
+            )
+        });
         ScoreInput {
             inbound: self.direction == Direction::Inbound,
-            networks: self
-                .networks
-                .live(now, window)
-                .filter(|(n, _)| matches!(n, Network::Net { .. }))
-                .count(),
+            networks: fleet.map_or(networks, |f| f.networks.max(networks)),
+            fleet,
             network_switches: self
                 .switches
                 .iter()

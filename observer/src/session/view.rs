@@ -213,6 +213,9 @@ pub struct SessionDetail {
     /// Views across credentials: distinct credentials remembered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials: Option<usize>,
+    /// Fleet mode: what every node published of this credential (when others did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<super::FleetDetail>,
 }
 
 /// One line of a ranked session list: the summary's fields that do not depend on the
@@ -581,6 +584,7 @@ impl SessionTable {
             jwt_error: s.jwt_error,
             frozen_uses: s.frozen_uses,
             credentials: s.across.as_ref().map(|a| a.credentials()),
+            fleet: self.fleet_detail(id, self.fleet_node.as_deref()),
         })
     }
 }
