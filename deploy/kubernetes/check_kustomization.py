@@ -99,6 +99,23 @@ def main():
                 found = True
     if not found:
         fail(f"shared_secret_file {wanted} is not a mounted item of the Secret")
+    # The fleet store's password, when mounted: optional (a cluster without [fleet] has
+    # no such Secret), read-only, owner-only, where the config's example points.
+    for name, s in sources:
+        ref = s.get("secret")
+        if not ref or ref.get("name") != "observer-fleet-store":
+            continue
+        if not ref.get("optional"):
+            fail("the fleet store's password Secret must be optional")
+        mount = mounts.get(name)
+        if not mount or not mount.get("readOnly"):
+            fail(f"volume {name} (the fleet store's password) is not mounted read-only")
+        for item in ref.get("items", []):
+            path = os.path.join(mount["mountPath"], item["path"])
+            if item.get("mode", ref.get("defaultMode", 0o644)) & 0o077:
+                fail(f"{path}: readable by group or others")
+            if f'password_file = "{path}"' not in toml_text:
+                fail(f"the ConfigMap's [fleet] example does not name {path}")
     if "startupProbe" not in container:
         fail("the container has no startupProbe")
     if container["startupProbe"]["httpGet"]["path"] != "/healthz":

@@ -18,6 +18,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 pub mod dashboard;
+pub mod redis;
 pub mod scenarios;
 
 pub fn workspace_root() -> PathBuf {
@@ -508,7 +509,46 @@ impl Nginx {
         Ok((nginx, cert))
     }
 
+    /// Plain-HTTP nginx run from a copy of its binary called `name` (at most 15 bytes),
+    /// so that its processes' `comm` is `name`: a server an agent can be told to ignore
+    /// (`[privacy] ignore_processes`) while another agent watches it.
+    pub fn start_named(name: &str, port: u16, extra_server: &str) -> Result<Self> {
+        if name.len() > 15 {
+            bail!("{name}: a process name (comm) holds at most 15 bytes");
+        }
+        let installed = Command::new("sh")
+            .args(["-c", "command -v nginx"])
+            .output()
+            .context("looking for nginx")?;
+        let installed = String::from_utf8_lossy(&installed.stdout)
+            .trim()
+            .to_string();
+        if installed.is_empty() {
+            bail!("nginx is not on PATH");
+        }
+        let bin = scratch_dir("nginx-bin").join(name);
+        std::fs::copy(&installed, &bin)
+            .with_context(|| format!("copying {installed} to {}", bin.display()))?;
+        Self::start_from(&bin, port, None, false, extra_server)
+    }
+
+    /// The pid of the master process (from its pid file).
+    pub fn master_pid(&self) -> Result<u32> {
+        let text = std::fs::read_to_string(self.dir.join("nginx.pid"))?;
+        text.trim().parse().context("nginx.pid holds no pid")
+    }
+
     fn start_with(port: u16, tls: Option<&Cert>, http2: bool, extra_server: &str) -> Result<Self> {
+        Self::start_from(Path::new("nginx"), port, tls, http2, extra_server)
+    }
+
+    fn start_from(
+        bin: &Path,
+        port: u16,
+        tls: Option<&Cert>,
+        http2: bool,
+        extra_server: &str,
+    ) -> Result<Self> {
         let dir = scratch_dir("nginx");
         // `listen ... http2` is what nginx 1.22 (Debian 12) knows; later versions still
         // take it (with a deprecation notice for `http2 on;`).
@@ -539,12 +579,13 @@ impl Nginx {
                {extra_server}\n }}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf)?;
-        let status = Command::new("nginx")
+        let status = Command::new(bin)
             .arg("-c")
             .arg(dir.join("nginx.conf"))
             .arg("-p")
             .arg(&dir)
-            .status()?;
+            .status()
+            .with_context(|| format!("starting {}", bin.display()))?;
         if !status.success() {
             bail!(
                 "nginx failed: {}",

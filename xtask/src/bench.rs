@@ -6,7 +6,8 @@
 //! rounds of three runs: without anything, with empty probes on the agent's hooks (the
 //! floor of a design that traps on these hooks, see `floor.rs`), and with the agent; in
 //! one run on the same machine, so the ratios are meaningful on a shared, noisy host.
-//! `startup` (startup.rs), `replay` and `sessions` (memory.rs) are the other figures.
+//! `startup` (startup.rs), `replay` and `sessions` (memory.rs) and `fleet` (fleet.rs) are
+//! the other figures.
 
 use std::{
     collections::BTreeMap,
@@ -64,6 +65,29 @@ pub enum Which {
         /// Distinct bearer tokens driven at the live agent (0: skip the live part).
         #[arg(long, default_value_t = 10_000)]
         live_tokens: usize,
+    },
+    /// The fleet store (`observer bench fleet`): simulated agents publishing their
+    /// sessions to a throwaway redis-server every interval, pipelined; prints store
+    /// operations per second per agent, bytes per session in the store and the fleet
+    /// query's latency, each against the goal (<= 2,000 operations/s per agent, query
+    /// under 50 ms). No root needed.
+    Fleet {
+        /// Simulated agents.
+        #[arg(long, default_value_t = 20)]
+        agents: usize,
+        /// Live sessions each agent publishes.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Seconds between two publications of one agent.
+        #[arg(long, default_value_t = 5)]
+        interval_secs: u64,
+        /// Publication rounds measured.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// An existing store (redis:// or rediss://) instead of a throwaway
+        /// redis-server.
+        #[arg(long)]
+        endpoint: Option<String>,
     },
     /// Session verdicts of the labelled scenarios (tests/src/scenarios.rs) with the
     /// default scoring calibration: a row per scenario, the confusion matrix, precision
@@ -670,6 +694,22 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(which: Which, bin: &Path) -> Result<()> {
     match which {
         Which::Verdicts { only } => crate::verdicts::run(bin, only.as_deref()),
+        Which::Fleet {
+            agents,
+            sessions,
+            interval_secs,
+            rounds,
+            endpoint,
+        } => crate::fleet::run(
+            bin,
+            &crate::fleet::Load {
+                agents,
+                sessions,
+                interval_secs,
+                rounds,
+            },
+            endpoint.as_deref(),
+        ),
         Which::Startup { runs } => crate::startup::run(bin, runs),
         Which::Replay { exchanges } => {
             hidden_bench(bin, &["replay", "--exchanges", &exchanges.to_string()])

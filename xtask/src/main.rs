@@ -3,6 +3,7 @@
 //! kernel object), so xtask is not a second build system.
 
 mod bench;
+mod fleet;
 mod floor;
 mod memory;
 mod peers;

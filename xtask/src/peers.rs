@@ -62,6 +62,16 @@ pub const PEERS: &[Peer] = &[
         Source::Apt("util-linux"),
         "private mount namespaces",
     ),
+    cmd(
+        "redis-server",
+        Source::Apt("redis-server"),
+        "fleet store (Redis and a local Redis Cluster)",
+    ),
+    cmd(
+        "redis-cli",
+        Source::Apt("redis-tools"),
+        "fleet store checks and cluster creation",
+    ),
     cmd("prometheus", Source::Apt("prometheus"), "real scrape test"),
     cmd(
         "promtool",
