@@ -618,6 +618,10 @@ fn a_store_outage_keeps_local_verdicts_and_both_agents_recover() {
     let store = Store::Single(&redis);
     let a = w.node(0, &store, "");
     let b = w.node(1, &store, "");
+    // Each node publishes the sessions used within the window: one request each first.
+    let warm = bearer("fleet-store-warm-up-token-77c2e9d1b0");
+    w.get(0, &[&warm], 1);
+    w.get(1, &[&warm], 1);
     for node in [&a, &b] {
         wait_metric(&node.agent, "api_observer_fleet_up", "1", |v| v == 1.0);
         wait_metric(
@@ -786,9 +790,14 @@ fn a_redis_cluster_store_spreads_sessions_and_propagates_freezes() {
     );
 
     // A freeze through A reaches B through the cluster's pub/sub within a second.
+    // The thirty token sessions (the network's view across credentials is listed too).
     let id = wait_for(FLEET_WAIT, || {
-        let ours = sessions_from(&a.agent, &net_a);
-        (ours.len() == 30).then(|| ours[0].0["id"].as_str().map(String::from))?
+        let ours: Vec<String> = sessions_from(&a.agent, &net_a)
+            .iter()
+            .filter_map(|(s, _)| s["id"].as_str().filter(|id| id.starts_with("tok_")))
+            .map(String::from)
+            .collect();
+        (ours.len() == 30).then(|| ours[0].clone())
     })
     .unwrap_or_else(|| panic!("A does not list 30 sessions of {net_a}"));
     let (code, body) = agent_request(&a.agent, "PUT", &format!("/api/frozen/{id}")).unwrap();
@@ -927,9 +936,18 @@ fn every_fleet_key_expires_and_no_raw_credential_is_stored() {
         "hash",
         "{without_ttl:?}"
     );
-    assert_eq!(
-        redis.cli(&["HLEN", &without_ttl[0]]).unwrap().trim(),
-        "1",
-        "the freeze hash holds the one freeze: {without_ttl:?}"
+    // The one freeze: by durable hash (`d:…`, matches across rotations and restarts)
+    // and by this epoch's fingerprint (`f:<epoch>:<id>`).
+    let fields = redis.cli(&["HKEYS", &without_ttl[0]]).unwrap();
+    let mut fields: Vec<&str> = fields.lines().map(str::trim).collect();
+    fields.sort();
+    assert_eq!(fields.len(), 2, "{fields:?}");
+    assert!(
+        fields[0].starts_with("d:frz_") || fields[0].starts_with("d:"),
+        "{fields:?}"
+    );
+    assert!(
+        fields[1].starts_with("f:") && fields[1].ends_with(&format!(":{id}")),
+        "{fields:?}"
     );
 }

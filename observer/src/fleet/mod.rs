@@ -46,7 +46,7 @@ use crate::{
 };
 use entry::{FleetView, Merged, Skipped};
 pub use metrics::FleetMetrics;
-pub use store::{Store, StoreError};
+pub use store::{Replies, Store, StoreError};
 
 /// Session entries per pipelined batch.
 pub const BATCH: usize = 500;
@@ -409,11 +409,11 @@ impl Fleet {
                 pipe.invoke_script(&call);
             }
             let fields: Vec<Vec<(Vec<u8>, Vec<u8>)>> =
-                match self.store.pipe(&pipe, batch.len()).await {
+                match self.store.pipe(&pipe, Replies::All).await {
                     Ok(v) => v,
                     Err(e) if store::is_noscript(&e) => {
                         self.load_scripts().await?;
-                        self.store.pipe(&pipe, batch.len()).await?
+                        self.store.pipe(&pipe, Replies::All).await?
                     }
                     Err(e) => return Err(e),
                 };
@@ -443,7 +443,7 @@ impl Fleet {
                 chunk.iter().map(|(_, m)| (now_secs, m.as_str())).collect();
             index.zadd_multiple(&risk, &risk_items).ignore();
             index.zadd_multiple(&seen, &seen_items).ignore();
-            self.store.pipe::<()>(&index, 2).await?;
+            self.store.pipe::<()>(&index, Replies::None).await?;
         }
         self.metrics
             .skipped
@@ -464,16 +464,16 @@ impl Fleet {
         let mut p = redis::pipe();
         p.zadd(&nodes, &self.node, now_secs).ignore();
         p.pexpire(&nodes, self.ttl_ms as i64).ignore();
-        self.store.pipe::<()>(&p, 2).await?;
+        self.store.pipe::<()>(&p, Replies::None).await?;
         let held = if self.leader.load(Ordering::Relaxed) {
             let mut call = self.renew.key(&leader_key);
             call.arg(&self.node).arg(self.lease_ms);
             let mut p = redis::pipe();
             p.invoke_script(&call);
-            let (r,): (i64,) = match self.store.pipe(&p, 1).await {
+            let (r,): (i64,) = match self.store.pipe(&p, Replies::All).await {
                 Err(e) if store::is_noscript(&e) => {
                     self.load_scripts().await?;
-                    self.store.pipe(&p, 1).await?
+                    self.store.pipe(&p, Replies::All).await?
                 }
                 r => r?,
             };
@@ -509,11 +509,9 @@ impl Fleet {
             )
             .await?;
         let mut p = redis::pipe();
-        let mut n = 0;
         if !stale.is_empty() {
             p.zrem(&risk, &stale).ignore();
             p.zrem(&seen, &stale).ignore();
-            n += 2;
         }
         p.cmd("ZREMRANGEBYSCORE")
             .arg(&nodes)
@@ -526,10 +524,10 @@ impl Fleet {
         p.zcount(&risk, h, "+inf");
         p.zcount(&risk, s, format!("({h}"));
         p.zcount(&risk, "-inf", format!("({s}"));
+        // The four counts are the only replies kept.
         p.zcount(&nodes, cutoff, "+inf");
-        n += 8;
         let (healthy, suspicious, unhealthy, live_nodes): (i64, i64, i64, i64) =
-            self.store.pipe(&p, n).await?;
+            self.store.pipe(&p, Replies::Last(4)).await?;
         self.metrics.lead(
             [
                 (HealthState::Healthy, healthy),
@@ -578,7 +576,7 @@ impl Fleet {
         for m in &members {
             p.hgetall(self.key(epoch, &format!("s:{m}")));
         }
-        let hashes: Vec<Vec<(String, Vec<u8>)>> = self.store.pipe(&p, members.len()).await?;
+        let hashes: Vec<Vec<(String, Vec<u8>)>> = self.store.pipe(&p, Replies::All).await?;
         let mut skipped = Skipped::default();
         let mut out = Vec::new();
         for (member, fields) in members.iter().zip(hashes) {
@@ -674,7 +672,7 @@ impl Fleet {
             serde_json::to_string(&msg).unwrap_or_default(),
         )
         .ignore();
-        self.store.pipe::<()>(&p, 2).await
+        self.store.pipe::<()>(&p, Replies::None).await
     }
 
     /// The fleet's freezes in the store, for this epoch's fingerprints (and every

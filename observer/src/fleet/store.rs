@@ -41,6 +41,15 @@ pub enum StoreError {
     Backoff(Duration),
 }
 
+/// Which replies of a pipeline are kept (the others are marked `.ignore()`).
+#[derive(Clone, Copy, Debug)]
+pub enum Replies {
+    All,
+    None,
+    /// The last `n` (the first ones are ignored).
+    Last(usize),
+}
+
 /// A connection to one server or to a cluster; both reconnect by themselves.
 #[derive(Clone)]
 pub enum Conn {
@@ -218,16 +227,38 @@ impl Store {
         }
     }
 
-    /// Run a pipeline of `commands` commands (counted), within the call timeout.
+    /// Run a pipeline (its commands counted), within the call timeout. `replies` says
+    /// which replies the pipeline keeps (those not marked `.ignore()`): a Redis Cluster
+    /// takes a pipeline only when all its keys are in one slot, so there each command is
+    /// sent on its own, all at once (the cluster connection pipelines those bound for the
+    /// same node), and the kept replies are picked by `replies`.
     pub async fn pipe<T: FromRedisValue>(
         &self,
         pipe: &Pipeline,
-        commands: usize,
+        replies: Replies,
     ) -> Result<T, StoreError> {
-        let mut c = self.conn().await?;
-        self.ops.fetch_add(commands as u64, Ordering::Relaxed);
-        match tokio::time::timeout(CALL_TIMEOUT, pipe.query_async(&mut c)).await {
-            Ok(r) => Ok(r?),
+        let c = self.conn().await?;
+        self.ops.fetch_add(pipe.len() as u64, Ordering::Relaxed);
+        let run = async {
+            match c {
+                Conn::Single(mut c) => pipe.query_async(&mut c).await.map_err(StoreError::from),
+                Conn::Cluster(c) => {
+                    let calls = pipe.cmd_iter().map(|cmd| {
+                        let mut c = c.clone();
+                        async move { cmd.query_async::<Value>(&mut c).await }
+                    });
+                    let mut values = futures_util::future::try_join_all(calls).await?;
+                    let kept = match replies {
+                        Replies::All => values,
+                        Replies::None => Vec::new(),
+                        Replies::Last(n) => values.split_off(values.len().saturating_sub(n)),
+                    };
+                    T::from_redis_value(Value::Array(kept)).map_err(|e| StoreError::Redis(e.into()))
+                }
+            }
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, run).await {
+            Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(CALL_TIMEOUT)),
         }
     }
