@@ -2,11 +2,12 @@
 //! Valkey, or a Redis Cluster). Off by default: the single-host table needs no service.
 //!
 //! Each agent publishes, once per scoring interval, one entry per live credentialed
-//! session into the session's hash `{prefix}:{epoch}:s:{direction}:{fingerprint}` (one
-//! field per node, see [`entry`]) with one script call that also returns the other
-//! nodes' fields: publishing and reading the fleet view cost one store operation per
-//! session per interval, pipelined in batches (plus one variadic ZADD per index per 5,000
-//! sessions). The other nodes' entries are merged into
+//! session into the session's hash `{prefix}:{epoch}:s:{<bucket>}:{direction}:{fingerprint}`
+//! (one field per node, see [`entry`]) with a script that also returns the other nodes'
+//! fields. The sessions of one of 256 buckets share a hash tag, so one script call
+//! publishes and reads up to 128 of them: a round costs about one store operation per
+//! bucket (256 for 10,000 sessions), pipelined, plus one variadic ZADD per index per
+//! 5,000 sessions. The other nodes' entries are merged into
 //! the session's next scoring pass (`fleet_networks`, and the network count). Index
 //! sorted sets per epoch (`risk`: merged score, `seen`: last publish) give the riskiest
 //! list and the cleanup; a lease (`{prefix}:leader`) elects the one agent that exports
@@ -49,7 +50,22 @@ pub use metrics::FleetMetrics;
 pub use store::{Replies, Store, StoreError};
 
 /// Session entries per pipelined batch.
-pub const BATCH: usize = 500;
+pub const BATCH: usize = 2000;
+/// Buckets of session keys: the keys of a bucket share a hash tag (one cluster slot), so
+/// one script call publishes every session of a bucket: a round costs about one store
+/// operation per bucket, not per session, and the buckets spread over a cluster's nodes.
+pub const BUCKETS: u32 = 256;
+/// Most sessions in one script call.
+const PER_CALL: usize = 128;
+
+/// The bucket of a session (the same on every node: FNV-1a of the member name).
+pub fn bucket(member: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in member.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    h % BUCKETS
+}
 /// Index members per variadic ZADD.
 const INDEX_BATCH: usize = 5000;
 /// Most index members trimmed per round.
@@ -229,17 +245,23 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown-node".into())
 }
 
-/// HSET this node's entry, refresh the TTL, return the other nodes' fields.
+/// For each session key: HSET this node's entry (`ARGV[k + 2]`), refresh the TTL
+/// (`ARGV[2]`), and return the other nodes' fields; one array per key. The keys of one
+/// call share a bucket, hence a hash slot (so this runs on a Redis Cluster too).
 const PUBLISH_LUA: &str = r"
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local all = redis.call('HGETALL', KEYS[1])
 local out = {}
-for i = 1, #all, 2 do
-  if all[i] ~= ARGV[1] then
-    out[#out + 1] = all[i]
-    out[#out + 1] = all[i + 1]
+for k = 1, #KEYS do
+  redis.call('HSET', KEYS[k], ARGV[1], ARGV[k + 2])
+  redis.call('PEXPIRE', KEYS[k], ARGV[2])
+  local all = redis.call('HGETALL', KEYS[k])
+  local others = {}
+  for i = 1, #all, 2 do
+    if all[i] ~= ARGV[1] then
+      others[#others + 1] = all[i]
+      others[#others + 1] = all[i + 1]
+    end
   end
+  out[k] = others
 end
 return out
 ";
@@ -354,6 +376,15 @@ impl Fleet {
         format!("{}:{epoch}:{rest}", self.prefix)
     }
 
+    /// The hash of session `member` (`direction:fingerprint`), tagged with its bucket.
+    fn session_key(&self, epoch: u64, member: &str) -> String {
+        format!(
+            "{}:{epoch}:s:{{{:03}}}:{member}",
+            self.prefix,
+            bucket(member)
+        )
+    }
+
     fn global(&self, rest: &str) -> String {
         format!("{}:{rest}", self.prefix)
     }
@@ -397,18 +428,43 @@ impl Fleet {
         let seen = self.key(epoch, "seen");
         let window = self.scoring.window_secs;
         let mut by_risk: Vec<(u8, String)> = Vec::with_capacity(publications.len());
-        for batch in publications.chunks(BATCH) {
-            let mut pipe = redis::pipe();
-            let members: Vec<String> = batch
-                .iter()
-                .map(|p| format!("{}:{}", p.direction.as_str(), p.fingerprint))
-                .collect();
-            for (p, member) in batch.iter().zip(&members) {
-                let mut call = self.publish.key(self.key(epoch, &format!("s:{member}")));
-                call.arg(&self.node).arg(p.entry.encode()).arg(self.ttl_ms);
-                pipe.invoke_script(&call);
+        // Sessions by bucket, then cut into script calls of at most PER_CALL.
+        let mut by_bucket: Vec<(u32, usize, String)> = publications
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let member = format!("{}:{}", p.direction.as_str(), p.fingerprint);
+                (bucket(&member), i, member)
+            })
+            .collect();
+        by_bucket.sort_unstable_by_key(|(b, i, _)| (*b, *i));
+        let mut calls: Vec<&[(u32, usize, String)]> = Vec::new();
+        for group in by_bucket.chunk_by(|a, b| a.0 == b.0) {
+            calls.extend(group.chunks(PER_CALL));
+        }
+        let mut i = 0;
+        while i < calls.len() {
+            // Calls per pipeline, about BATCH sessions each.
+            let mut j = i;
+            let mut sessions = 0;
+            while j < calls.len() && (j == i || sessions + calls[j].len() <= BATCH) {
+                sessions += calls[j].len();
+                j += 1;
             }
-            let fields: Vec<Vec<(Vec<u8>, Vec<u8>)>> =
+            let batch = &calls[i..j];
+            i = j;
+            let mut pipe = redis::pipe();
+            for call in batch {
+                let mut invocation = self.publish.prepare_invoke();
+                invocation.arg(&self.node).arg(self.ttl_ms);
+                for (_, idx, member) in call.iter() {
+                    invocation
+                        .key(self.session_key(epoch, member))
+                        .arg(publications[*idx].entry.encode());
+                }
+                pipe.invoke_script(&invocation);
+            }
+            let replies: Vec<Vec<Vec<(Vec<u8>, Vec<u8>)>>> =
                 match self.store.pipe(&pipe, Replies::All).await {
                     Ok(v) => v,
                     Err(e) if store::is_noscript(&e) => {
@@ -417,23 +473,26 @@ impl Fleet {
                     }
                     Err(e) => return Err(e),
                 };
-            for ((p, member), fields) in batch.iter().zip(members).zip(fields) {
-                let view = FleetView::from_fields(
-                    &self.node,
-                    fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
-                    now_secs,
-                    window,
-                    &mut skipped,
-                );
-                let merged = view
-                    .remote
-                    .iter()
-                    .map(|(_, e)| e.s)
-                    .fold(p.entry.s, u8::min);
-                by_risk.push((merged, member));
-                out.push((Arc::clone(&p.id), view));
+            for (call, per_key) in batch.iter().zip(replies) {
+                for ((_, idx, member), fields) in call.iter().zip(per_key) {
+                    let p = &publications[*idx];
+                    let view = FleetView::from_fields(
+                        &self.node,
+                        fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+                        now_secs,
+                        window,
+                        &mut skipped,
+                    );
+                    let merged = view
+                        .remote
+                        .iter()
+                        .map(|(_, e)| e.s)
+                        .fold(p.entry.s, u8::min);
+                    by_risk.push((merged, member.clone()));
+                    out.push((Arc::clone(&p.id), view));
+                }
             }
-            self.metrics.published.inc_by(batch.len() as u64);
+            self.metrics.published.inc_by(sessions as u64);
         }
         // The indexes: one variadic ZADD per index per INDEX_BATCH members.
         for chunk in by_risk.chunks(INDEX_BATCH) {
@@ -574,7 +633,7 @@ impl Fleet {
         }
         let mut p = redis::pipe();
         for m in &members {
-            p.hgetall(self.key(epoch, &format!("s:{m}")));
+            p.hgetall(self.session_key(epoch, m));
         }
         let hashes: Vec<Vec<(String, Vec<u8>)>> = self.store.pipe(&p, Replies::All).await?;
         let mut skipped = Skipped::default();
@@ -755,6 +814,22 @@ pub fn decode_freeze(payload: &[u8]) -> Option<FreezeMessage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every node puts a session in the same bucket (a fixed hash, not a seeded one), and
+    /// sessions spread over the buckets.
+    #[test]
+    fn buckets_are_fixed_and_spread() {
+        assert_eq!(
+            bucket("inbound:tok_5f2c9a1e0b7d"),
+            bucket("inbound:tok_5f2c9a1e0b7d")
+        );
+        // FNV-1a 32 of "a" is 0xe40c292c.
+        assert_eq!(bucket("a"), 0xe40c_292c % BUCKETS);
+        let used: std::collections::HashSet<u32> = (0..2000)
+            .map(|i| bucket(&format!("inbound:tok_{i:012x}")))
+            .collect();
+        assert!(used.len() > BUCKETS as usize * 9 / 10, "{}", used.len());
+    }
 
     fn err(toml: &str) -> String {
         let cfg: FleetConfig = toml::from_str(toml).unwrap();
