@@ -58,6 +58,9 @@ pub const BUCKETS: u32 = 256;
 /// Most sessions in one script call.
 const PER_CALL: usize = 128;
 
+/// One session hash's fields (node, entry), as a script returns them.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The bucket of a session (the same on every node: FNV-1a of the member name).
 pub fn bucket(member: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -464,15 +467,14 @@ impl Fleet {
                 }
                 pipe.invoke_script(&invocation);
             }
-            let replies: Vec<Vec<Vec<(Vec<u8>, Vec<u8>)>>> =
-                match self.store.pipe(&pipe, Replies::All).await {
-                    Ok(v) => v,
-                    Err(e) if store::is_noscript(&e) => {
-                        self.load_scripts().await?;
-                        self.store.pipe(&pipe, Replies::All).await?
-                    }
-                    Err(e) => return Err(e),
-                };
+            let replies: Vec<Vec<Fields>> = match self.store.pipe(&pipe, Replies::All).await {
+                Ok(v) => v,
+                Err(e) if store::is_noscript(&e) => {
+                    self.load_scripts().await?;
+                    self.store.pipe(&pipe, Replies::All).await?
+                }
+                Err(e) => return Err(e),
+            };
             for (call, per_key) in batch.iter().zip(replies) {
                 for ((_, idx, member), fields) in call.iter().zip(per_key) {
                     let p = &publications[*idx];
