@@ -631,6 +631,18 @@ fn a_store_outage_keeps_local_verdicts_and_both_agents_recover() {
             |v| v > 0.0,
         );
     }
+    // A freeze made before the outage (of the warm-up token, on A).
+    let (warm_session, _) = wait_session(&a.agent, &w.network(0), "warm-up token", |s, _| {
+        s["requests"] == 1
+    });
+    let warm_id = warm_session["id"].as_str().unwrap().to_string();
+    let (code, body) = agent_request(&a.agent, "PUT", &format!("/api/frozen/{warm_id}")).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let frozen_key = format!("{PREFIX}:frozen");
+    wait_for(Duration::from_secs(5), || {
+        (redis.cli(&["HLEN", &frozen_key]).ok()?.trim() == "2").then_some(())
+    })
+    .expect("the freeze is in the store");
     let errors_before: Vec<f64> = [&a, &b]
         .iter()
         .map(|n| metric(&n.agent, "api_observer_fleet_errors_total").unwrap_or(0.0))
@@ -728,6 +740,13 @@ fn a_store_outage_keeps_local_verdicts_and_both_agents_recover() {
         redis.dbsize().unwrap() > 0,
         "nothing published after the restart"
     );
+    // The store came back empty: the agents wrote their freezes back into it.
+    let restored = wait_for(FLEET_WAIT, || {
+        let fields = redis.cli(&["HKEYS", &frozen_key]).ok()?;
+        (fields.lines().count() == 2).then_some(fields)
+    })
+    .unwrap_or_else(|| panic!("freezes not written back:\n{}", a.agent.stderr()));
+    assert!(restored.contains(&warm_id), "{restored}");
     for node in [&a, &b] {
         assert!(
             !node.agent.stderr().contains("panicked"),

@@ -707,20 +707,7 @@ impl Fleet {
             durable: marks.durable.clone(),
             fingerprints: marks.fingerprints.clone(),
         };
-        let at = unix_now();
-        let mut fields: Vec<(String, String)> = Vec::new();
-        for (h, kind) in &marks.durable {
-            fields.push((
-                format!("d:{h}"),
-                serde_json::json!({"v": 1, "kind": kind, "node": self.node, "at": at}).to_string(),
-            ));
-        }
-        for f in &marks.fingerprints {
-            fields.push((
-                format!("f:{epoch}:{f}"),
-                serde_json::json!({"v": 1, "node": self.node, "at": at}).to_string(),
-            ));
-        }
+        let fields = self.freeze_fields(epoch, marks);
         let mut p = redis::pipe();
         if freeze {
             p.hset_multiple(&frozen, &fields).ignore();
@@ -734,6 +721,46 @@ impl Fleet {
         )
         .ignore();
         self.store.pipe::<()>(&p, Replies::None).await
+    }
+
+    /// The freeze hash's fields for `marks`: `d:<durable hash>` and
+    /// `f:<epoch>:<fingerprint>`, each with its kind, node and time.
+    fn freeze_fields(&self, epoch: u64, marks: &FreezeMarks) -> Vec<(String, String)> {
+        let at = unix_now();
+        let durable = marks.durable.iter().map(|(h, kind)| {
+            (
+                format!("d:{h}"),
+                serde_json::json!({"v": 1, "kind": kind, "node": self.node, "at": at}).to_string(),
+            )
+        });
+        let fingerprints = marks.fingerprints.iter().map(|f| {
+            (
+                format!("f:{epoch}:{f}"),
+                serde_json::json!({"v": 1, "node": self.node, "at": at}).to_string(),
+            )
+        });
+        durable.chain(fingerprints).collect()
+    }
+
+    /// Write this node's freezes back into the freeze hash where they are missing (a
+    /// store that restarted empty), without announcing them: the other nodes hold them
+    /// already, or load them when they next subscribe. Returns how many were missing.
+    pub async fn restore_freezes(
+        &self,
+        epoch: u64,
+        marks: &FreezeMarks,
+    ) -> Result<usize, StoreError> {
+        let fields = self.freeze_fields(epoch, marks);
+        if fields.is_empty() {
+            return Ok(0);
+        }
+        let frozen = self.global("frozen");
+        let mut p = redis::pipe();
+        for (field, value) in &fields {
+            p.hset_nx(&frozen, field, value);
+        }
+        let added: Vec<bool> = self.store.pipe(&p, Replies::All).await?;
+        Ok(added.into_iter().filter(|a| *a).count())
     }
 
     /// The fleet's freezes in the store, for this epoch's fingerprints (and every

@@ -136,6 +136,16 @@ async fn subscribe(fleet: &Fleet, state: &AppState, channel: &str) -> anyhow::Re
         }
         Err(e) => fleet.failed("read", &e),
     }
+    // And this node's freezes, should the store have come back empty.
+    let (epoch, marks) = {
+        let table = state.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        (table.key_generation(), table.freeze_marks())
+    };
+    match fleet.restore_freezes(epoch, &marks).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(freezes = n, "fleet freezes written back to the store"),
+        Err(e) => fleet.failed("freeze", &e),
+    }
     let mut messages = pubsub.into_on_message();
     while let Some(msg) = messages.next().await {
         let Some(freeze) = decode_freeze(msg.get_payload_bytes()) else {
