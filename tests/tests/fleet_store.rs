@@ -970,3 +970,78 @@ fn every_fleet_key_expires_and_no_raw_credential_is_stored() {
         "{fields:?}"
     );
 }
+
+/// A store that cannot be reached, or refuses the agent's password, is a warning at start
+/// and a metric, never a crash: the agent starts, judges locally and says so.
+#[test]
+fn an_unreachable_or_refusing_store_is_a_warning_and_a_metric() {
+    if !has_peers() {
+        return;
+    }
+    let dir = scratch_dir("fleet-bad-store");
+    let redis = Redis::start().unwrap();
+    redis
+        .cli(&["CONFIG", "SET", "requirepass", "right-password-3c1e9a"])
+        .unwrap();
+    let wrong = dir.join("store.password");
+    std::fs::write(&wrong, "wrong-password-0b7f44\n").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cases = [
+        (
+            "nothing listens",
+            format!("endpoint = \"redis://127.0.0.1:{}\"\n", free_port()),
+        ),
+        (
+            "wrong password",
+            format!(
+                "endpoint = \"{}\"\npassword_file = \"{}\"\n",
+                redis.url(),
+                wrong.display()
+            ),
+        ),
+    ];
+    for (what, fleet) in cases {
+        let config = dir.join("observer.toml");
+        std::fs::write(
+            &config,
+            format!("[scoring]\ninterval_secs = 1\n[fleet]\n{fleet}node = \"lonely\"\n"),
+        )
+        .unwrap();
+        let agent = Agent::start(&["--config", config.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("{what}: the agent must start: {e}"));
+        let port = free_port();
+        let _server = python_api_server("127.0.0.1", port).unwrap();
+        curl(&[
+            "-o",
+            "/dev/null",
+            "-H",
+            "Authorization: Bearer lonely-node-token-5d2a",
+            &format!("http://127.0.0.1:{port}/hello"),
+        ])
+        .unwrap();
+        // Judged locally all the same.
+        agent.exchanges_for_port(port, 2);
+        let local = wait_for(Duration::from_secs(10), || {
+            let list = agent_json(&agent, "/api/sessions?direction=inbound").ok()?;
+            (!list.as_array()?.is_empty()).then_some(list)
+        });
+        assert!(local.is_some(), "{what}: no local session");
+        wait_metric(&agent, "api_observer_fleet_up", "0", |v| v == 0.0);
+        wait_metric(&agent, "api_observer_fleet_errors_total", "above 0", |v| {
+            v > 0.0
+        });
+        let (code, body) = agent_request(&agent, "GET", "/api/fleet/sessions").unwrap();
+        assert_eq!(code, 503, "{what}: {body}");
+        let stderr = agent.stderr();
+        assert!(
+            stderr.contains("WARN")
+                && stderr.contains("judging locally until the fleet store answers"),
+            "{what}: no warning:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{what}:\n{stderr}");
+        assert!(
+            !stderr.contains("wrong-password"),
+            "{what}: the password was printed"
+        );
+    }
+}
