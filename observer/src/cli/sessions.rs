@@ -6,12 +6,13 @@ use serde_json::Value;
 
 use super::client::Target;
 
-/// Fetch and print the session table.
-pub fn list(agent: &Target, query: &str, json: bool) -> anyhow::Result<()> {
+/// GET `path` with `query`; any answer but 200 is an error. With `json` the body is
+/// printed as it is and `None` returned; else the body, to be rendered.
+fn fetch(agent: &Target, path: &str, query: &str, json: bool) -> anyhow::Result<Option<String>> {
     let path = if query.is_empty() {
-        "/api/sessions".to_string()
+        path.to_string()
     } else {
-        format!("/api/sessions?{query}")
+        format!("{path}?{query}")
     };
     let (status, body) = agent.request("GET", &path, b"")?;
     if status != 200 {
@@ -19,8 +20,16 @@ pub fn list(agent: &Target, query: &str, json: bool) -> anyhow::Result<()> {
     }
     if json {
         println!("{body}");
-        return Ok(());
+        return Ok(None);
     }
+    Ok(Some(body))
+}
+
+/// Fetch and print the session table.
+pub fn list(agent: &Target, query: &str, json: bool) -> anyhow::Result<()> {
+    let Some(body) = fetch(agent, "/api/sessions", query, json)? else {
+        return Ok(());
+    };
     let sessions: Vec<Value> = serde_json::from_str(&body).context("decoding the session list")?;
     print!("{}", render_table(&sessions));
     Ok(())
@@ -289,19 +298,9 @@ fn layout(header: &[&str], rows: &[Vec<String>], empty: &str) -> String {
 
 /// Fetch and print the fleet-wide session list (`observer sessions --fleet`).
 pub fn list_fleet(agent: &Target, query: &str, json: bool) -> anyhow::Result<()> {
-    let path = if query.is_empty() {
-        "/api/fleet/sessions".to_string()
-    } else {
-        format!("/api/fleet/sessions?{query}")
-    };
-    let (status, body) = agent.request("GET", &path, b"")?;
-    if status != 200 {
-        bail!("the agent answered {status}: {body}");
-    }
-    if json {
-        println!("{body}");
+    let Some(body) = fetch(agent, "/api/fleet/sessions", query, json)? else {
         return Ok(());
-    }
+    };
     let list: Value = serde_json::from_str(&body).context("decoding the fleet list")?;
     print!("{}", render_fleet_table(&list));
     Ok(())
