@@ -92,9 +92,9 @@ impl ConnectionLike for Conn {
 )]
 enum Target {
     Single(Client),
-    /// The cluster, and a plain client on its first seed for pub/sub (a message
-    /// published on any node reaches the subscribers of every node).
-    Cluster(ClusterClient, Client),
+    /// The cluster, and plain clients on its seeds for pub/sub (a message published on
+    /// any node reaches the subscribers of every node), tried in turn.
+    Cluster(ClusterClient, Vec<Client>),
 }
 
 pub struct Store {
@@ -168,7 +168,12 @@ impl Store {
                     root_cert: Some(pem),
                 });
             }
-            Target::Cluster(b.build()?, client(&cfg.cluster[0], cfg, password)?)
+            let seeds = cfg
+                .cluster
+                .iter()
+                .map(|url| client(url, cfg, password))
+                .collect::<redis::RedisResult<_>>()?;
+            Target::Cluster(b.build()?, seeds)
         };
         Ok(Self {
             target,
@@ -283,15 +288,22 @@ impl Store {
         }
     }
 
-    /// A new pub/sub connection (for the freeze channel).
+    /// A new pub/sub connection (for the freeze channel): to the server, or to the first
+    /// cluster seed that answers.
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
-        let client = match &self.target {
-            Target::Single(c) | Target::Cluster(_, c) => c,
+        let clients = match &self.target {
+            Target::Single(c) => std::slice::from_ref(c),
+            Target::Cluster(_, seeds) => seeds.as_slice(),
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_pubsub()).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(StoreError::Timeout(CONNECT_TIMEOUT * 2)),
+        let mut last = StoreError::Timeout(CONNECT_TIMEOUT);
+        for client in clients {
+            match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
+                Ok(Ok(p)) => return Ok(p),
+                Ok(Err(e)) => last = e.into(),
+                Err(_) => last = StoreError::Timeout(CONNECT_TIMEOUT),
+            }
         }
+        Err(last)
     }
 }
 
