@@ -51,6 +51,8 @@ struct Pipeline {
     out: ConnOutput,
     /// Processes that called `exec` since the last drain (for the TLS attachment).
     execs: Vec<u32>,
+    /// Access-log reconciliation (`[layers]`): server exchanges counted per window.
+    layers: Option<Arc<Mutex<crate::layers::Layers>>>,
 }
 
 impl Pipeline {
@@ -113,6 +115,7 @@ impl Pipeline {
         }
         let now = self.conns.clock.now();
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut layers = self.layers.as_deref().map(crate::layers::lock);
         // Exchanges (with their raw credentials) are dropped here, once fingerprinted.
         for mut ex in self.out.exchanges.drain(..) {
             if self.privacy.ignores(&ex) {
@@ -127,6 +130,9 @@ impl Pipeline {
                 otlp.observe(&ex, route);
             }
             sessions.observe(&ex, now);
+            if let Some(l) = &mut layers {
+                l.observe(&ex);
+            }
             if let Some(j) = &mut self.jsonl {
                 j.write(&ex.record(&self.addresses, self.raw_paths));
             }
@@ -244,6 +250,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let sessions = Arc::new(Mutex::new(table));
     let mut app_state = server::AppState::new(registry, Arc::clone(&sessions));
     app_state.fleet = fleet.clone();
+    let layers = crate::layers::start(
+        &config.layers,
+        &app_state.registry,
+        config.metrics.patterns(),
+    )
+    .context("[layers]")?;
+    app_state.layers = layers.clone();
     app_state.capture_privacy = capture_privacy(&config, &allowlist);
     let audit_target = config.output.audit_jsonl.clone().or_else(|| {
         config
@@ -348,6 +361,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ignored,
         out: ConnOutput::default(),
         execs: Vec::new(),
+        layers,
     };
     let sweep_task = tokio::spawn(sweep_loop(
         capture.sweep_map_ids(),

@@ -50,6 +50,8 @@ pub struct Config {
     pub otlp: crate::export::otlp::OtlpConfig,
     /// `[fleet]`: sessions across every node on a Redis-protocol store (off by default).
     pub fleet: crate::fleet::FleetConfig,
+    /// `[layers]`: web server access logs reconciled with the exchanges seen.
+    pub layers: crate::layers::LayersConfig,
 }
 
 impl Default for Config {
@@ -71,6 +73,7 @@ impl Default for Config {
             control: Default::default(),
             otlp: Default::default(),
             fleet: Default::default(),
+            layers: Default::default(),
         }
     }
 }
@@ -388,6 +391,9 @@ impl Config {
             .validate()
             .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
         self.fleet
+            .validate()
+            .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
+        self.layers
             .validate()
             .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
         Ok(())

@@ -17,6 +17,7 @@ pub mod export;
 pub mod fleet;
 pub mod http;
 pub mod identity;
+pub mod layers;
 pub mod private_file;
 pub mod route;
 pub mod score;

@@ -61,6 +61,8 @@ pub struct AppState {
     pub audit: Option<Arc<Audit>>,
     /// Fleet mode (`[fleet]`): the store shared by every node's agent.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// Access-log reconciliation (`[layers]`), when a log is configured.
+    pub layers: Option<Arc<Mutex<crate::layers::Layers>>>,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ impl AppState {
             republish: Notify::new(),
             audit: None,
             fleet: None,
+            layers: None,
         }
     }
 
@@ -166,6 +169,7 @@ pub fn control_router(state: Arc<AppState>, guard: Arc<Guard>) -> Router {
         .route("/api/sessions/{id}", get(get_session))
         .route("/api/fleet/sessions", get(fleet_sessions))
         .route("/api/findings", get(list_findings))
+        .route("/api/layers", get(list_layers))
         .route("/api/frozen", get(list_frozen))
         .route("/api/frozen/{fingerprint}", put(freeze).delete(unfreeze))
         .route("/api/purge", post(purge))
@@ -352,6 +356,15 @@ async fn fleet_sessions(
             )
                 .into_response()
         }
+    }
+}
+
+/// `GET /api/layers`: each access log followed, its lines read and skipped, and its last
+/// reconciled windows (route templates and counts only).
+async fn list_layers(State(state): State<Arc<AppState>>) -> Response {
+    match &state.layers {
+        Some(l) => Json(crate::layers::lock(l).status()).into_response(),
+        None => Json(json!({ "access_logs": [] })).into_response(),
     }
 }
 
