@@ -148,7 +148,7 @@ fn combined(text: &str) -> Result<(&str, &str, u16, u64), Skip> {
     let status = rest[q2 + 1..]
         .split_whitespace()
         .next()
-        .and_then(|s| parse_status(s))
+        .and_then(parse_status)
         .ok_or(Skip::Status)?;
     Ok((method, target, status, time))
 }
