@@ -41,7 +41,7 @@ struct Pipeline {
     /// Metrics and sampled spans to an OpenTelemetry Collector (`[otlp]`).
     otlp: Option<Otlp>,
     sessions: Arc<Mutex<SessionTable>>,
-    privacy: crate::config::PrivacyConfig,
+    privacy: crate::config::PrivacyFilter,
     /// Whether the exchange stream prints raw paths (`output.exchange_raw_paths`).
     raw_paths: bool,
     /// Configured route patterns (`[metrics] routes`).
@@ -350,7 +350,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         jsonl,
         otlp,
         sessions: Arc::clone(&sessions),
-        privacy: config.privacy.clone(),
+        privacy: config.privacy.filter(),
         routes: config.metrics.patterns(),
         raw_paths: config.output.exchange_raw_paths,
         addresses: crate::exchange::AddressPolicy {

@@ -145,9 +145,34 @@ pub struct PrivacyConfig {
 }
 
 impl PrivacyConfig {
+    /// The off switch as the pipeline applies it (route prefixes resolved once).
+    pub fn filter(&self) -> PrivacyFilter {
+        PrivacyFilter {
+            processes: self.ignore_processes.clone(),
+            hosts: self.ignore_hosts.clone(),
+            routes: self
+                .ignore_routes
+                .iter()
+                .map(|r| normalise_path(r).into_owned())
+                .collect(),
+            case_insensitive: self.ignore_routes_case_insensitive,
+        }
+    }
+}
+
+/// [`PrivacyConfig`] ready for every exchange: the route prefixes already normalised.
+#[derive(Clone, Debug, Default)]
+pub struct PrivacyFilter {
+    processes: Vec<String>,
+    hosts: Vec<String>,
+    routes: Vec<String>,
+    case_insensitive: bool,
+}
+
+impl PrivacyFilter {
     /// Whether an exchange falls under the off switch (process, host or route).
     pub fn ignores(&self, ex: &crate::exchange::Exchange) -> bool {
-        if self.ignore_processes.iter().any(|p| **p == *ex.comm) {
+        if self.processes.iter().any(|p| **p == *ex.comm) {
             return true;
         }
         if let Some(host) = ex.header("host") {
@@ -159,24 +184,23 @@ impl PrivacyConfig {
                 }
             });
             if self
-                .ignore_hosts
+                .hosts
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case(name) || h.eq_ignore_ascii_case(host))
             {
                 return true;
             }
         }
-        if self.ignore_routes.is_empty() {
+        if self.routes.is_empty() {
             return false;
         }
         let path = normalise_path(&ex.path);
-        self.ignore_routes.iter().any(|r| {
-            let prefix = normalise_path(r);
-            if self.ignore_routes_case_insensitive {
+        self.routes.iter().any(|prefix| {
+            if self.case_insensitive {
                 path.len() >= prefix.len()
                     && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
             } else {
-                path.starts_with(prefix.as_ref())
+                path.starts_with(prefix.as_str())
             }
         })
     }
@@ -453,12 +477,18 @@ mod tests {
             ignore_routes: vec!["/internal/".into()],
             ignore_routes_case_insensitive: false,
         };
-        assert!(p.ignores(&ex("payroll", "a", "/x")));
-        assert!(p.ignores(&ex("nginx", "HR.example.com:8443", "/x")));
-        assert!(p.ignores(&ex("nginx", "hr.example.com", "/x")));
-        assert!(p.ignores(&ex("nginx", "a", "/internal/metrics")));
-        assert!(!p.ignores(&ex("nginx", "api.example.com", "/internal")));
-        assert!(!PrivacyConfig::default().ignores(&ex("nginx", "a", "/")));
+        assert!(p.filter().ignores(&ex("payroll", "a", "/x")));
+        assert!(p
+            .filter()
+            .ignores(&ex("nginx", "HR.example.com:8443", "/x")));
+        assert!(p.filter().ignores(&ex("nginx", "hr.example.com", "/x")));
+        assert!(p.filter().ignores(&ex("nginx", "a", "/internal/metrics")));
+        assert!(!p
+            .filter()
+            .ignores(&ex("nginx", "api.example.com", "/internal")));
+        assert!(!PrivacyConfig::default()
+            .filter()
+            .ignores(&ex("nginx", "a", "/")));
         // The off switch cannot be walked around by spelling the path differently.
         for path in [
             "/%69nternal/x",
@@ -472,13 +502,15 @@ mod tests {
             "\\internal\\x",
             "/internal%2Fx",
         ] {
-            assert!(p.ignores(&ex("nginx", "a", path)), "{path}");
+            assert!(p.filter().ignores(&ex("nginx", "a", path)), "{path}");
         }
-        assert!(!p.ignores(&ex("nginx", "a", "/INTERNAL/x")));
-        assert!(!p.ignores(&ex("nginx", "a", "/internal/../public/x")));
+        assert!(!p.filter().ignores(&ex("nginx", "a", "/INTERNAL/x")));
+        assert!(!p
+            .filter()
+            .ignores(&ex("nginx", "a", "/internal/../public/x")));
         p.ignore_routes_case_insensitive = true;
-        assert!(p.ignores(&ex("nginx", "a", "/INTERNAL/x")));
-        assert!(p.ignores(&ex("nginx", "a", "/%49nternal/x")));
+        assert!(p.filter().ignores(&ex("nginx", "a", "/INTERNAL/x")));
+        assert!(p.filter().ignores(&ex("nginx", "a", "/%49nternal/x")));
         assert_eq!(normalise_path("/a/./b/../c/"), "/a/c/");
         assert_eq!(normalise_path("/.."), "/");
         assert_eq!(normalise_path("/a%zz"), "/a%zz");
