@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod downstream;
 pub mod exchange;
 pub mod export;
 pub mod fleet;
