@@ -27,6 +27,7 @@ pub mod syscall_nr {
     pub const RECVFROM: u64 = 45;
     pub const SENDMSG: u64 = 46;
     pub const RECVMSG: u64 = 47;
+    pub const SENDMMSG: u64 = 307;
 }
 
 /// What a record in the ring buffer describes.
@@ -83,6 +84,13 @@ pub const AF_INET: u16 = 2;
 /// Address family values as the kernel uses them.
 pub const AF_INET6: u16 = 10;
 
+/// `SocketEvent::flags`: a datagram (UDP) socket, followed because it talks to a DNS
+/// server (port 53): each data record is one datagram.
+pub const SOCKET_EVENT_DATAGRAM: u16 = 1;
+
+/// The well-known DNS port: the only UDP peers followed.
+pub const DNS_PORT: u16 = 53;
+
 /// Which end of the connection this host's process is.
 pub const ROLE_UNKNOWN: u32 = 0;
 /// The process accepted the connection: it is the server.
@@ -103,8 +111,10 @@ pub struct SocketEvent {
     pub local_port: u16,
     /// Remote port, host byte order (0 when unknown).
     pub remote_port: u16,
+    /// `SOCKET_EVENT_*` bits.
+    pub flags: u16,
     /// Explicit padding.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 4],
     /// Local address: IPv4 in the first 4 bytes, or IPv6 (IPv4-mapped allowed).
     pub local_addr: [u8; 16],
     /// Remote address, same layout.
@@ -304,8 +314,14 @@ pub struct CaptureConfig {
     pub tls_filter: u32,
     /// Offset of `newstate` in `sock:inet_sock_set_state`, when that hook is attached: a
     /// connect is then followed only if it made a TCP socket start connecting (UDP
-    /// sockets, which `connect` too, are not followed). 0: every connect is followed.
+    /// sockets, which `connect` too, are followed only towards a DNS server). 0: every
+    /// connect is followed.
     pub tcp_state_offset: u32,
+    /// 1: follow the UDP sockets a process uses to ask a DNS server (connected, or
+    /// unconnected with `sendto`/`sendmsg`/`sendmmsg` to port 53): downstream capture.
+    pub downstream: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

@@ -53,6 +53,37 @@ struct Pipeline {
     execs: Vec<u32>,
     /// Access-log reconciliation (`[layers]`): server exchanges counted per window.
     layers: Option<Arc<Mutex<crate::layers::Layers>>>,
+    /// Downstream calls (`[downstream]`): metrics and the tallies `/api/downstream` shows.
+    downstream: Option<Downstream>,
+}
+
+/// Where downstream calls go once the connections have attributed them.
+pub(crate) struct Downstream {
+    pub metrics: crate::downstream::metrics::DownstreamMetrics,
+    pub stats: Arc<Mutex<crate::downstream::stats::DownstreamStats>>,
+}
+
+impl Downstream {
+    /// Count the calls and skips of `out`, and each server exchange's work per route.
+    fn take(&mut self, out: &mut ConnOutput) {
+        if out.downstream.is_empty() && out.downstream_skips.is_empty() && out.exchanges.is_empty()
+        {
+            return;
+        }
+        for (protocol, why) in out.downstream_skips.drain(..) {
+            self.metrics.skip(protocol, why);
+        }
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        for r in out.downstream.drain(..) {
+            self.metrics.observe(&r);
+            stats.record(&r);
+        }
+        for ex in &out.exchanges {
+            if ex.role == crate::exchange::Role::Server {
+                stats.request(ex.route.method, &ex.route.path, ex.downstream.as_deref());
+            }
+        }
+    }
 }
 
 impl Pipeline {
@@ -110,6 +141,9 @@ impl Pipeline {
         }
         // Gaps and losses show at once, not at the next tick.
         self.capture_metrics.update_conns(&self.conns.stats);
+        if let Some(d) = &mut self.downstream {
+            d.take(&mut self.out);
+        }
         if self.out.exchanges.is_empty() {
             return;
         }
@@ -239,6 +273,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(f) = &fleet {
         table.set_fleet_node(&f.node);
     }
+    if config.downstream.enabled {
+        table.set_downstream(config.downstream.clone());
+    }
     let loaded = table.open_state().context("state directory")?;
     if let Some(dir) = &config.state_dir {
         tracing::info!(
@@ -257,6 +294,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .context("[layers]")?;
     app_state.layers = layers.clone();
+    let downstream = match config.downstream.enabled {
+        true => {
+            let d = Downstream {
+                metrics: crate::downstream::metrics::DownstreamMetrics::register(
+                    &app_state.registry,
+                )
+                .context("downstream metrics")?,
+                stats: Arc::default(),
+            };
+            app_state.downstream = Some(Arc::clone(&d.stats));
+            Some(d)
+        }
+        false => None,
+    };
     app_state.capture_privacy = capture_privacy(&config, &allowlist);
     let audit_target = config.output.audit_jsonl.clone().or_else(|| {
         config
@@ -298,7 +349,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut capture = Capture::start(&config.capture, config.tls.filtered())?;
+    let mut capture = Capture::start(
+        &config.capture,
+        config.tls.filtered(),
+        config.downstream.enabled,
+    )?;
     // The control socket (a raw credential is accepted only there), once the privileged
     // part has started: missing privileges are reported as such first.
     let socket_path = config.control_socket_path();
@@ -327,6 +382,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         clock,
     );
     conns.ignore_processes(config.privacy.ignore_processes.clone());
+    conns.follow_downstream(config.downstream.enabled);
     conns.resolve_workloads(crate::workload::WorkloadResolver::new(
         config.kubernetes.clone(),
     ));
@@ -362,6 +418,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         out: ConnOutput::default(),
         execs: Vec::new(),
         layers,
+        downstream,
     };
     let sweep_task = tokio::spawn(sweep_loop(
         capture.sweep_map_ids(),

@@ -52,6 +52,8 @@ pub struct Config {
     pub fleet: crate::fleet::FleetConfig,
     /// `[layers]`: web server access logs reconciled with the exchanges seen.
     pub layers: crate::layers::LayersConfig,
+    /// `[downstream]`: DNS and database calls attributed to the requests they serve.
+    pub downstream: crate::downstream::DownstreamConfig,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             otlp: Default::default(),
             fleet: Default::default(),
             layers: Default::default(),
+            downstream: Default::default(),
         }
     }
 }
@@ -420,6 +423,9 @@ impl Config {
         self.layers
             .validate()
             .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
+        self.downstream
+            .validate()
+            .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
         Ok(())
     }
 
@@ -470,6 +476,7 @@ mod tests {
             grpc: None,
             workload: Default::default(),
             lost_before: 0,
+            downstream: None,
         };
         let mut p = PrivacyConfig {
             ignore_processes: vec!["payroll".into()],

@@ -4,7 +4,12 @@
 //! protocol from the first bytes the client sends, and feeds both directions to one
 //! parser. Paired exchanges come out as [`Exchange`]s with addresses and process.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use observer_common::{offset_index, DIR_EGRESS, DIR_INGRESS, SOURCE_SYSCALL, SOURCE_TLS};
 
@@ -14,6 +19,7 @@ use crate::{
         procfs::ExistingSocket,
     },
     clock::Clock,
+    downstream::{self, Call, ErrorClass, Record, Summary, Unattributed},
     exchange::{split_target, Exchange, Role, UNKNOWN_ADDR},
     http::{
         self, h2, Detection, HeaderAllowlist, Offsets, ParseIssue, ParsedExchange, ParserLimits,
@@ -51,6 +57,8 @@ enum Stage {
         tries_left: u32,
     },
     Parsing(Box<dyn StreamParser>),
+    /// A downstream protocol (DNS, a database, a cache) this process speaks as a client.
+    Downstream(Box<dyn downstream::Parser>),
     /// Not a protocol we parse, or upgraded to one: ignore the rest.
     Ignored,
 }
@@ -82,6 +90,15 @@ struct Connection {
     /// Per direction (ingress, egress): the kernel was asked not to copy bytes before this
     /// stream offset (a long body), so a gap up to it is not a loss.
     skip_until: [u64; 2],
+    /// A datagram socket (DNS over UDP): each record is one message.
+    datagram: bool,
+    /// Server side: a request was read and its response not written yet.
+    awaiting_response: bool,
+    /// Server side: downstream calls made for the request being served, waiting for its
+    /// exchange (with their targets).
+    pending_calls: Vec<(Call, Option<SocketAddr>, Option<Arc<str>>)>,
+    /// Client side: the thread that sent the last request.
+    request_tid: u32,
 }
 
 #[derive(Default)]
@@ -121,6 +138,10 @@ impl Connection {
             client_bytes: 0,
             exchanges: 0,
             skip_until: [0; 2],
+            datagram: false,
+            awaiting_response: false,
+            pending_calls: Vec::new(),
+            request_tid: 0,
         }
     }
 
@@ -161,6 +182,13 @@ pub struct ConnOutput {
     pub unfollow: Vec<(u32, u32, u64)>,
     /// Long bodies ahead: the kernel can count them without copying.
     pub skips: Vec<Skip>,
+    /// Downstream calls, attributed to a request or not (attributed ones also ride on
+    /// their exchange's `downstream`).
+    pub downstream: Vec<Record>,
+    /// Downstream bytes skipped, by protocol and reason.
+    pub downstream_skips: Vec<(downstream::Protocol, downstream::Skip)>,
+    /// HTTP calls this host made, as downstream calls, until they are attributed.
+    client_calls: Vec<Call>,
 }
 
 /// Bytes of one socket the kernel may count without copying.
@@ -199,7 +227,28 @@ pub struct ConnTable {
     /// Process names by pid, from the kernel's socket records (`/proc` is read only for
     /// a pid none of them named): one shared name per process, no file read per event.
     comms: HashMap<u32, Arc<str>>,
+    /// Which server connection each thread last read a request from.
+    threads: HashMap<(u32, u32), Serving>,
+    /// Names processes resolved, by (pid, address): a downstream target's DNS name.
+    resolved: HashMap<(u32, IpAddr), Arc<str>>,
 }
+
+/// What a thread is serving.
+#[derive(Clone, Copy, Debug)]
+struct Serving {
+    conn: ConnKey,
+    /// Until then the thread counts as serving several connections at once: its calls
+    /// cannot be attributed.
+    shared_until_ns: u64,
+}
+
+/// How long a thread seen serving two connections at once stays unattributable.
+const SHARED_HOLD_NS: u64 = 60_000_000_000;
+/// Most threads and resolved names remembered (each table starts over when full).
+const MAX_THREADS: usize = 65_536;
+const MAX_RESOLVED: usize = 16_384;
+/// Most calls waiting for one request's exchange.
+const MAX_PENDING_CALLS: usize = 4096;
 
 /// Most process names remembered; the cache starts over when full.
 const MAX_COMMS: usize = 4096;
@@ -217,6 +266,8 @@ impl ConnTable {
                 limits,
                 allowlist: Arc::new(allowlist),
                 scratch: ParserOutput::default(),
+                downstream: false,
+                calls: downstream::Output::default(),
             },
             max_connections,
             clock,
@@ -224,7 +275,15 @@ impl ConnTable {
             ignore_processes: Vec::new(),
             workloads: None,
             comms: HashMap::new(),
+            threads: HashMap::new(),
+            resolved: HashMap::new(),
         }
+    }
+
+    /// Parse downstream protocols (DNS, PostgreSQL, MySQL, Redis) on client connections
+    /// and attribute their calls, and HTTP client calls, to the requests being served.
+    pub fn follow_downstream(&mut self, on: bool) {
+        self.parsers.downstream = on;
     }
 
     /// The shared name of process `pid`: `named` when a kernel record named it, else
@@ -310,6 +369,7 @@ impl ConnTable {
             }
             Event::Data {
                 pid,
+                tid,
                 fd,
                 ts_ns,
                 direction,
@@ -319,6 +379,7 @@ impl ConnTable {
                 payload,
             } => {
                 let chunk = Chunk {
+                    tid,
                     ts_ns,
                     direction,
                     len,
@@ -342,6 +403,7 @@ impl ConnTable {
         let mut conn = Connection::new(info.role, comm, false, info.ts_ns).counted_from_start();
         conn.opened_ns = Some(info.ts_ns);
         conn.remote = info.remote;
+        conn.datagram = info.datagram;
         if let Some(old) = self.conns.remove(&key) {
             // The fd was reused without a close we saw.
             self.finish(key, old, info.ts_ns, out);
@@ -394,10 +456,32 @@ impl ConnTable {
     }
 
     fn finish(&mut self, key: ConnKey, mut conn: Connection, ts_ns: u64, out: &mut ConnOutput) {
+        let follow = self.parsers.downstream;
         if let Stage::Parsing(parser) = &mut conn.stage {
             let produced = &mut self.parsers.scratch;
             parser.finish(ts_ns, produced);
-            emit(&self.clock, &mut self.stats, key, &mut conn, produced, out);
+            emit(
+                &self.clock,
+                &mut self.stats,
+                key,
+                &mut conn,
+                produced,
+                follow,
+                out,
+            );
+        }
+        // Calls of a request whose response never came.
+        for (call, target, target_name) in conn.pending_calls.drain(..) {
+            out.downstream.push(Record {
+                call,
+                target,
+                target_name,
+                attributed: Err(Unattributed::NoResponse),
+            });
+        }
+        if !out.client_calls.is_empty() {
+            let mut calls = std::mem::take(&mut out.client_calls);
+            self.attribute(key.pid, conn.request_tid, conn.remote, &mut calls, out);
         }
         // Lost after the last exchange reported: counted, attributed to no session.
         self.stats.lost_exchanges += conn.lost.take();
@@ -409,10 +493,19 @@ impl ConnTable {
             let comm = self.comm(key.pid, None);
             self.insert(key, Connection::new(None, comm, true, chunk.ts_ns), out);
         }
+        let follow = self.parsers.downstream;
+        if follow && chunk.direction == Direction::Ingress {
+            self.note_request(key, chunk.tid);
+        }
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
         conn.last_ns = chunk.ts_ns;
+        let role = conn.role;
+        let direction = chunk.direction;
+        if role == Some(Role::Client) && direction == Direction::Egress {
+            conn.request_tid = chunk.tid;
+        }
         if tls && !conn.tls {
             // Plaintext from a TLS library: the syscall bytes were ciphertext; start over.
             // The kernel counts plaintext apart, from when it followed the socket.
@@ -469,11 +562,129 @@ impl ConnTable {
         }
         self.parsers
             .feed(&mut self.stats, &self.clock, key, conn, chunk, out);
+        if follow {
+            if role == Some(Role::Server) && direction == Direction::Egress {
+                conn.awaiting_response = false;
+            }
+            let (tid, remote) = (conn.request_tid, conn.remote);
+            let protocol = match &conn.stage {
+                Stage::Downstream(p) => Some(p.protocol()),
+                _ => None,
+            };
+            for skip in self.parsers.calls.skips.drain(..) {
+                if let Some(p) = protocol {
+                    out.downstream_skips.push((p, skip));
+                }
+            }
+            if !self.parsers.calls.calls.is_empty() || !out.client_calls.is_empty() {
+                let mut calls = std::mem::take(&mut self.parsers.calls.calls);
+                calls.append(&mut out.client_calls);
+                self.attribute(key.pid, tid, remote, &mut calls, out);
+                self.parsers.calls.calls = calls;
+            }
+        }
+    }
+
+    /// Thread `tid` read bytes of connection `key`: if that is a server connection
+    /// speaking HTTP, the thread now serves its request. A thread found reading a second
+    /// connection while the request of the first still waits for its response serves
+    /// several at once (an event loop): its calls cannot be attributed for a while.
+    fn note_request(&mut self, key: ConnKey, tid: u32) {
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
+        if conn.role != Some(Role::Server)
+            || matches!(conn.stage, Stage::Ignored | Stage::Downstream(_))
+        {
+            return;
+        }
+        let now = conn.last_ns;
+        let thread = (key.pid, tid);
+        let shared_until_ns = match self.threads.get(&thread) {
+            Some(s)
+                if s.conn != key
+                    && self.conns.get(&s.conn).is_some_and(|c| c.awaiting_response) =>
+            {
+                now.max(s.shared_until_ns) + SHARED_HOLD_NS
+            }
+            Some(s) => s.shared_until_ns,
+            None => 0,
+        };
+        if self.threads.len() >= MAX_THREADS && !self.threads.contains_key(&thread) {
+            self.threads.clear();
+        }
+        self.threads.insert(
+            thread,
+            Serving {
+                conn: key,
+                shared_until_ns,
+            },
+        );
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.awaiting_response = true;
+        }
+    }
+
+    /// The server connection whose request thread (`pid`, `tid`) was serving at `ts_ns`.
+    fn serving(&self, pid: u32, tid: u32, ts_ns: u64) -> Result<ConnKey, Unattributed> {
+        let s = self
+            .threads
+            .get(&(pid, tid))
+            .ok_or(Unattributed::NoRequest)?;
+        if s.shared_until_ns > ts_ns {
+            return Err(Unattributed::SharedThread);
+        }
+        match self.conns.get(&s.conn) {
+            Some(c) if c.awaiting_response => Ok(s.conn),
+            _ => Err(Unattributed::NoRequest),
+        }
+    }
+
+    /// Give each downstream call made by thread (`pid`, `tid`) to the request that thread
+    /// is serving (it rides on that request's exchange), or report it unattributed.
+    fn attribute(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        remote: Option<SocketAddr>,
+        calls: &mut Vec<Call>,
+        out: &mut ConnOutput,
+    ) {
+        for call in calls.drain(..) {
+            if let (Some(name), false) = (&call.dns_name, call.answers.is_empty()) {
+                if self.resolved.len() >= MAX_RESOLVED {
+                    self.resolved.clear();
+                }
+                let name: Arc<str> = Arc::from(name.as_str());
+                for ip in &call.answers {
+                    self.resolved.insert((pid, *ip), Arc::clone(&name));
+                }
+            }
+            let target_name = remote.and_then(|a| self.resolved.get(&(pid, a.ip())).cloned());
+            let why = match self.serving(pid, tid, call.started_ns) {
+                Ok(server) => match self.conns.get_mut(&server) {
+                    Some(c) if c.pending_calls.len() < MAX_PENDING_CALLS => {
+                        c.pending_calls.push((call, remote, target_name));
+                        continue;
+                    }
+                    _ => Unattributed::Overflow,
+                },
+                Err(why) => why,
+            };
+            out.downstream.push(Record {
+                call,
+                target: remote,
+                target_name,
+                attributed: Err(why),
+            });
+        }
     }
 }
 
 /// One read or write of a connection, as the table hands it on.
 struct Chunk<'a> {
+    /// The thread that made the call.
+    tid: u32,
     ts_ns: u64,
     direction: Direction,
     len: u64,
@@ -490,6 +701,10 @@ struct Parsers {
     allowlist: Arc<HeaderAllowlist>,
     /// Reused output buffer of the parsers.
     scratch: ParserOutput,
+    /// Whether downstream protocols are parsed.
+    downstream: bool,
+    /// Reused output buffer of the downstream parsers.
+    calls: downstream::Output,
 }
 
 /// Which peer sent bytes moving in `direction` on a connection where the traced process
@@ -512,6 +727,7 @@ impl Parsers {
         out: &mut ConnOutput,
     ) {
         let Chunk {
+            tid: _,
             ts_ns,
             direction,
             len,
@@ -519,6 +735,35 @@ impl Parsers {
             lost_before,
             payload,
         } = chunk;
+        if self.downstream
+            && conn.role == Some(Role::Client)
+            && matches!(conn.stage, Stage::Detecting { .. })
+        {
+            // A client connection: a database, a cache or DNS, else maybe HTTP.
+            let side = side_of(Role::Client, direction);
+            let port = conn.remote.map_or(0, |a| a.port());
+            match downstream::detect(side, payload, port, conn.datagram)
+                .and_then(|p| downstream::parser(p, conn.datagram))
+            {
+                Some(parser) => conn.stage = Stage::Downstream(parser),
+                None if conn.datagram => {
+                    stats.unknown_protocol += 1;
+                    ignore(key, conn, out);
+                    return;
+                }
+                None => {}
+            }
+        }
+        if let Stage::Downstream(parser) = &mut conn.stage {
+            let segment = downstream::Segment {
+                ts_ns,
+                data: payload,
+                len,
+                lost_before,
+            };
+            parser.feed(side_of(Role::Client, direction), segment, &mut self.calls);
+            return;
+        }
         if let Stage::Detecting {
             pending,
             buffered,
@@ -566,7 +811,15 @@ impl Parsers {
                     &mut self.scratch,
                 );
                 conn.stage = Stage::Parsing(parser);
-                emit(clock, stats, key, conn, &mut self.scratch, out);
+                emit(
+                    clock,
+                    stats,
+                    key,
+                    conn,
+                    &mut self.scratch,
+                    self.downstream,
+                    out,
+                );
                 return;
             }
             // The first bytes of the client's stream: this segment alone in the common
@@ -672,7 +925,15 @@ impl Parsers {
         } else if self.scratch.issues.contains(&ParseIssue::Upgraded) {
             ignore(key, conn, out);
         }
-        emit(clock, stats, key, conn, &mut self.scratch, out);
+        emit(
+            clock,
+            stats,
+            key,
+            conn,
+            &mut self.scratch,
+            self.downstream,
+            out,
+        );
     }
 }
 
@@ -685,6 +946,7 @@ fn emit(
     key: ConnKey,
     conn: &mut Connection,
     produced: &mut ParserOutput,
+    downstream: bool,
     out: &mut ConnOutput,
 ) {
     out.issues.append(&mut produced.issues);
@@ -711,11 +973,69 @@ fn emit(
     }
     for parsed in produced.exchanges.drain(..) {
         conn.exchanges += 1;
+        let (request_ns, response_ns) = (parsed.request_start_ns, parsed.response_ns);
         let mut ex = exchange(clock, key, conn, parsed);
+        if downstream {
+            match ex.role {
+                Role::Server if !conn.pending_calls.is_empty() => {
+                    ex.downstream = attach_calls(conn, request_ns, out);
+                }
+                Role::Client => out
+                    .client_calls
+                    .push(http_call(&ex, request_ns, response_ns)),
+                Role::Server => {}
+            }
+        }
         let lost = conn.lost.take();
         stats.lost_exchanges += lost;
         ex.lost_before = u32::try_from(lost).unwrap_or(u32::MAX);
         out.exchanges.push(ex);
+    }
+}
+
+/// The calls made for the request that started at `request_ns`, as its summary; calls
+/// from before it (the thread's work between requests) are reported unattributed.
+fn attach_calls(
+    conn: &mut Connection,
+    request_ns: u64,
+    out: &mut ConnOutput,
+) -> Option<Box<Summary>> {
+    let mut summary = Summary::default();
+    for (call, target, target_name) in conn.pending_calls.drain(..) {
+        let attributed = if call.started_ns >= request_ns {
+            summary.add(&call);
+            Ok(())
+        } else {
+            Err(Unattributed::NoRequest)
+        };
+        out.downstream.push(Record {
+            call,
+            target,
+            target_name,
+            attributed,
+        });
+    }
+    (!summary.is_empty()).then(|| Box::new(summary))
+}
+
+/// An HTTP call this host made, as a downstream call of the request it serves.
+fn http_call(ex: &Exchange, request_ns: u64, response_ns: u64) -> Call {
+    let error = match ex.outcome() {
+        401 => Some(ErrorClass::Auth),
+        403 => Some(ErrorClass::Permission),
+        404 => Some(ErrorClass::NotFound),
+        s if s >= 500 => Some(ErrorClass::Server),
+        _ => None,
+    };
+    Call {
+        protocol: downstream::Protocol::Http,
+        operation: ex.method.clone(),
+        fingerprint: Some(format!("{} {}", ex.method, ex.route.path)),
+        dns_name: None,
+        answers: Vec::new(),
+        started_ns: request_ns,
+        ended_ns: response_ns,
+        error,
     }
 }
 
@@ -753,6 +1073,7 @@ fn exchange(clock: &Clock, key: ConnKey, conn: &Connection, p: ParsedExchange) -
         grpc: p.grpc,
         workload: Arc::clone(&conn.workload),
         lost_before: 0,
+        downstream: None,
     }
 }
 
@@ -782,6 +1103,7 @@ mod tests {
             local: local.map(|a| a.parse().unwrap()),
             remote: remote.map(|a| a.parse().unwrap()),
             comm: "srv".into(),
+            datagram: false,
         }
     }
 
@@ -796,6 +1118,7 @@ mod tests {
         t.on_event(
             Event::Data {
                 pid: PID,
+                tid: PID,
                 fd,
                 ts_ns,
                 direction,
@@ -1007,6 +1330,7 @@ mod tests {
             t.on_event(
                 Event::Data {
                     pid: PID,
+                    tid: PID,
                     fd: 10,
                     ts_ns: ts,
                     direction: dir,

@@ -103,6 +103,10 @@ pub struct Exchange {
     /// Exchanges on the same connection, since the one reported before this, that were
     /// not seen whole (records lost): counted against this exchange's session.
     pub lost_before: u32,
+    /// Server exchanges: the downstream calls (DNS, databases, HTTP) the thread serving
+    /// the request made while it did; `None` when it made none (or none could be
+    /// attributed).
+    pub downstream: Option<Box<crate::downstream::Summary>>,
 }
 
 impl Exchange {
@@ -168,6 +172,7 @@ impl Exchange {
             response_body_bytes: self.response_body_bytes,
             grpc: self.grpc.as_ref(),
             workload: &self.workload,
+            downstream: self.downstream.as_deref(),
         }
     }
 }
@@ -258,6 +263,9 @@ pub struct ExchangeRecord<'a> {
     pub grpc: Option<&'a Grpc>,
     #[serde(flatten)]
     pub workload: &'a Workload,
+    /// Downstream calls made while serving the request (absent when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<&'a crate::downstream::Summary>,
 }
 
 /// Split a request target into path and query; absolute-form targets lose their scheme
@@ -326,6 +334,7 @@ mod tests {
             grpc: None,
             workload: Default::default(),
             lost_before: 0,
+            downstream: None,
         };
         let printed = format!(
             "{ex:?} {}",

@@ -14,14 +14,18 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use observer_common::{
-    drop_reason, offset_index, syscall_nr, DataEvent, EventKind, SocketKey, SocketState,
-    DATA_FLAG_OFFSETS, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE,
+    drop_reason, offset_index, syscall_nr, DataEvent, EventKind, SocketKey, SocketState, AF_INET,
+    AF_INET6, DATA_FLAG_OFFSETS, DATA_HEADER_LEN, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE,
     SOCKET_FLAG_ADDRESSES_KNOWN, SOCKET_FLAG_IGNORED, SOURCE_SYSCALL,
 };
 
-use super::{native, syscall_arg, syscall_ret};
+use super::{
+    native,
+    sockets::{follow_client, follows_dns, read_sockaddr},
+    syscall_arg, syscall_ret,
+};
 use crate::maps::{
-    config, count_drop, current, ring_level, tls_socket, tracked, wakeup_flags_at, Call,
+    config, count_drop, current, is_agent, ring_level, tls_socket, tracked, wakeup_flags_at, Call,
     CALL_ADDRESSES, CALL_BUF, CALL_IOV, CALL_SENDFILE, EVENTS, INFLIGHT, ORDERS, SCRATCH,
 };
 
@@ -93,13 +97,28 @@ fn finish(ctx: &RawTracePointContext) {
     };
     let (pid, tid) = current();
     let fd = syscall_arg(ctx, 0) as u32;
-    let Some(state) = tracked(pid, fd) else {
-        return;
+    let ret = syscall_ret(ctx);
+    let state = match tracked(pid, fd) {
+        Some(state) => state,
+        None if direction == DIR_EGRESS && ret > 0 => {
+            // An unconnected datagram socket sending to a DNS server is followed from
+            // here on (its answers come back to the same socket).
+            let name = match nr {
+                syscall_nr::SENDTO => syscall_arg(ctx, 4),
+                // struct user_msghdr starts with `void *msg_name`.
+                syscall_nr::SENDMSG => read_user_u64(syscall_arg(ctx, 1)),
+                _ => 0,
+            };
+            match follow_unconnected(ctx, pid, tid, fd, name) {
+                Some(state) => state,
+                None => return,
+            }
+        }
+        None => return,
     };
     if !native(ctx) {
         return;
     }
-    let ret = syscall_ret(ctx);
     // SAFETY: map value pointer from a successful lookup.
     let flags = unsafe { (*state).flags };
     if direction == DIR_INGRESS && (ret <= 0 || flags & SOCKET_FLAG_ADDRESSES_KNOWN == 0) {
@@ -425,6 +444,89 @@ fn copy_iovecs(buf: *mut u8, call: &Call, cap: u64) -> u64 {
         off += n;
     }
     off
+}
+
+/// A `u64` at user address `ptr` (0 when unreadable or `ptr` is 0).
+#[inline(always)]
+fn read_user_u64(ptr: u64) -> u64 {
+    if ptr == 0 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_user validates the user pointer.
+    unsafe { bpf_probe_read_user(ptr as *const u64) }.unwrap_or(0)
+}
+
+/// Follow `fd`, not followed yet, if the datagram it just sent went to a DNS server
+/// (`name` is the destination's user-space sockaddr, 0 when the call named none).
+#[inline(always)]
+fn follow_unconnected(
+    ctx: &RawTracePointContext,
+    pid: u32,
+    tid: u32,
+    fd: u32,
+    name: u64,
+) -> Option<*mut SocketState> {
+    if name == 0 || is_agent(pid) || !native(ctx) {
+        return None;
+    }
+    let (family, port, addr) = read_sockaddr(name)?;
+    if (family != AF_INET && family != AF_INET6) || !follows_dns(port) {
+        return None;
+    }
+    follow_client(pid, tid, fd, true, family, port, addr);
+    tracked(pid, fd)
+}
+
+/// Most messages of one `sendmmsg` reported (glibc's resolver sends two: A and AAAA).
+const MAX_MMSG: u64 = 4;
+/// `sizeof(struct mmsghdr)`: a `struct user_msghdr` (56 bytes) and the `msg_len` the
+/// kernel writes back, padded to 64.
+const MMSGHDR: u64 = 64;
+
+/// Return of `sendmmsg`: one record per message sent (up to `MAX_MMSG`), each the
+/// iovecs of its `msghdr`, of `msg_len` bytes.
+#[raw_tracepoint]
+pub fn exit_sendmmsg(ctx: RawTracePointContext) -> i32 {
+    let (pid, tid) = current();
+    let fd = syscall_arg(&ctx, 0) as u32;
+    let vec = syscall_arg(&ctx, 1);
+    let sent = syscall_ret(&ctx);
+    if sent <= 0 || vec == 0 {
+        return 0;
+    }
+    let state = match tracked(pid, fd) {
+        Some(state) => state,
+        None => match follow_unconnected(&ctx, pid, tid, fd, read_user_u64(vec)) {
+            Some(state) => state,
+            None => return 0,
+        },
+    };
+    if !native(&ctx) {
+        return 0;
+    }
+    // SAFETY: map value pointer from a successful lookup.
+    if unsafe { (*state).flags } & SOCKET_FLAG_IGNORED != 0 {
+        return 0;
+    }
+    for i in 0..MAX_MMSG {
+        if i >= sent as u64 {
+            break;
+        }
+        let msg = vec + i * MMSGHDR;
+        let iov = read_user_u64(msg + 16);
+        let iov_len = read_user_u64(msg + 24);
+        // SAFETY: bpf_probe_read_user validates the user pointer.
+        let Ok(len) = (unsafe { bpf_probe_read_user((msg + 56) as *const u32) }) else {
+            count_drop(drop_reason::READ_FAILED);
+            break;
+        };
+        if len == 0 || iov == 0 {
+            continue;
+        }
+        let call = Call::data(CALL_IOV, fd, DIR_EGRESS, iov, iov_len as u32);
+        emit_data_at(state, pid, tid, &call, len as u64, SOURCE_SYSCALL);
+    }
+    0
 }
 
 /// Every data syscall's exit: one program, in the exit slot of each data syscall, so the

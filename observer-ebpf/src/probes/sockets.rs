@@ -6,8 +6,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use observer_common::{
-    drop_reason, EventKind, SocketEvent, SocketKey, SocketState, AF_INET, AF_INET6, ROLE_CLIENT,
-    ROLE_SERVER, ROLE_UNKNOWN, SOCKET_FLAG_ADDRESSES_KNOWN,
+    drop_reason, EventKind, SocketEvent, SocketKey, SocketState, AF_INET, AF_INET6, DNS_PORT,
+    ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SOCKET_EVENT_DATAGRAM, SOCKET_FLAG_ADDRESSES_KNOWN,
 };
 
 use super::{native, syscall_arg, syscall_ret};
@@ -30,7 +30,7 @@ struct SockAddr {
 
 /// Decode a user-space sockaddr into (family, port, address) for INET/INET6.
 #[inline(always)]
-fn read_sockaddr(ptr: u64) -> Option<(u16, u16, [u8; 16])> {
+pub fn read_sockaddr(ptr: u64) -> Option<(u16, u16, [u8; 16])> {
     if ptr == 0 {
         return None;
     }
@@ -206,20 +206,60 @@ pub fn exit_connect(ctx: RawTracePointContext) -> i32 {
     if ret != 0 && ret != -EINPROGRESS {
         return 0;
     }
-    if call.tcp == 0 && config().is_some_and(|c| c.tcp_state_offset != 0) {
-        // No TCP handshake started: a UDP socket given a default peer. Not followed.
+    let datagram = call.tcp == 0 && config().is_some_and(|c| c.tcp_state_offset != 0);
+    if datagram && !follows_dns(call.port) {
+        // No TCP handshake started: a UDP socket given a default peer, not a DNS server.
         return 0;
     }
+    follow_client(
+        pid,
+        tid,
+        call.fd,
+        datagram,
+        call.family,
+        call.port,
+        call.addr,
+    );
+    0
+}
+
+/// Whether a datagram socket towards `port` is followed: a DNS server's, when downstream
+/// capture is on.
+#[inline(always)]
+pub fn follows_dns(port: u16) -> bool {
+    port == DNS_PORT && config().is_some_and(|c| c.downstream != 0)
+}
+
+/// Follow a socket this process uses as a client, and say so to the agent. A datagram
+/// socket's addresses are all the kernel will learn (no TCP hook names it).
+#[inline(always)]
+pub fn follow_client(
+    pid: u32,
+    tid: u32,
+    fd: u32,
+    datagram: bool,
+    family: u16,
+    port: u16,
+    addr: [u8; 16],
+) {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    track(pid, call.fd, ROLE_CLIENT, now);
-    emit_at(EventKind::Connect, pid, tid, call.fd, now, |ev| {
+    track(pid, fd, ROLE_CLIENT, now);
+    if datagram {
+        if let Some(state) = tracked(pid, fd) {
+            // SAFETY: map value pointer from a successful lookup.
+            unsafe { (*state).flags |= SOCKET_FLAG_ADDRESSES_KNOWN };
+        }
+    }
+    emit_at(EventKind::Connect, pid, tid, fd, now, |ev| {
         ev.role = ROLE_CLIENT;
-        ev.family = call.family;
-        ev.remote_port = call.port;
-        ev.remote_addr = call.addr;
+        ev.family = family;
+        ev.remote_port = port;
+        ev.remote_addr = addr;
+        if datagram {
+            ev.flags = SOCKET_EVENT_DATAGRAM;
+        }
     });
-    0
 }
 
 /// Entry of `close`.

@@ -44,6 +44,8 @@ pub struct SocketInfo {
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub comm: String,
+    /// A datagram (UDP) socket: each data record is one datagram.
+    pub datagram: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +73,8 @@ pub enum Event<'a> {
     },
     Data {
         pid: u32,
+        /// The thread that made the call.
+        tid: u32,
         fd: u32,
         ts_ns: u64,
         direction: Direction,
@@ -134,6 +138,7 @@ fn socket_info(ev: &SocketEvent, with_local: bool) -> SocketInfo {
         },
         remote: addr(ev.family, ev.remote_addr, ev.remote_port),
         comm: comm(&ev.comm),
+        datagram: ev.flags & observer_common::SOCKET_EVENT_DATAGRAM != 0,
     }
 }
 
@@ -165,6 +170,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             };
             Event::Data {
                 pid: header.pid,
+                tid: header.tid,
                 fd: header.fd,
                 ts_ns: header.ts_ns,
                 direction,

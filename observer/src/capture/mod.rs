@@ -109,7 +109,7 @@ const _: () = {
     assert!(libc::SYS_readv as u64 == nr::READV && libc::SYS_writev as u64 == nr::WRITEV);
     assert!(libc::SYS_sendfile as u64 == nr::SENDFILE && libc::SYS_sendto as u64 == nr::SENDTO);
     assert!(libc::SYS_recvfrom as u64 == nr::RECVFROM && libc::SYS_sendmsg as u64 == nr::SENDMSG);
-    assert!(libc::SYS_recvmsg as u64 == nr::RECVMSG);
+    assert!(libc::SYS_recvmsg as u64 == nr::RECVMSG && libc::SYS_sendmmsg as u64 == nr::SENDMMSG);
 };
 
 /// Every syscall hook, in one place. Data calls are handled at their return (the
@@ -150,6 +150,12 @@ pub const SYSCALL_HOOKS: &[SyscallHook] = &[
     ),
     exit("exit_data", "sys_exit_recvmsg", libc::SYS_recvmsg, false),
     exit("exit_data", "sys_exit_sendmsg", libc::SYS_sendmsg, false),
+    exit(
+        "exit_sendmmsg",
+        "sys_exit_sendmmsg",
+        libc::SYS_sendmmsg,
+        false,
+    ),
     exit(
         "exit_data",
         "sys_exit_sendfile64",
@@ -239,7 +245,12 @@ pub fn empty_syscall_hooks(seconds: u64) -> anyhow::Result<()> {
 impl Capture {
     /// Load and attach every probe. Fails with a clear message when a required one
     /// cannot be attached.
-    pub fn start(settings: &CaptureConfig, tls_filter: bool) -> anyhow::Result<Self> {
+    /// `downstream`: also follow the UDP sockets processes ask DNS servers through.
+    pub fn start(
+        settings: &CaptureConfig,
+        tls_filter: bool,
+        downstream: bool,
+    ) -> anyhow::Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!("this agent was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild without it");
         }
@@ -272,6 +283,8 @@ impl Capture {
             tuple,
             tls_filter: u32::from(tls_filter),
             tcp_state_offset: 0,
+            downstream: u32::from(downstream),
+            _pad: 0,
         };
         let mut config: Array<_, KernelConfig> =
             Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;

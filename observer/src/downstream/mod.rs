@@ -8,14 +8,19 @@
 //! resolved addresses.
 
 pub mod dns;
+pub mod metrics;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
+pub mod stats;
 
-use std::net::IpAddr;
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::http::Side;
 
@@ -33,10 +38,18 @@ pub enum Protocol {
     Postgres,
     Mysql,
     Redis,
+    /// An HTTP call the process made (the client side of the HTTP parsers).
+    Http,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 4] = [Self::Dns, Self::Postgres, Self::Mysql, Self::Redis];
+    pub const ALL: [Protocol; 5] = [
+        Self::Dns,
+        Self::Postgres,
+        Self::Mysql,
+        Self::Redis,
+        Self::Http,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -44,12 +57,218 @@ impl Protocol {
             Self::Postgres => "postgres",
             Self::Mysql => "mysql",
             Self::Redis => "redis",
+            Self::Http => "http",
         }
     }
 
-    /// A database (not DNS): counted as database work per request.
+    /// Index into per-protocol arrays (`ALL` order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A database or cache: counted as database work per request.
     pub fn is_database(self) -> bool {
-        !matches!(self, Self::Dns)
+        matches!(self, Self::Postgres | Self::Mysql | Self::Redis)
+    }
+}
+
+/// `[downstream]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownstreamConfig {
+    /// Follow DNS, PostgreSQL, MySQL and Redis calls of the traced processes and attribute
+    /// them to the requests they serve.
+    pub enabled: bool,
+    /// A session is flagged `downstream_heavy` when its requests on a route cause this many
+    /// times the route's usual database calls per request (the median of other sessions').
+    pub heavy_factor: f64,
+    /// Requests of the session on the route before it can be flagged.
+    pub heavy_min_requests: u64,
+}
+
+impl Default for DownstreamConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            heavy_factor: 10.0,
+            heavy_min_requests: 3,
+        }
+    }
+}
+
+impl DownstreamConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !self.heavy_factor.is_finite() || self.heavy_factor < 1.0 {
+            return Err((
+                "downstream.heavy_factor".into(),
+                "must be a number of at least 1".into(),
+            ));
+        }
+        if self.heavy_min_requests == 0 {
+            return Err((
+                "downstream.heavy_min_requests".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a call could not be tied to a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unattributed {
+    /// The thread that made it was not serving a request then (background work, a
+    /// connection pool warming up, a call made after the response).
+    NoRequest,
+    /// The thread serves several connections at once (an event loop, an async runtime
+    /// whose tasks hop threads): which request a call served cannot be known.
+    SharedThread,
+    /// The request's connection closed (or was forgotten) before its response.
+    NoResponse,
+    /// Too many calls waiting on one request.
+    Overflow,
+}
+
+impl Unattributed {
+    pub const ALL: [Unattributed; 4] = [
+        Self::NoRequest,
+        Self::SharedThread,
+        Self::NoResponse,
+        Self::Overflow,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRequest => "no_request",
+            Self::SharedThread => "shared_thread",
+            Self::NoResponse => "no_response",
+            Self::Overflow => "overflow",
+        }
+    }
+}
+
+/// A call with where it went and whether it was attributed: what the metrics and
+/// `/api/downstream` count.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub call: Call,
+    /// The server's address (unknown for connections found at start without addresses).
+    pub target: Option<SocketAddr>,
+    /// The DNS name the process resolved to that address, when it did.
+    pub target_name: Option<Arc<str>>,
+    /// `Ok`: attributed to a request; `Err`: why not.
+    pub attributed: Result<(), Unattributed>,
+}
+
+/// Most distinct fingerprints kept per exchange and per session.
+pub const MAX_FINGERPRINTS: usize = 16;
+/// Most distinct DNS names kept per exchange and per session.
+pub const MAX_DNS_NAMES: usize = 8;
+
+/// The downstream work of one request (or one session): counts per protocol, errors,
+/// and the bounded sets of fingerprints and DNS names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub calls: [u64; 5],
+    pub errors: [u64; 5],
+    /// Database authentication or permission errors.
+    pub auth_errors: u64,
+    pub fingerprints: Vec<(Protocol, String)>,
+    pub dns_names: Vec<String>,
+}
+
+impl Summary {
+    pub fn add(&mut self, call: &Call) {
+        let i = call.protocol.index();
+        self.calls[i] += 1;
+        if let Some(e) = call.error {
+            self.errors[i] += 1;
+            if call.protocol.is_database() && matches!(e, ErrorClass::Auth | ErrorClass::Permission)
+            {
+                self.auth_errors += 1;
+            }
+        }
+        if let Some(fp) = &call.fingerprint {
+            if self.fingerprints.len() < MAX_FINGERPRINTS
+                && !self
+                    .fingerprints
+                    .iter()
+                    .any(|(p, f)| *p == call.protocol && f == fp)
+            {
+                self.fingerprints.push((call.protocol, fp.clone()));
+            }
+        }
+        if let Some(name) = &call.dns_name {
+            if self.dns_names.len() < MAX_DNS_NAMES && !self.dns_names.contains(name) {
+                self.dns_names.push(name.clone());
+            }
+        }
+    }
+
+    /// Fold another summary in (a session's total).
+    pub fn merge(&mut self, other: &Summary) {
+        for i in 0..self.calls.len() {
+            self.calls[i] += other.calls[i];
+            self.errors[i] += other.errors[i];
+        }
+        self.auth_errors += other.auth_errors;
+        for fp in &other.fingerprints {
+            if self.fingerprints.len() < MAX_FINGERPRINTS && !self.fingerprints.contains(fp) {
+                self.fingerprints.push(fp.clone());
+            }
+        }
+        for n in &other.dns_names {
+            if self.dns_names.len() < MAX_DNS_NAMES && !self.dns_names.contains(n) {
+                self.dns_names.push(n.clone());
+            }
+        }
+    }
+
+    /// Database and cache calls.
+    pub fn database_calls(&self) -> u64 {
+        Protocol::ALL
+            .iter()
+            .filter(|p| p.is_database())
+            .map(|p| self.calls[p.index()])
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.iter().all(|c| *c == 0)
+    }
+
+    /// The JSON form: `{"calls": {"dns": 3}, "errors": {...}, "fingerprints": [...],
+    /// "dns_names": [...]}` (protocols with no call, and empty parts, left out).
+    pub fn json(&self) -> serde_json::Value {
+        let per = |counts: &[u64; 5]| {
+            Protocol::ALL
+                .iter()
+                .filter(|p| counts[p.index()] > 0)
+                .map(|p| (p.as_str().to_string(), serde_json::json!(counts[p.index()])))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        let mut out = serde_json::Map::new();
+        out.insert("calls".into(), per(&self.calls).into());
+        if self.errors.iter().any(|e| *e > 0) {
+            out.insert("errors".into(), per(&self.errors).into());
+        }
+        if !self.fingerprints.is_empty() {
+            let mut fps: Vec<&str> = self.fingerprints.iter().map(|(_, f)| f.as_str()).collect();
+            fps.sort_unstable();
+            out.insert("fingerprints".into(), fps.into());
+        }
+        if !self.dns_names.is_empty() {
+            let mut names = self.dns_names.clone();
+            names.sort_unstable();
+            out.insert("dns_names".into(), names.into());
+        }
+        out.into()
+    }
+}
+
+impl Serialize for Summary {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.json().serialize(s)
     }
 }
 
@@ -186,12 +405,14 @@ pub fn detect(side: Side, first: &[u8], server_port: u16, datagram: bool) -> Opt
     }
 }
 
-/// A new parser for `protocol` (`datagram`: DNS over UDP, one message per segment).
-pub fn parser(protocol: Protocol, datagram: bool) -> Box<dyn Parser> {
-    match protocol {
+/// A new parser for `protocol` (`datagram`: DNS over UDP, one message per segment);
+/// `None` for HTTP, which the HTTP parsers handle.
+pub fn parser(protocol: Protocol, datagram: bool) -> Option<Box<dyn Parser>> {
+    Some(match protocol {
         Protocol::Dns => Box::new(dns::DnsParser::new(datagram)),
         Protocol::Postgres => Box::new(postgres::PostgresParser::new()),
         Protocol::Mysql => Box::new(mysql::MysqlParser::new()),
         Protocol::Redis => Box::new(redis::RedisParser::new()),
-    }
+        Protocol::Http => return None,
+    })
 }

@@ -63,6 +63,8 @@ pub struct AppState {
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Access-log reconciliation (`[layers]`), when a log is configured.
     pub layers: Option<Arc<Mutex<crate::layers::Layers>>>,
+    /// Downstream tallies (`[downstream]`), when downstream capture is on.
+    pub downstream: Option<Arc<Mutex<crate::downstream::stats::DownstreamStats>>>,
 }
 
 impl AppState {
@@ -79,6 +81,7 @@ impl AppState {
             audit: None,
             fleet: None,
             layers: None,
+            downstream: None,
         }
     }
 
@@ -170,6 +173,7 @@ pub fn control_router(state: Arc<AppState>, guard: Arc<Guard>) -> Router {
         .route("/api/fleet/sessions", get(fleet_sessions))
         .route("/api/findings", get(list_findings))
         .route("/api/layers", get(list_layers))
+        .route("/api/downstream", get(list_downstream))
         .route("/api/frozen", get(list_frozen))
         .route("/api/frozen/{fingerprint}", put(freeze).delete(unfreeze))
         .route("/api/purge", post(purge))
@@ -365,6 +369,16 @@ async fn list_layers(State(state): State<Arc<AppState>>) -> Response {
     match &state.layers {
         Some(l) => Json(crate::layers::lock(l).status()).into_response(),
         None => Json(json!({ "access_logs": [] })).into_response(),
+    }
+}
+
+/// `GET /api/downstream`: downstream calls since start: how many were attributed to a
+/// request, per protocol, per route per request, and per statement fingerprint and
+/// target (fingerprints only: never a literal).
+async fn list_downstream(State(state): State<Arc<AppState>>) -> Response {
+    match &state.downstream {
+        Some(d) => Json(d.lock().unwrap_or_else(|e| e.into_inner()).json()).into_response(),
+        None => Json(json!({ "enabled": false })).into_response(),
     }
 }
 

@@ -124,6 +124,10 @@ reasons! {
         "Route view: many distinct identities failed with few attempts each on one route.";
     TokenRotation / token_rotation => "token_rotation", 60,
         "Network view: many fresh short-lived credentials from one network walking object ids on the same route.";
+    DownstreamHeavy / downstream_heavy => "downstream_heavy", 35,
+        "The session's requests on a route caused far more database calls per request than the route's baseline (the median over other sessions): scraping, or an abused query.";
+    DbAuthErrors / db_auth_errors => "db_auth_errors", 30,
+        "The session's requests caused database authentication or permission errors.";
 }
 
 /// `[scoring]`: thresholds and weights of the signals.

@@ -212,6 +212,53 @@ pub struct SessionTable {
     rotate_every: Duration,
     /// Fleet mode: this node's name (the detail's fleet view names it).
     fleet_node: Option<Arc<str>>,
+    /// `[downstream]`, when downstream capture is on: requests' database work is judged
+    /// against their route's baseline.
+    downstream: Option<crate::downstream::DownstreamConfig>,
+    /// Database calls per request of each route's recent requests, with the session that
+    /// made each (`[downstream]` on).
+    route_work: std::collections::HashMap<Arc<str>, RouteWork>,
+}
+
+/// The last requests of one route: (session hash, database calls), a ring.
+#[derive(Default)]
+struct RouteWork {
+    recent: Vec<(u64, u32)>,
+    next: usize,
+}
+
+/// Requests kept per route for its baseline, routes kept, and the fewest requests of
+/// other sessions a baseline needs.
+const ROUTE_WORK_REQUESTS: usize = 64;
+const MAX_ROUTE_WORK: usize = 2048;
+const MIN_BASELINE_REQUESTS: usize = 8;
+
+impl RouteWork {
+    fn push(&mut self, session: u64, calls: u32) {
+        if self.recent.len() < ROUTE_WORK_REQUESTS {
+            self.recent.push((session, calls));
+        } else {
+            self.recent[self.next] = (session, calls);
+        }
+        self.next = (self.next + 1) % ROUTE_WORK_REQUESTS;
+    }
+
+    /// The median database calls per request of sessions other than `session`, when
+    /// they made enough requests.
+    fn baseline(&self, session: u64) -> Option<f64> {
+        let mut others: Vec<u32> = self
+            .recent
+            .iter()
+            .filter(|(s, _)| *s != session)
+            .map(|(_, c)| *c)
+            .collect();
+        if others.len() < MIN_BASELINE_REQUESTS {
+            return None;
+        }
+        let mid = others.len() / 2;
+        let (_, m, _) = others.select_nth_unstable(mid);
+        Some(f64::from(*m))
+    }
 }
 
 impl std::fmt::Debug for SessionTable {
@@ -276,10 +323,17 @@ impl SessionTable {
             now: SystemTime::UNIX_EPOCH,
             expiry_floor: (SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH),
             fleet_node: None,
+            downstream: None,
+            route_work: std::collections::HashMap::new(),
         }
     }
 
     /// Fleet mode: this node's name.
+    /// Judge the downstream work of inbound requests (downstream capture is on).
+    pub fn set_downstream(&mut self, config: crate::downstream::DownstreamConfig) {
+        self.downstream = Some(config);
+    }
+
     pub fn set_fleet_node(&mut self, node: &str) {
         self.fleet_node = Some(Arc::from(node));
     }
@@ -675,6 +729,35 @@ impl SessionTable {
                 .get_or_insert_with(|| window::Ring::new(sc.window(), ID_BUCKETS));
             if let Some(bits) = ring.at_secs(t_secs) {
                 bits.insert(combined);
+            }
+        }
+
+        // Downstream work: the route's database calls per request against its baseline
+        // over other sessions; database authentication errors.
+        if let (Some(dc), Direction::Inbound) = (&self.downstream, direction) {
+            let work = ex.downstream.as_deref();
+            let calls = work.map_or(0, |w| w.database_calls());
+            r.db_calls += calls;
+            let session = self.id_hasher.hash_one(id);
+            if self.route_work.len() >= MAX_ROUTE_WORK && !self.route_work.contains_key(&route) {
+                self.route_work.clear();
+            }
+            let rw = self.route_work.entry(Arc::clone(&route)).or_default();
+            let mean = r.db_calls as f64 / r.requests as f64;
+            if r.requests >= dc.heavy_min_requests
+                && mean >= dc.heavy_factor
+                && rw
+                    .baseline(session)
+                    .is_some_and(|b| mean >= dc.heavy_factor * b.max(1.0))
+            {
+                mark(&mut s.marks.downstream_heavy, t);
+            }
+            rw.push(session, u32::try_from(calls).unwrap_or(u32::MAX));
+            if let Some(w) = work {
+                if w.auth_errors > 0 {
+                    mark(&mut s.marks.db_auth_errors, t);
+                }
+                s.downstream.get_or_insert_default().merge(w);
             }
         }
 

@@ -70,6 +70,8 @@ pub(crate) struct RouteStats {
     pub ids: Option<Ring<Bits>>,
     /// Protocols the route was called over ([`PROTOCOLS`] bits).
     pub protocols: u8,
+    /// Database and cache calls the route's requests caused (downstream capture).
+    pub db_calls: u64,
 }
 
 /// Protocol names, one bit each in [`RouteStats::protocols`].
@@ -99,6 +101,7 @@ impl RouteStats {
             last_seen: t,
             ids: None,
             protocols: 0,
+            db_calls: 0,
         }
     }
 
@@ -130,6 +133,10 @@ pub(crate) struct Marks {
     pub plaintext_credential: Option<SystemTime>,
     /// Last use while frozen; cleared by unfreeze.
     pub frozen_use: Option<SystemTime>,
+    /// Requests on a route causing far more database work than the route's baseline.
+    pub downstream_heavy: Option<SystemTime>,
+    /// Database authentication or permission errors caused by a request.
+    pub db_auth_errors: Option<SystemTime>,
 }
 
 pub(crate) fn mark(slot: &mut Option<SystemTime>, t: SystemTime) {
@@ -207,6 +214,9 @@ pub(crate) struct Session {
     pub summary: Option<Arc<SessionSummary>>,
     /// Fleet mode: the other nodes' entries for this credential, as last read.
     pub fleet: Option<Box<crate::fleet::entry::FleetView>>,
+    /// Downstream calls the session's requests caused (counts, errors, fingerprints and
+    /// DNS names, bounded).
+    pub downstream: Option<Box<crate::downstream::Summary>>,
 }
 
 pub(crate) const MAX_LOCATIONS: usize = 4;
@@ -291,6 +301,7 @@ impl Session {
             quiet: None,
             summary: None,
             fleet: None,
+            downstream: None,
         }
     }
 
@@ -349,6 +360,8 @@ impl Session {
             m.jwt_alg_none,
             m.credential_in_query,
             m.plaintext_credential,
+            m.downstream_heavy,
+            m.db_auth_errors,
         ]
         .into_iter()
         .flatten()
@@ -522,6 +535,8 @@ impl Session {
             (m.jwt_alg_none, Reason::JwtAlgNone),
             (m.credential_in_query, Reason::CredentialInQuery),
             (m.plaintext_credential, Reason::PlaintextCredential),
+            (m.downstream_heavy, Reason::DownstreamHeavy),
+            (m.db_auth_errors, Reason::DbAuthErrors),
         ]
         .into_iter()
         .filter(|(t, _)| recent(*t))

@@ -52,6 +52,7 @@ impl ExchangeBuilder {
             grpc: None,
             workload: Default::default(),
             lost_before: 0,
+            downstream: None,
         })
     }
 

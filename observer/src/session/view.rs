@@ -216,6 +216,10 @@ pub struct SessionDetail {
     /// Fleet mode: what every node published of this credential (when others did).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<super::FleetDetail>,
+    /// Downstream calls the session's requests caused (downstream capture): counts and
+    /// errors per protocol, statement fingerprints and DNS names (bounded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<crate::downstream::Summary>,
 }
 
 /// One line of a ranked session list: the summary's fields that do not depend on the
@@ -585,6 +589,7 @@ impl SessionTable {
             frozen_uses: s.frozen_uses,
             credentials: s.across.as_ref().map(|a| a.credentials()),
             fleet: self.fleet_detail(id, self.fleet_node.as_deref()),
+            downstream: s.downstream.as_deref().cloned(),
         })
     }
 }
