@@ -495,7 +495,7 @@ impl ConnTable {
         }
         let follow = self.parsers.downstream;
         if follow && chunk.direction == Direction::Ingress {
-            self.note_request(key, chunk.tid);
+            self.note_request(key, chunk.tid, chunk.ts_ns);
         }
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
@@ -589,7 +589,7 @@ impl ConnTable {
     /// speaking HTTP, the thread now serves its request. A thread found reading a second
     /// connection while the request of the first still waits for its response serves
     /// several at once (an event loop): its calls cannot be attributed for a while.
-    fn note_request(&mut self, key: ConnKey, tid: u32) {
+    fn note_request(&mut self, key: ConnKey, tid: u32, now: u64) {
         let Some(conn) = self.conns.get(&key) else {
             return;
         };
@@ -598,7 +598,6 @@ impl ConnTable {
         {
             return;
         }
-        let now = conn.last_ns;
         let thread = (key.pid, tid);
         let shared_until_ns = match self.threads.get(&thread) {
             Some(s)
@@ -1669,5 +1668,142 @@ mod tests {
         assert!(t.stats.evicted >= 92);
         t.sweep(u64::MAX, Duration::from_secs(1), &mut out);
         assert!(t.is_empty());
+    }
+
+    fn data_on(
+        t: &mut ConnTable,
+        fd: u32,
+        tid: u32,
+        ts_ns: u64,
+        direction: Direction,
+        bytes: &[u8],
+        out: &mut ConnOutput,
+    ) {
+        t.on_event(
+            Event::Data {
+                pid: PID,
+                tid,
+                fd,
+                ts_ns,
+                direction,
+                tls: false,
+                len: bytes.len() as u64,
+                offsets: None,
+                payload: bytes,
+            },
+            out,
+        );
+    }
+
+    /// A server connection on `fd` and a client connection on `fd + 1` to `upstream`.
+    fn server_and_client(t: &mut ConnTable, fd: u32, upstream: &str, out: &mut ConnOutput) {
+        t.on_event(
+            Event::Accept(info(fd, Some(Role::Server), None, Some("10.0.0.9:4000"))),
+            out,
+        );
+        t.on_event(
+            Event::Connect(info(fd + 1, Some(Role::Client), None, Some(upstream))),
+            out,
+        );
+    }
+
+    const UP_REQ: &[u8] = b"GET /users/42 HTTP/1.1\r\nHost: up\r\n\r\n";
+
+    #[test]
+    fn a_call_made_while_serving_a_request_rides_on_its_exchange() {
+        let mut t = table(16);
+        t.follow_downstream(true);
+        let mut out = ConnOutput::default();
+        server_and_client(&mut t, 5, "10.1.0.1:80", &mut out);
+        data_on(&mut t, 5, 7, 10, Direction::Ingress, REQ, &mut out);
+        data_on(&mut t, 6, 7, 20, Direction::Egress, UP_REQ, &mut out);
+        data_on(&mut t, 6, 7, 30, Direction::Ingress, RESP, &mut out);
+        assert!(
+            out.downstream.is_empty(),
+            "held until the request is answered"
+        );
+        data_on(&mut t, 5, 7, 40, Direction::Egress, RESP, &mut out);
+        let server = out
+            .exchanges
+            .iter()
+            .find(|e| e.role == Role::Server)
+            .expect("server exchange");
+        let work = server.downstream.as_deref().expect("downstream work");
+        assert_eq!(work.calls[downstream::Protocol::Http.index()], 1);
+        assert_eq!(
+            work.fingerprints,
+            vec![(downstream::Protocol::Http, "GET /users/{id}".to_string())]
+        );
+        assert_eq!(out.downstream.len(), 1);
+        let r = &out.downstream[0];
+        assert_eq!(r.attributed, Ok(()));
+        assert_eq!(r.target, Some("10.1.0.1:80".parse().unwrap()));
+        assert_eq!((r.call.started_ns, r.call.ended_ns), (20, 30));
+    }
+
+    #[test]
+    fn calls_of_a_thread_serving_no_request_are_unattributed() {
+        let mut t = table(16);
+        t.follow_downstream(true);
+        let mut out = ConnOutput::default();
+        server_and_client(&mut t, 5, "10.1.0.1:80", &mut out);
+        // Thread 7 serves the request; thread 8 calls upstream on its own.
+        data_on(&mut t, 5, 7, 10, Direction::Ingress, REQ, &mut out);
+        data_on(&mut t, 6, 8, 20, Direction::Egress, UP_REQ, &mut out);
+        data_on(&mut t, 6, 8, 30, Direction::Ingress, RESP, &mut out);
+        data_on(&mut t, 5, 7, 40, Direction::Egress, RESP, &mut out);
+        assert_eq!(out.downstream.len(), 1);
+        assert_eq!(out.downstream[0].attributed, Err(Unattributed::NoRequest));
+        let server = out.exchanges.iter().find(|e| e.role == Role::Server);
+        assert!(server.is_some_and(|e| e.downstream.is_none()));
+        // After the response, the same thread's call serves no request either.
+        out = ConnOutput::default();
+        data_on(&mut t, 6, 7, 50, Direction::Egress, UP_REQ, &mut out);
+        data_on(&mut t, 6, 7, 60, Direction::Ingress, RESP, &mut out);
+        assert_eq!(out.downstream.len(), 1);
+        assert_eq!(out.downstream[0].attributed, Err(Unattributed::NoRequest));
+    }
+
+    #[test]
+    fn a_thread_serving_two_requests_at_once_is_not_guessed() {
+        let mut t = table(16);
+        t.follow_downstream(true);
+        let mut out = ConnOutput::default();
+        server_and_client(&mut t, 5, "10.1.0.1:80", &mut out);
+        t.on_event(
+            Event::Accept(info(9, Some(Role::Server), None, Some("10.0.0.8:4000"))),
+            &mut out,
+        );
+        // An event loop: thread 7 reads two requests before answering either.
+        data_on(&mut t, 5, 7, 10, Direction::Ingress, REQ, &mut out);
+        data_on(&mut t, 9, 7, 11, Direction::Ingress, REQ, &mut out);
+        data_on(&mut t, 6, 7, 20, Direction::Egress, UP_REQ, &mut out);
+        data_on(&mut t, 6, 7, 30, Direction::Ingress, RESP, &mut out);
+        data_on(&mut t, 5, 7, 40, Direction::Egress, RESP, &mut out);
+        data_on(&mut t, 9, 7, 41, Direction::Egress, RESP, &mut out);
+        assert_eq!(out.downstream.len(), 1);
+        assert_eq!(
+            out.downstream[0].attributed,
+            Err(Unattributed::SharedThread)
+        );
+        assert!(out
+            .exchanges
+            .iter()
+            .filter(|e| e.role == Role::Server)
+            .all(|e| e.downstream.is_none()));
+    }
+
+    #[test]
+    fn downstream_off_attributes_nothing() {
+        let mut t = table(16);
+        let mut out = ConnOutput::default();
+        server_and_client(&mut t, 5, "10.1.0.1:80", &mut out);
+        data_on(&mut t, 5, 7, 10, Direction::Ingress, REQ, &mut out);
+        data_on(&mut t, 6, 7, 20, Direction::Egress, UP_REQ, &mut out);
+        data_on(&mut t, 6, 7, 30, Direction::Ingress, RESP, &mut out);
+        data_on(&mut t, 5, 7, 40, Direction::Egress, RESP, &mut out);
+        assert_eq!(out.exchanges.len(), 2);
+        assert!(out.downstream.is_empty());
+        assert!(out.exchanges.iter().all(|e| e.downstream.is_none()));
     }
 }
