@@ -72,6 +72,37 @@ pub const PEERS: &[Peer] = &[
         Source::Apt("redis-tools"),
         "fleet store checks and cluster creation",
     ),
+    // Downstream-call tests. dnsmasq-base is the program without the system service
+    // that the `dnsmasq` package starts on port 53 of every address; Debian installs it
+    // in /usr/sbin (on root's PATH).
+    cmd(
+        "dnsmasq",
+        Source::Apt("dnsmasq-base"),
+        "local DNS server (downstream DNS calls)",
+    ),
+    // The server programs (initdb, pg_ctl) are in /usr/lib/postgresql/<version>/bin, off
+    // PATH; pg_ctlcluster (postgresql-common) comes with them. The package also makes
+    // and starts a `main` cluster on port 5432, which the tests do not use.
+    cmd(
+        "pg_ctlcluster",
+        Source::Apt("postgresql"),
+        "throwaway PostgreSQL clusters (downstream database calls)",
+    ),
+    Peer {
+        probe: Probe::PythonModule("psycopg2"),
+        source: Source::Apt("python3-psycopg2"),
+        used_by: "downstream API server (PostgreSQL, simple query protocol)",
+    },
+    Peer {
+        probe: Probe::PythonModule("psycopg"),
+        source: Source::Apt("python3-psycopg"),
+        used_by: "downstream API server (PostgreSQL, extended query protocol)",
+    },
+    Peer {
+        probe: Probe::PythonModule("redis"),
+        source: Source::Apt("python3-redis"),
+        used_by: "downstream API server (Redis client)",
+    },
     cmd("prometheus", Source::Apt("prometheus"), "real scrape test"),
     cmd(
         "promtool",
