@@ -157,7 +157,7 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     pub fn start(addr: &str, records: &[(&str, &str)]) -> Result<Self> {
         let bin = find_program("dnsmasq").context("dnsmasq is not installed")?;
-        stop_leftover_dnsmasq();
+        stop_leftovers("dnsmasq", "dnsmasq");
         let dir = scratch_dir("dnsmasq");
         let server: SocketAddr = format!("{addr}:53").parse()?;
         // A dnsmasq an earlier, killed run left on this address would answer in our
@@ -335,17 +335,17 @@ fn stop_leftover_clusters(bin: &Path) {
     }
 }
 
-/// Kill the dnsmasq processes earlier, killed test runs left running (their pid is in
-/// their scratch directory), and remove their files.
-fn stop_leftover_dnsmasq() {
-    for dir in leftover_scratch_dirs("dnsmasq") {
+/// Kill the `comm` processes (dnsmasq, the API server) earlier, killed test runs left
+/// running (their pid is in their `kind` scratch directory), and remove their files.
+fn stop_leftovers(kind: &str, comm: &str) {
+    for dir in leftover_scratch_dirs(kind) {
         let pid = std::fs::read_to_string(dir.join("pid"))
             .ok()
             .and_then(|p| p.trim().parse::<i32>().ok());
         if let Some(pid) = pid {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim() == "dnsmasq" {
-                // SAFETY: kill(2); the pid is a dnsmasq a test of ours started.
+            let running = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if running.trim().starts_with(comm) {
+                // SAFETY: kill(2); the pid is a process a test of ours started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
@@ -458,6 +458,7 @@ impl DownstreamApi {
     pub fn start(dns: &str, pg_port: u16, redis_port: u16) -> Result<Self> {
         let python = python_with(PYTHON_MODULES)
             .with_context(|| format!("no python3 imports {}", PYTHON_MODULES.join(", ")))?;
+        stop_leftovers("downstream-api", "python3");
         let dir = scratch_dir("downstream-api");
         let resolv = dir.join("resolv.conf");
         std::fs::write(
@@ -468,9 +469,9 @@ impl DownstreamApi {
         let script = workspace_root().join("tests/servers/downstream_api.py");
         // `unshare -m` execs sh (no fork), sh execs python: the child's pid is python's.
         // unshare makes the new namespace's mounts private, so the bind mount stays in it.
-        let inner = format!("mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"",);
+        let inner = "mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"";
         let child = Command::new("unshare")
-            .args(["-m", "sh", "-c", &inner, "sh"])
+            .args(["-m", "sh", "-c", inner, "sh"])
             .arg(&resolv)
             .arg(&python)
             .arg("-u")
@@ -484,6 +485,7 @@ impl DownstreamApi {
             .stderr(File::create(dir.join("stderr"))?)
             .spawn()
             .context("starting downstream_api.py under unshare")?;
+        std::fs::write(dir.join("pid"), child.id().to_string())?;
         let mut me = Self {
             port,
             proc: Proc {
