@@ -88,19 +88,26 @@ pub const PEERS: &[Peer] = &[
         Source::Apt("postgresql"),
         "throwaway PostgreSQL clusters (downstream database calls)",
     ),
+    // The downstream API server's clients, from PyPI into the `python3` on PATH (the one
+    // the probe and the tests run; Debian's python3-psycopg2, python3-psycopg and
+    // python3-redis would be invisible to another Python, e.g. pyenv's). Pinned to the
+    // versions of Debian 12's packages, whose wire behaviour the tests count on (checked
+    // with strace): psycopg2 sends one simple Query per execute, psycopg 3 one
+    // Parse/Bind/Describe/Execute/Sync, redis-py nothing on connect. psycopg 3 (pure
+    // Python) loads libpq5, which the postgresql peer brings.
     Peer {
         probe: Probe::PythonModule("psycopg2"),
-        source: Source::Apt("python3-psycopg2"),
+        source: Source::Pip("psycopg2-binary==2.9.5"),
         used_by: "downstream API server (PostgreSQL, simple query protocol)",
     },
     Peer {
         probe: Probe::PythonModule("psycopg"),
-        source: Source::Apt("python3-psycopg"),
+        source: Source::Pip("psycopg==3.1.7"),
         used_by: "downstream API server (PostgreSQL, extended query protocol)",
     },
     Peer {
         probe: Probe::PythonModule("redis"),
-        source: Source::Apt("python3-redis"),
+        source: Source::Pip("redis==4.3.4"),
         used_by: "downstream API server (Redis client)",
     },
     cmd("prometheus", Source::Apt("prometheus"), "real scrape test"),
