@@ -18,6 +18,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 pub mod dashboard;
+pub mod downstream;
 pub mod redis;
 pub mod scenarios;
 

@@ -72,6 +72,44 @@ pub const PEERS: &[Peer] = &[
         Source::Apt("redis-tools"),
         "fleet store checks and cluster creation",
     ),
+    // Downstream-call tests. dnsmasq-base is the program without the system service
+    // that the `dnsmasq` package starts on port 53 of every address; Debian installs it
+    // in /usr/sbin (on root's PATH).
+    cmd(
+        "dnsmasq",
+        Source::Apt("dnsmasq-base"),
+        "local DNS server (downstream DNS calls)",
+    ),
+    // The server programs (initdb, pg_ctl) are in /usr/lib/postgresql/<version>/bin, off
+    // PATH; pg_ctlcluster (postgresql-common) comes with them. The package also makes
+    // and starts a `main` cluster on port 5432, which the tests do not use.
+    cmd(
+        "pg_ctlcluster",
+        Source::Apt("postgresql"),
+        "throwaway PostgreSQL clusters (downstream database calls)",
+    ),
+    // The downstream API server's clients, from PyPI into the `python3` on PATH (the one
+    // the probe and the tests run; Debian's python3-psycopg2, python3-psycopg and
+    // python3-redis would be invisible to another Python, e.g. pyenv's). Pinned to the
+    // versions of Debian 12's packages, whose wire behaviour the tests count on (checked
+    // with strace): psycopg2 sends one simple Query per execute, psycopg 3 one
+    // Parse/Bind/Describe/Execute/Sync, redis-py nothing on connect. psycopg 3 (pure
+    // Python) loads libpq5, which the postgresql peer brings.
+    Peer {
+        probe: Probe::PythonModule("psycopg2"),
+        source: Source::Pip("psycopg2-binary==2.9.5"),
+        used_by: "downstream API server (PostgreSQL, simple query protocol)",
+    },
+    Peer {
+        probe: Probe::PythonModule("psycopg"),
+        source: Source::Pip("psycopg==3.1.7"),
+        used_by: "downstream API server (PostgreSQL, extended query protocol)",
+    },
+    Peer {
+        probe: Probe::PythonModule("redis"),
+        source: Source::Pip("redis==4.3.4"),
+        used_by: "downstream API server (Redis client)",
+    },
     cmd("prometheus", Source::Apt("prometheus"), "real scrape test"),
     cmd(
         "promtool",
