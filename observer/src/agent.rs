@@ -680,6 +680,15 @@ fn capture_privacy(config: &Config, allowlist: &HeaderAllowlist) -> serde_json::
             "alerts_jsonl": config.output.alerts_jsonl.is_some(),
         },
         "fleet_store": crate::fleet::privacy(&config.fleet, config.sessions.idle_ttl_secs),
+        "downstream": if config.downstream.enabled {
+            serde_json::json!({
+                "protocols": ["dns", "postgres", "mysql", "redis", "http"],
+                "kept": "per call: protocol, target address and the DNS name it was resolved from, operation, statement fingerprint (every literal replaced by ?), latency, error class",
+                "never_kept": "literals, bind values, rows, Redis keys and values, passwords, DNS answers beyond A/AAAA addresses",
+            })
+        } else {
+            serde_json::json!(false)
+        },
     })
 }
 
