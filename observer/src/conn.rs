@@ -229,6 +229,9 @@ pub struct ConnTable {
     comms: HashMap<u32, Arc<str>>,
     /// Which server connection each thread last read a request from.
     threads: HashMap<(u32, u32), Serving>,
+    /// Processes that served a request: only their calls are downstream calls (a client
+    /// program, a cron job or a CLI serves none).
+    servers: std::collections::HashSet<u32>,
     /// Names processes resolved, by (pid, address): a downstream target's DNS name.
     resolved: HashMap<(u32, IpAddr), Arc<str>>,
 }
@@ -276,6 +279,7 @@ impl ConnTable {
             workloads: None,
             comms: HashMap::new(),
             threads: HashMap::new(),
+            servers: std::collections::HashSet::new(),
             resolved: HashMap::new(),
         }
     }
@@ -611,7 +615,9 @@ impl ConnTable {
         };
         if self.threads.len() >= MAX_THREADS && !self.threads.contains_key(&thread) {
             self.threads.clear();
+            self.servers.clear();
         }
+        self.servers.insert(key.pid);
         self.threads.insert(
             thread,
             Serving {
@@ -649,6 +655,11 @@ impl ConnTable {
         calls: &mut Vec<Call>,
         out: &mut ConnOutput,
     ) {
+        if !self.servers.contains(&pid) {
+            // Not an API's process: its calls are nobody's downstream work.
+            calls.clear();
+            return;
+        }
         for call in calls.drain(..) {
             if let (Some(name), false) = (&call.dns_name, call.answers.is_empty()) {
                 if self.resolved.len() >= MAX_RESOLVED {
@@ -1805,5 +1816,21 @@ mod tests {
         assert_eq!(out.exchanges.len(), 2);
         assert!(out.downstream.is_empty());
         assert!(out.exchanges.iter().all(|e| e.downstream.is_none()));
+    }
+
+    #[test]
+    fn calls_of_a_process_that_serves_nothing_are_not_downstream() {
+        let mut t = table(16);
+        t.follow_downstream(true);
+        let mut out = ConnOutput::default();
+        // A client program (curl, a cron job): its calls are plain client exchanges.
+        t.on_event(
+            Event::Connect(info(6, Some(Role::Client), None, Some("10.1.0.1:80"))),
+            &mut out,
+        );
+        data_on(&mut t, 6, 7, 20, Direction::Egress, UP_REQ, &mut out);
+        data_on(&mut t, 6, 7, 30, Direction::Ingress, RESP, &mut out);
+        assert_eq!(out.exchanges.len(), 1);
+        assert!(out.downstream.is_empty());
     }
 }
