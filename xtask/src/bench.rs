@@ -89,6 +89,25 @@ pub enum Which {
         #[arg(long)]
         endpoint: Option<String>,
     },
+    /// Downstream capture must not change the overhead goals of the HTTP path: nginx
+    /// under wrk, then redis-benchmark against a throwaway redis-server, each without the
+    /// agent, with `[downstream] enabled = false` and with `enabled = true`; prints the
+    /// requests/s, the ratio on/off and the agent's CPU. Needs root.
+    Downstream {
+        /// Alternating rounds (each one run without the agent, one with downstream
+        /// capture off, one with it on).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// wrk connections, and redis-benchmark clients.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Requests of each redis-benchmark test (GET, SET) per run.
+        #[arg(long, default_value_t = 200_000)]
+        redis_requests: u64,
+    },
     /// Session verdicts of the labelled scenarios (tests/src/scenarios.rs) with the
     /// default scoring calibration: a row per scenario, the confusion matrix, precision
     /// and recall of `unhealthy`, alerts over healthy scenarios. Needs root.
@@ -404,7 +423,7 @@ fn selected(chosen: &str, name: &str) -> bool {
 }
 
 /// utime + stime of a process, seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -678,7 +697,7 @@ fn with_agent<T>(bin: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, AgentR
     ))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return 0.0;
@@ -711,6 +730,20 @@ pub fn run(which: Which, bin: &Path) -> Result<()> {
             endpoint.as_deref(),
         ),
         Which::Startup { runs } => crate::startup::run(bin, runs),
+        Which::Downstream {
+            rounds,
+            seconds,
+            connections,
+            redis_requests,
+        } => crate::downstream::run(
+            bin,
+            &crate::downstream::Options {
+                rounds,
+                seconds,
+                connections,
+                redis_requests,
+            },
+        ),
         Which::Replay { exchanges } => {
             hidden_bench(bin, &["replay", "--exchanges", &exchanges.to_string()])
         }

@@ -3,6 +3,7 @@
 //! kernel object), so xtask is not a second build system.
 
 mod bench;
+mod downstream;
 mod fleet;
 mod floor;
 mod memory;
