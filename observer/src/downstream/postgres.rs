@@ -37,12 +37,11 @@ const MAX_LENGTH: u64 = 1 << 30;
 // ---------------------------------------------------------------------------------------
 
 /// One message of a length-prefixed stream: its header, the first `want` bytes of its
-/// body (fewer when the capture was cut: `complete == false`).
+/// body (fewer when the capture was cut, then counted `Skip::Truncated`).
 pub(super) struct Msg<'a> {
     pub hdr: &'a [u8],
     pub body: &'a [u8],
     pub body_len: u64,
-    pub complete: bool,
     /// Timestamp of the segment holding the message's first byte.
     pub start_ns: u64,
     /// Timestamp of the segment that completed the message (or its wanted part).
@@ -142,7 +141,6 @@ impl Framer {
                     hdr: &self.hdr,
                     body: &self.body,
                     body_len,
-                    complete,
                     start_ns: self.start_ns,
                     ts_ns: ts,
                 },
@@ -231,16 +229,21 @@ impl Framer {
         if unknown == 0 {
             return;
         }
+        let mut counted = false;
         if let Some((body_len, _)) = self.cur {
+            // A message cut: what was captured of it is delivered (counted truncated).
             let rest = body_len - self.body.len() as u64;
             self.deliver(h, side, seg.ts_ns, out);
             if unknown <= rest {
                 self.skip = rest - unknown;
                 return;
             }
+            counted = true;
         }
         // Unknown bytes past a message boundary: the stream's framing is lost.
-        out.skips.push(Skip::Truncated);
+        if !counted {
+            out.skips.push(Skip::Truncated);
+        }
         self.reset();
         self.resync = true;
         h.cut(side, seg.ts_ns);
@@ -306,7 +309,7 @@ struct Statement {
 }
 
 /// A bounded map, oldest entry evicted first.
-struct Bounded<V> {
+pub(super) struct Bounded<V> {
     map: HashMap<Vec<u8>, V>,
     order: VecDeque<Vec<u8>>,
 }
@@ -321,7 +324,7 @@ impl<V> Default for Bounded<V> {
 }
 
 impl<V> Bounded<V> {
-    fn insert(&mut self, k: &[u8], v: V) {
+    pub(super) fn insert(&mut self, k: &[u8], v: V) {
         if self.map.insert(k.to_vec(), v).is_none() {
             self.order.push_back(k.to_vec());
             while self.order.len() > MAX_STATEMENTS {
@@ -331,7 +334,7 @@ impl<V> Bounded<V> {
             }
         }
     }
-    fn get(&self, k: &[u8]) -> Option<&V> {
+    pub(super) fn get(&self, k: &[u8]) -> Option<&V> {
         self.map.get(k)
     }
 }
