@@ -788,6 +788,40 @@ mod tests {
     }
 
     #[test]
+    fn query_attributes() {
+        let attrs = DEPRECATE | CLIENT_QUERY_ATTRIBUTES;
+        let mut segs = session(attrs)[..4].to_vec();
+        segs.extend([
+            (Side::Client, 5, pkt(0, b"\x03\x00\x01SELECT 1")),
+            (Side::Server, 6, ok(1)),
+            // One attribute: its value is not decoded, the statement not fingerprinted.
+            (
+                Side::Client,
+                7,
+                pkt(
+                    0,
+                    b"\x03\x01\x01\x00\x01\xfe\x00\x01a\x0ccanary-value SELECT 'canary'",
+                ),
+            ),
+            (Side::Server, 8, ok(1)),
+        ]);
+        let out = run(&mut *new(), &segs);
+        let got: Vec<_> = out
+            .calls
+            .iter()
+            .map(|c| (c.operation.as_str(), c.fingerprint.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("CONNECT", None),
+                ("SELECT", Some("SELECT ?")),
+                ("OTHER", None)
+            ]
+        );
+    }
+
+    #[test]
     fn ssl_request() {
         let mut p = (CLASSIC | CLIENT_SSL).to_le_bytes().to_vec();
         p.extend_from_slice(&[0, 0, 0, 1, 0xff]);

@@ -876,7 +876,7 @@ pub(super) mod tests {
 
     fn auth_ok() -> Vec<u8> {
         let mut v = vec![b'R', 0, 0, 0, 8, 0, 0, 0, 0]; // AuthenticationOk
-        v.extend(m(b'S', b"server_version\016.2\0"));
+        v.extend(m(b'S', b"server_version\x0016.2\0"));
         v.extend([b'K', 0, 0, 0, 12, 0, 0, 0x30, 0x39, 0x12, 0x34, 0x56, 0x78]);
         v.extend([b'Z', 0, 0, 0, 5, b'I']);
         v

@@ -183,6 +183,9 @@ impl Reader {
                     self.value_done(ts, done);
                     return Ok(());
                 }
+                if n as u64 > MAX_BULK {
+                    return Err(Fail::Malformed);
+                }
                 let count = n as u64 * if matches!(t, b'%' | b'|') { 2 } else { 1 };
                 if top && !attr {
                     self.cur.len = count;
@@ -858,6 +861,14 @@ mod tests {
         );
         assert_eq!(out.skips, vec![Skip::Malformed]);
         assert!(out.calls.is_empty());
+        let out = run(
+            &mut *new(),
+            &[
+                (Side::Client, 1, cmd(&[b"GET", b"k"])),
+                (Side::Server, 2, b"%9223372036854775807\r\n".to_vec()),
+            ],
+        );
+        assert_eq!(out.skips, vec![Skip::Malformed]);
         let deep = "*1\r\n".repeat(40);
         let out = run(
             &mut *new(),

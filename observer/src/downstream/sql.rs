@@ -366,12 +366,10 @@ fn tokenize(sql: &str, mysql: bool) -> Vec<Token> {
             i += 1;
             while i < n {
                 let d = chars[i];
-                if d.is_ascii_alphanumeric() || d == '_' || d == '.' {
-                    i += 1;
-                } else if (d == '+' || d == '-')
+                let exponent_sign = (d == '+' || d == '-')
                     && matches!(chars[i - 1], 'e' | 'E')
-                    && at(i + 1).is_ascii_digit()
-                {
+                    && at(i + 1).is_ascii_digit();
+                if d.is_ascii_alphanumeric() || d == '_' || d == '.' || exponent_sign {
                     i += 1;
                 } else {
                     break;
@@ -749,7 +747,7 @@ mod tests {
                 let set = b"'\"`$-/*#\\ ?:%()e0x1aZ.,\n";
                 s.push(set[(seed % set.len() as u64) as usize] as char);
             }
-            let _ = fingerprint_dialect(&s, seed % 2 == 0);
+            let _ = fingerprint_dialect(&s, seed & 1 == 0);
         }
     }
 }
