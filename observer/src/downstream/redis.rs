@@ -851,6 +851,20 @@ mod tests {
     }
 
     #[test]
+    fn pending_bounded() {
+        let many: Vec<u8> = (0..300).flat_map(|_| cmd(&[b"GET", b"k"])).collect();
+        let out = run(
+            &mut *new(),
+            &[
+                (Side::Client, 1, many),
+                (Side::Server, 2, b"+OK\r\n".to_vec()),
+            ],
+        );
+        assert_eq!(out.skips.len(), 300 - MAX_PENDING);
+        assert_eq!(out.calls.len(), 1);
+    }
+
+    #[test]
     fn malformed_and_depth() {
         let out = run(
             &mut *new(),

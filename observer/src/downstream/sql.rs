@@ -750,4 +750,28 @@ mod tests {
             let _ = fingerprint_dialect(&s, seed & 1 == 0);
         }
     }
+
+    #[test]
+    fn more_statements() {
+        let cases = [
+            ("SELECT * FROM t WHERE x = ANY($1) AND y::jsonb ?| array['a']", "SELECT * FROM t WHERE x = ANY(?) AND y::jsonb ?| array[?]"),
+            ("select u.id from users u join orders o on o.user_id = u.id where o.total > 100.50 and u.name ilike '%bob%' order by 1 desc limit 10 offset 20",
+             "SELECT u.id FROM users u JOIN orders o ON o.user_id = u.id WHERE o.total > ? AND u.name ILIKE ? ORDER BY ? DESC LIMIT ? OFFSET ?"),
+            ("INSERT INTO t(a,b) VALUES($1,$2) RETURNING id", "INSERT INTO t(a,b) VALUES(?) RETURNING id"),
+            ("UPDATE t SET data = data || '{\"k\":1}'::jsonb WHERE id = 'f47ac10b-58cc-4372-a567-0e02b2c3d479'", "UPDATE t SET data = data || ?::jsonb WHERE id = ?"),
+            ("SELECT CASE WHEN a > 0 THEN 'pos' ELSE 'neg' END FROM t", "SELECT CASE WHEN a > ? THEN ? ELSE ? END FROM t"),
+            ("DELETE FROM t WHERE created_at < NOW() - INTERVAL '7 days'", "DELETE FROM t WHERE created_at < NOW() - INTERVAL ?"),
+            ("SELECT \"user\".\"id\" FROM \"user\" WHERE \"user\".email = $1", "SELECT \"user\".\"id\" FROM \"user\" WHERE \"user\".email = ?"),
+            ("select x from t where a between 1 and 10 and b not in (1,2,3) and c is not null", "SELECT x FROM t WHERE a BETWEEN ? AND ? AND b NOT IN (?) AND c IS NOT NULL"),
+            ("WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n+1 FROM r WHERE n < 5) SELECT * FROM r", "WITH RECURSIVE r AS (SELECT ? AS n UNION ALL SELECT n+? FROM r WHERE n < ?) SELECT * FROM r"),
+            ("ALTER USER app WITH PASSWORD 'canary-secret-42'", "ALTER USER app WITH PASSWORD ?"),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(fp(sql), want, "{sql}");
+        }
+        assert_eq!(
+            fingerprint_mysql("SELECT @a := 5, `weird col` FROM db.t").1,
+            "SELECT @a := ?, `weird col` FROM db.t"
+        );
+    }
 }
