@@ -858,6 +858,85 @@ pub(super) mod tests {
         }
     }
 
+    /// Every parser, fed segments drawn from an alphabet of protocol bytes, never panics.
+    #[test]
+    fn fuzz_all_parsers() {
+        let alphabet: &[u8] = b"\0\x01\x03\x05\x0a\xc0\xfe\xff*$+-:%>|_\r\nQPBESZDCRE'\"-/9ab";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..2000 {
+            for (proto, datagram) in [
+                (Protocol::Dns, true),
+                (Protocol::Dns, false),
+                (Protocol::Postgres, false),
+                (Protocol::Mysql, false),
+                (Protocol::Redis, false),
+            ] {
+                let mut p = super::super::parser(proto, datagram);
+                // Half the time past the login, so that deeper states are reached.
+                let mut out = match proto {
+                    Protocol::Postgres if round % 4 < 2 => run(
+                        &mut *p,
+                        &[(Side::Client, 1, startup()), (Side::Server, 2, auth_ok())],
+                    ),
+                    Protocol::Mysql if round % 4 < 2 => run(
+                        &mut *p,
+                        &[
+                            (Side::Server, 1, hex("4a0000000a382e302e3336000b0000003a235e1f7b0c452d00ffffff0200ffdf1500000000000000000000112233445566770809\
+                                0a0b0c0063616368696e675f736861325f70617373776f726400")),
+                            (Side::Client, 2, hex("2000000100820a01000000ff0000000000000000000000000000000000000000000000")),
+                            (Side::Server, 3, hex("0700000200000002000000")),
+                        ],
+                    ),
+                    _ => Output::default(),
+                };
+                if round % 4 < 2 && matches!(proto, Protocol::Postgres | Protocol::Mysql) {
+                    assert_eq!(out.calls.len(), 1, "{proto:?} login");
+                }
+                for _ in 0..6 {
+                    let len = (next() % 48) as usize;
+                    let data: Vec<u8> = (0..len)
+                        .map(|_| {
+                            if round % 2 == 0 {
+                                alphabet[(next() as usize) % alphabet.len()]
+                            } else {
+                                next() as u8
+                            }
+                        })
+                        .collect();
+                    let side = if next() % 2 == 0 {
+                        Side::Client
+                    } else {
+                        Side::Server
+                    };
+                    let extra = if next() % 5 == 0 { next() % 70_000 } else { 0 };
+                    p.feed(
+                        side,
+                        Segment {
+                            ts_ns: 1,
+                            data: &data,
+                            len: data.len() as u64 + extra,
+                            lost_before: if next() % 12 == 0 { 1 } else { 0 },
+                        },
+                        &mut out,
+                    );
+                }
+            }
+        }
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: Vec<u8> = s.bytes().filter(|c| c.is_ascii_hexdigit()).collect();
+        s.chunks(2)
+            .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 16).unwrap())
+            .collect()
+    }
+
     fn m(t: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![t];
         v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());

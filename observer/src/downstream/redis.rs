@@ -322,7 +322,11 @@ fn command(v: &Value) -> Command {
     let mut fingerprint = operation.clone();
     let mut args = v.len.saturating_sub(1);
     if CONTAINERS.contains(&operation.as_str()) && args > 0 {
-        if let Some(sub) = word(&v.words[1]) {
+        // Subcommands are letters and dashes (`SETNAME`, `NO-EVICT`): a stricter test
+        // than for command names, as a key given where a subcommand belongs stays out.
+        let sub = word(&v.words[1])
+            .filter(|w| w.len() <= 20 && w.bytes().all(|c| c.is_ascii_uppercase() || c == b'-'));
+        if let Some(sub) = sub {
             fingerprint.push(' ');
             fingerprint.push_str(&sub);
             args -= 1;
