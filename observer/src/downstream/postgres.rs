@@ -877,7 +877,7 @@ pub(super) mod tests {
                 (Protocol::Mysql, false),
                 (Protocol::Redis, false),
             ] {
-                let mut p = super::super::parser(proto, datagram);
+                let mut p = super::super::parser(proto, datagram).expect("a downstream parser");
                 // Half the time past the login, so that deeper states are reached.
                 let mut out = match proto {
                     Protocol::Postgres if round % 4 < 2 => run(
