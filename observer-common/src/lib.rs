@@ -157,6 +157,11 @@ pub struct DataEvent {
     /// source) when this call happened. A response written before a request had been
     /// read cannot answer it.
     pub peer_offset: u64,
+    /// The calling thread's user `R14` at the call. In a Go program that is the running
+    /// goroutine (its `g`): Go code keeps it there, and a goroutine may move between
+    /// threads, so the agent tells a Go program's requests apart by it. Meaningless for
+    /// other programs (the agent does not use it for them).
+    pub g: u64,
 }
 
 /// `DataEvent::offset` and `peer_offset` are set (the socket is in the tracked map).
@@ -168,7 +173,7 @@ pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataEvent>();
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<SocketEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<SocketState>() == 48);
-const _: () = assert!(DATA_HEADER_LEN == 64);
+const _: () = assert!(DATA_HEADER_LEN == 72);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 
 /// Indexes of the per-CPU drop counters (`DROPS` map).

@@ -579,6 +579,7 @@ impl StreamGenerator {
             flags: DATA_FLAG_OFFSETS,
             offset: live.moved[usize::from(!ingress)],
             peer_offset: live.moved[usize::from(ingress)],
+            g: 0,
         };
         live.moved[usize::from(!ingress)] += len;
         out.push(record_bytes(&ev), &payload[..captured]);

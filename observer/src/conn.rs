@@ -97,8 +97,8 @@ struct Connection {
     /// Server side: downstream calls made for the request being served, waiting for its
     /// exchange (with their targets).
     pending_calls: Vec<(Call, Option<SocketAddr>, Option<Arc<str>>)>,
-    /// Client side: the thread that sent the last request.
-    request_tid: u32,
+    /// Client side: who sent the last request (see [`ConnTable::worker`]).
+    request_worker: u64,
 }
 
 #[derive(Default)]
@@ -141,7 +141,7 @@ impl Connection {
             datagram: false,
             awaiting_response: false,
             pending_calls: Vec::new(),
-            request_tid: 0,
+            request_worker: 0,
         }
     }
 
@@ -228,7 +228,9 @@ pub struct ConnTable {
     /// a pid none of them named): one shared name per process, no file read per event.
     comms: HashMap<u32, Arc<str>>,
     /// Which server connection each thread last read a request from.
-    threads: HashMap<(u32, u32), Serving>,
+    threads: HashMap<(u32, u64), Serving>,
+    /// Whether each process is a Go program: its requests are told apart by goroutine.
+    go: HashMap<u32, bool>,
     /// Processes that served a request: only their calls are downstream calls (a client
     /// program, a cron job or a CLI serves none).
     servers: std::collections::HashSet<u32>,
@@ -279,6 +281,7 @@ impl ConnTable {
             workloads: None,
             comms: HashMap::new(),
             threads: HashMap::new(),
+            go: HashMap::new(),
             servers: std::collections::HashSet::new(),
             resolved: HashMap::new(),
         }
@@ -374,6 +377,7 @@ impl ConnTable {
             Event::Data {
                 pid,
                 tid,
+                g,
                 fd,
                 ts_ns,
                 direction,
@@ -384,6 +388,7 @@ impl ConnTable {
             } => {
                 let chunk = Chunk {
                     tid,
+                    g,
                     ts_ns,
                     direction,
                     len,
@@ -485,7 +490,7 @@ impl ConnTable {
         }
         if !out.client_calls.is_empty() {
             let mut calls = std::mem::take(&mut out.client_calls);
-            self.attribute(key.pid, conn.request_tid, conn.remote, &mut calls, out);
+            self.attribute(key.pid, conn.request_worker, conn.remote, &mut calls, out);
         }
         // Lost after the last exchange reported: counted, attributed to no session.
         self.stats.lost_exchanges += conn.lost.take();
@@ -498,17 +503,26 @@ impl ConnTable {
             self.insert(key, Connection::new(None, comm, true, chunk.ts_ns), out);
         }
         let follow = self.parsers.downstream;
-        if follow && chunk.direction == Direction::Ingress {
-            self.note_request(key, chunk.tid, chunk.ts_ns);
-        }
+        let role = self.conns.get(&key).and_then(|c| c.role);
+        let direction = chunk.direction;
+        // Who reads a request or sends a downstream call: needed only then.
+        let worker = match (follow, role, direction) {
+            (true, Some(Role::Server), Direction::Ingress) => {
+                let w = self.worker(key.pid, chunk.tid, chunk.g);
+                self.note_request(key, w, chunk.ts_ns);
+                w
+            }
+            (true, Some(Role::Client), Direction::Egress) if self.servers.contains(&key.pid) => {
+                self.worker(key.pid, chunk.tid, chunk.g)
+            }
+            _ => u64::from(chunk.tid),
+        };
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
         conn.last_ns = chunk.ts_ns;
-        let role = conn.role;
-        let direction = chunk.direction;
         if role == Some(Role::Client) && direction == Direction::Egress {
-            conn.request_tid = chunk.tid;
+            conn.request_worker = worker;
         }
         if tls && !conn.tls {
             // Plaintext from a TLS library: the syscall bytes were ciphertext; start over.
@@ -570,7 +584,7 @@ impl ConnTable {
             if role == Some(Role::Server) && direction == Direction::Egress {
                 conn.awaiting_response = false;
             }
-            let (tid, remote) = (conn.request_tid, conn.remote);
+            let (worker, remote) = (conn.request_worker, conn.remote);
             let protocol = match &conn.stage {
                 Stage::Downstream(p) => Some(p.protocol()),
                 _ => None,
@@ -583,17 +597,32 @@ impl ConnTable {
             if !self.parsers.calls.calls.is_empty() || !out.client_calls.is_empty() {
                 let mut calls = std::mem::take(&mut self.parsers.calls.calls);
                 calls.append(&mut out.client_calls);
-                self.attribute(key.pid, tid, remote, &mut calls, out);
+                self.attribute(key.pid, worker, remote, &mut calls, out);
                 self.parsers.calls.calls = calls;
             }
         }
     }
 
-    /// Thread `tid` read bytes of connection `key`: if that is a server connection
-    /// speaking HTTP, the thread now serves its request. A thread found reading a second
-    /// connection while the request of the first still waits for its response serves
-    /// several at once (an event loop): its calls cannot be attributed for a while.
-    fn note_request(&mut self, key: ConnKey, tid: u32, now: u64) {
+    /// Who does the work of a call in process `pid`: its goroutine in a Go program (a
+    /// goroutine moves between threads, and one thread runs many), else its thread.
+    fn worker(&mut self, pid: u32, tid: u32, g: u64) -> u64 {
+        if self.go.len() >= MAX_THREADS && !self.go.contains_key(&pid) {
+            self.go.clear();
+        }
+        let go = *self.go.entry(pid).or_insert_with(|| is_go_program(pid));
+        if go && g != 0 {
+            g
+        } else {
+            u64::from(tid)
+        }
+    }
+
+    /// Worker `tid` (a thread, or a Go program's goroutine) read bytes of connection
+    /// `key`: if that is a server connection speaking HTTP, it now serves its request. A
+    /// worker found reading a second connection while the request of the first still
+    /// waits for its response serves several at once (an event loop): its calls cannot
+    /// be attributed for a while.
+    fn note_request(&mut self, key: ConnKey, tid: u64, now: u64) {
         let Some(conn) = self.conns.get(&key) else {
             return;
         };
@@ -631,7 +660,7 @@ impl ConnTable {
     }
 
     /// The server connection whose request thread (`pid`, `tid`) was serving at `ts_ns`.
-    fn serving(&self, pid: u32, tid: u32, ts_ns: u64) -> Result<ConnKey, Unattributed> {
+    fn serving(&self, pid: u32, tid: u64, ts_ns: u64) -> Result<ConnKey, Unattributed> {
         let s = self
             .threads
             .get(&(pid, tid))
@@ -650,7 +679,7 @@ impl ConnTable {
     fn attribute(
         &mut self,
         pid: u32,
-        tid: u32,
+        tid: u64,
         remote: Option<SocketAddr>,
         calls: &mut Vec<Call>,
         out: &mut ConnOutput,
@@ -691,10 +720,26 @@ impl ConnTable {
     }
 }
 
+/// Whether process `pid` runs a Go program (its executable has Go's build information
+/// or function table). Only the section headers are read.
+fn is_go_program(pid: u32) -> bool {
+    use object::{Object as _, ReadCache};
+    let Ok(file) = std::fs::File::open(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let cache = ReadCache::new(file);
+    let Ok(obj) = object::File::parse(&cache) else {
+        return false;
+    };
+    obj.section_by_name(".go.buildinfo").is_some() || obj.section_by_name(".gopclntab").is_some()
+}
+
 /// One read or write of a connection, as the table hands it on.
 struct Chunk<'a> {
     /// The thread that made the call.
     tid: u32,
+    /// Its user `R14` (a Go program's goroutine).
+    g: u64,
     ts_ns: u64,
     direction: Direction,
     len: u64,
@@ -738,6 +783,7 @@ impl Parsers {
     ) {
         let Chunk {
             tid: _,
+            g: _,
             ts_ns,
             direction,
             len,
@@ -1129,6 +1175,7 @@ mod tests {
             Event::Data {
                 pid: PID,
                 tid: PID,
+                g: 0,
                 fd,
                 ts_ns,
                 direction,
@@ -1341,6 +1388,7 @@ mod tests {
                 Event::Data {
                     pid: PID,
                     tid: PID,
+                    g: 0,
                     fd: 10,
                     ts_ns: ts,
                     direction: dir,
@@ -1694,6 +1742,7 @@ mod tests {
             Event::Data {
                 pid: PID,
                 tid,
+                g: 0,
                 fd,
                 ts_ns,
                 direction,

@@ -534,3 +534,81 @@ fn downstream_capture_off_reports_nothing() {
     assert!(w.api.output().contains("items id=1 depth=1"));
     assert!(w.dns.log().contains("query[A] cache.observer.test"));
 }
+
+/// A Go server (`tests/servers/godownstream`): net/http runs each connection's handler
+/// in a goroutine of its own, goroutines move between threads while they wait, and one
+/// thread runs many. Calls are told apart by goroutine (Go keeps the running goroutine
+/// in R14), so every request gets exactly its own two Redis calls even with 16 requests
+/// at once.
+#[test]
+fn go_requests_are_attributed_by_goroutine() {
+    if !prerequisites() || !require_tools(&["go", "redis-server"]) {
+        return;
+    }
+    use std::io::BufRead as _;
+    let bin = build_go_program("godownstream").unwrap();
+    let redis = Redis::start().unwrap();
+    let agent = Agent::start(&[]).unwrap();
+    let port = free_port();
+    let mut server = Proc::spawn(
+        "godownstream",
+        std::process::Command::new(&bin).args([port.to_string(), redis.port.to_string()]),
+    )
+    .unwrap();
+    let mut lines = std::io::BufReader::new(server.child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    wait_listening(([127, 0, 0, 1], port).into()).unwrap();
+
+    // 40 requests, 16 at a time.
+    const N: usize = 40;
+    let urls: Vec<String> = (1..=N)
+        .map(|i| format!("http://127.0.0.1:{port}/items/{i}"))
+        .collect();
+    let mut args: Vec<&str> = vec![
+        "--parallel",
+        "--parallel-max",
+        "16",
+        "-H",
+        "Authorization: Bearer downstream-go-token-0006",
+        "-w",
+        "%{http_code}\\n",
+    ];
+    for u in &urls {
+        args.extend(["-o", "/dev/null", u]);
+    }
+    let out = curl(&args).unwrap();
+    assert_eq!(
+        out.lines().filter(|l| l.trim() == "200").count(),
+        N,
+        "{out}"
+    );
+
+    let of_port = || -> Vec<Value> {
+        agent
+            .exchanges()
+            .into_iter()
+            .filter(|e| e["role"] == "server" && server_port(e) == Some(port))
+            .collect()
+    };
+    wait_for(Duration::from_secs(15), || {
+        (of_port().len() >= N).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let ex = of_port();
+    assert_eq!(ex.len(), N, "{ex:#?}\n{}", agent.stderr());
+    let api = agent_json(&agent, "/api/downstream").unwrap();
+    for e in &ex {
+        let d = &e["downstream"];
+        assert_eq!(d["calls"], json!({"redis": 2}), "{e:#}\n{api:#}");
+        assert_eq!(strings(&d["fingerprints"]), ["GET ?", "SET ? ?"], "{e:#}");
+    }
+    let redis_calls = &api["by_protocol"]["redis"];
+    eprintln!(
+        "Go server: {} of {} Redis calls attributed",
+        redis_calls["attributed"], redis_calls["calls"]
+    );
+    assert_eq!(redis_calls["attributed"], json!(2 * N), "{api:#}");
+    assert_no_canary("/api/downstream", &api.to_string());
+    assert_no_canary("/metrics", &agent.metrics());
+    assert_no_canary("the exchange stream", &serde_json::to_string(&ex).unwrap());
+}

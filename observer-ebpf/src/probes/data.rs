@@ -173,19 +173,35 @@ fn finish(ctx: &RawTracePointContext) {
         }
         _ => Call::data(CALL_SENDFILE, fd, direction, 0, 0),
     };
-    emit_data_at(state, pid, tid, &call, ret as u64, SOURCE_SYSCALL);
+    emit_data_at(
+        state,
+        pid,
+        tid,
+        user_r14(ctx),
+        &call,
+        ret as u64,
+        SOURCE_SYSCALL,
+    );
 }
 
 /// Send a Data record: the header and up to the configured number of bytes of `call`'s
 /// buffer (or iovecs), of which `len` were transferred.
-pub fn emit_data(pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
-    emit_record(tracked(pid, call.fd), pid, tid, call, len, source);
+pub fn emit_data(pid: u32, tid: u32, g: u64, call: &Call, len: u64, source: u32) {
+    emit_record(tracked(pid, call.fd), pid, tid, g, call, len, source);
 }
 
 /// As [`emit_data`], for the socket `state` already looked up.
 #[inline(always)]
-fn emit_data_at(state: *mut SocketState, pid: u32, tid: u32, call: &Call, len: u64, source: u32) {
-    emit_record(Some(state), pid, tid, call, len, source);
+fn emit_data_at(
+    state: *mut SocketState,
+    pid: u32,
+    tid: u32,
+    g: u64,
+    call: &Call,
+    len: u64,
+    source: u32,
+) {
+    emit_record(Some(state), pid, tid, g, call, len, source);
 }
 
 #[inline(always)]
@@ -193,6 +209,7 @@ fn emit_record(
     state: Option<*mut SocketState>,
     pid: u32,
     tid: u32,
+    g: u64,
     call: &Call,
     len: u64,
     source: u32,
@@ -264,6 +281,7 @@ fn emit_record(
         let head = data_header(
             pid,
             tid,
+            g,
             call,
             len,
             source,
@@ -292,6 +310,7 @@ fn emit_record(
     let header = data_header(
         pid,
         tid,
+        g,
         call,
         len,
         source,
@@ -351,6 +370,7 @@ struct SmallRecord {
 fn data_header(
     pid: u32,
     tid: u32,
+    g: u64,
     call: &Call,
     len: u64,
     source: u32,
@@ -375,6 +395,7 @@ fn data_header(
         flags,
         offset,
         peer_offset,
+        g,
     }
 }
 
@@ -446,6 +467,14 @@ fn copy_iovecs(buf: *mut u8, call: &Call, cap: u64) -> u64 {
     off
 }
 
+/// The caller's user `R14`, saved at the syscall's entry (a Go program's goroutine).
+#[inline(always)]
+fn user_r14(ctx: &RawTracePointContext) -> u64 {
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: the address of a field of the kernel's saved registers, read by the helper.
+    unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*regs).r14)) }.unwrap_or(0)
+}
+
 /// A `u64` at user address `ptr` (0 when unreadable or `ptr` is 0).
 #[inline(always)]
 fn read_user_u64(ptr: u64) -> u64 {
@@ -508,6 +537,7 @@ pub fn exit_sendmmsg(ctx: RawTracePointContext) -> i32 {
     if unsafe { (*state).flags } & SOCKET_FLAG_IGNORED != 0 {
         return 0;
     }
+    let g = user_r14(&ctx);
     for i in 0..MAX_MMSG {
         if i >= sent as u64 {
             break;
@@ -524,7 +554,7 @@ pub fn exit_sendmmsg(ctx: RawTracePointContext) -> i32 {
             continue;
         }
         let call = Call::data(CALL_IOV, fd, DIR_EGRESS, iov, iov_len as u32);
-        emit_data_at(state, pid, tid, &call, len as u64, SOURCE_SYSCALL);
+        emit_data_at(state, pid, tid, g, &call, len as u64, SOURCE_SYSCALL);
     }
     0
 }

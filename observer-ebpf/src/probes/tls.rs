@@ -168,15 +168,16 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         count_drop(drop_reason::TLS_NO_SOCKET);
         return 0;
     };
-    emit_plaintext(pid, tid, fd, call.direction, call.buf, len);
+    emit_plaintext(pid, tid, 0, fd, call.direction, call.buf, len);
     0
 }
 
 #[inline(always)]
-fn emit_plaintext(pid: u32, tid: u32, fd: u32, direction: u32, buf: u64, len: u64) {
+fn emit_plaintext(pid: u32, tid: u32, g: u64, fd: u32, direction: u32, buf: u64, len: u64) {
     emit_data(
         pid,
         tid,
+        g,
         &Call::data(CALL_BUF, fd, direction, buf, 0),
         len,
         SOURCE_TLS,
@@ -218,7 +219,7 @@ pub fn go_tls_write(ctx: ProbeContext) -> u32 {
         return 0;
     };
     if len > 0 {
-        emit_plaintext(pid, tid, fd, DIR_EGRESS, buf, len);
+        emit_plaintext(pid, tid, regs.r14, fd, DIR_EGRESS, buf, len);
     }
     0
 }
@@ -272,7 +273,7 @@ pub fn go_tls_read_return(ctx: ProbeContext) -> u32 {
     let _ = GO_READS.remove(key);
     let n = regs.rax as i64;
     if n > 0 {
-        emit_plaintext(pid, tid, call.fd, DIR_INGRESS, call.buf, n as u64);
+        emit_plaintext(pid, tid, regs.r14, call.fd, DIR_INGRESS, call.buf, n as u64);
     }
     0
 }

@@ -75,6 +75,8 @@ pub enum Event<'a> {
         pid: u32,
         /// The thread that made the call.
         tid: u32,
+        /// Its user `R14`: a Go program's goroutine.
+        g: u64,
         fd: u32,
         ts_ns: u64,
         direction: Direction,
@@ -171,6 +173,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             Event::Data {
                 pid: header.pid,
                 tid: header.tid,
+                g: data.g,
                 fd: header.fd,
                 ts_ns: header.ts_ns,
                 direction,

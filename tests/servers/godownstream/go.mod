@@ -1,0 +1,3 @@
+module godownstream
+
+go 1.19
