@@ -90,9 +90,10 @@ pub enum Which {
         endpoint: Option<String>,
     },
     /// Downstream capture must not change the overhead goals of the HTTP path: nginx
-    /// under wrk, then redis-benchmark against a throwaway redis-server, each without the
-    /// agent, with `[downstream] enabled = false` and with `enabled = true`; prints the
-    /// requests/s, the ratio on/off and the agent's CPU. Needs root.
+    /// under wrk, then a Go API server making two Redis calls per request under wrk, each
+    /// without the agent, with `[downstream] enabled = false` and with `enabled = true`;
+    /// prints the requests/s, the ratio on/off, the agent's CPU and the calls attributed.
+    /// Needs root.
     Downstream {
         /// Alternating rounds (each one run without the agent, one with downstream
         /// capture off, one with it on).
@@ -101,12 +102,9 @@ pub enum Which {
         /// Seconds per wrk run.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
-        /// wrk connections, and redis-benchmark clients.
+        /// wrk connections.
         #[arg(long, default_value_t = 32)]
         connections: u32,
-        /// Requests of each redis-benchmark test (GET, SET) per run.
-        #[arg(long, default_value_t = 200_000)]
-        redis_requests: u64,
     },
     /// Session verdicts of the labelled scenarios (tests/src/scenarios.rs) with the
     /// default scoring calibration: a row per scenario, the confusion matrix, precision
@@ -734,14 +732,12 @@ pub fn run(which: Which, bin: &Path) -> Result<()> {
             rounds,
             seconds,
             connections,
-            redis_requests,
         } => crate::downstream::run(
             bin,
             &crate::downstream::Options {
                 rounds,
                 seconds,
                 connections,
-                redis_requests,
             },
         ),
         Which::Replay { exchanges } => {

@@ -5,10 +5,12 @@
 //!
 //! - the HTTP path: nginx plaintext under wrk, as in `bench overhead`; prints the
 //!   median requests/s, the ratio on/off and the agent's CPU per reported exchange;
-//! - the downstream path: `redis-benchmark` (GET and SET) against a throwaway
-//!   `redis-server`: with downstream capture on the agent parses every call of its
-//!   client connections; prints its requests/s, the ratio on/off, the agent's CPU and
-//!   the downstream calls it counted (proof that the on variant did the work).
+//! - the downstream path: a Go HTTP API server (`tests/servers/godownstream`) under wrk,
+//!   each request making two Redis calls on a connection of its own to a throwaway
+//!   `redis-server`: with downstream capture on, the agent parses every call and
+//!   attributes it to its request (by goroutine); prints requests/s, the ratio on/off,
+//!   the agent's CPU per request and the calls it attributed (proof that the on variant
+//!   did the work).
 
 use std::{
     net::{TcpListener, TcpStream},
@@ -19,14 +21,16 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::bench::{cpu_seconds, median, metric_sum, wrk, Agent, Nginx, CASES};
+use crate::{
+    bench::{cpu_seconds, median, metric_by_label, metric_sum, wrk, Agent, Nginx, CASES},
+    fleet::Redis,
+};
 
 /// What the bench runs (`cargo xtask bench downstream --help`).
 pub struct Options {
     pub rounds: usize,
     pub seconds: u64,
     pub connections: u32,
-    pub redis_requests: u64,
 }
 
 /// One run's variant.
@@ -87,6 +91,8 @@ struct AgentRun {
     exchanges: u64,
     /// `api_observer_downstream_calls_total`, every series.
     downstream_calls: u64,
+    /// Those attributed to a request.
+    attributed: u64,
 }
 
 impl AgentRun {
@@ -130,6 +136,14 @@ fn with_agent<T>(
             exchanges: metric_sum(&metrics, "http_server_request_duration_seconds_count")
                 + metric_sum(&metrics, "http_client_request_duration_seconds_count"),
             downstream_calls: metric_sum(&metrics, "api_observer_downstream_calls_total"),
+            attributed: metric_by_label(
+                &metrics,
+                "api_observer_downstream_calls_total",
+                "attributed",
+            )
+            .get("true")
+            .copied()
+            .unwrap_or(0),
         },
     ))
 }
@@ -180,18 +194,13 @@ fn agent_median(rounds: &[Round], v: Variant, f: impl Fn(&AgentRun) -> f64) -> f
 }
 
 pub fn run(bin: &Path, o: &Options) -> Result<()> {
-    if o.rounds == 0 || o.seconds == 0 || o.connections == 0 || o.redis_requests == 0 {
-        bail!("--rounds, --seconds, --connections and --redis-requests must be at least 1");
+    if o.rounds == 0 || o.seconds == 0 || o.connections == 0 {
+        bail!("--rounds, --seconds and --connections must be at least 1");
     }
-    crate::peers::ensure_commands(&["nginx", "wrk", "openssl", "redis-server", "redis-cli"])?;
-    // redis-benchmark comes with redis-cli (Debian's redis-tools).
-    Command::new("redis-benchmark")
-        .arg("--version")
-        .output()
-        .context("running redis-benchmark (apt-get install redis-tools)")?;
+    crate::peers::ensure_commands(&["nginx", "wrk", "openssl", "redis-server", "redis-cli", "go"])?;
     let configs = Configs::write()?;
     http_path(bin, &configs, o)?;
-    redis_path(bin, &configs, o)
+    api_path(bin, &configs, o)
 }
 
 /// Workload 1: nginx plaintext under wrk (the overhead bench's `plaintext` case).
@@ -241,149 +250,118 @@ fn http_path(bin: &Path, configs: &Configs, o: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Workload 2: redis-benchmark (GET, SET) against a throwaway redis-server; with
-/// downstream capture on, the agent parses the client's calls.
-fn redis_path(bin: &Path, configs: &Configs, o: &Options) -> Result<()> {
-    let redis = Redis::start(&configs.dir)?;
-    let (port, connections, n) = (redis.port, o.connections, o.redis_requests);
-    redis_benchmark(port, connections, n.min(10_000))?; // warm-up
+/// Workload 2: the Go API server under wrk; each request makes two Redis calls.
+fn api_path(bin: &Path, configs: &Configs, o: &Options) -> Result<()> {
+    let server_bin = build_api_server(&configs.dir)?;
+    let redis = Redis::start()?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _server = ApiServer::start(&server_bin, port, redis.port)?;
+    let url = format!("http://127.0.0.1:{port}/items/7");
+    let (seconds, connections) = (o.seconds, o.connections);
+    wrk(&url, 1, connections, None)?; // warm-up
+    let mut errors = 0;
     let runs = rounds(bin, configs, o.rounds, || {
-        redis_benchmark(port, connections, n)
+        let t = wrk(&url, seconds, connections, None)?;
+        errors += t.errors;
+        Ok(t.per_s)
     })?;
     for (i, r) in runs.iter().enumerate() {
         println!(
-            "redis-path round {}: without {:.0} req/s, downstream off {:.0} req/s (agent cpu {:.2} s, {} downstream calls), downstream on {:.0} req/s (agent cpu {:.2} s, {} downstream calls)",
+            "api-path round {}: without {:.0} req/s, downstream off {:.0} req/s (agent cpu {:.2} s), downstream on {:.0} req/s (agent cpu {:.2} s, {} of {} downstream calls attributed)",
             i + 1,
             r.without,
             r.off.0,
             r.off.1.cpu_s,
-            r.off.1.downstream_calls,
             r.on.0,
             r.on.1.cpu_s,
+            r.on.1.attributed,
             r.on.1.downstream_calls
         );
     }
     let (without, off, on) = rates(&runs);
-    let cpu = |v| agent_median(&runs, v, |r| r.cpu_s);
-    let calls = agent_median(&runs, Variant::On, |r| r.downstream_calls as f64);
+    let us = |v| agent_median(&runs, v, AgentRun::us_per_exchange);
     println!(
-        "downstream redis-path (redis-benchmark -t get,set -n {n} -c {connections}, {} rounds):",
+        "downstream api-path (Go server, 2 Redis calls per request, {url} under wrk, {connections} connections, {seconds} s x {} rounds):",
         o.rounds
     );
     println!(
-        "downstream redis-path: median req/s without {without:.0} | downstream off {off:.0} | downstream on {on:.0}; ratio on/off {:.3}; agent cpu off {:.2} s | on {:.2} s; downstream calls (on, median) {calls:.0}",
+        "downstream api-path: median req/s without {without:.0} | downstream off {off:.0} | downstream on {on:.0}; ratio on/off {:.3}; agent cpu per request off {:.2} us | on {:.2} us",
         on / off,
-        cpu(Variant::Off),
-        cpu(Variant::On)
+        us(Variant::Off),
+        us(Variant::On)
     );
+    let rate = agent_median(&runs, Variant::On, |r| {
+        r.attributed as f64 / r.downstream_calls.max(1) as f64
+    });
+    println!("  downstream calls attributed (on, median share): {rate:.3}");
     let silent = runs.iter().filter(|r| r.on.1.downstream_calls == 0).count();
-    if silent == 0 {
-        let us = agent_median(&runs, Variant::On, |r| {
-            r.cpu_s * 1e6 / r.downstream_calls as f64
-        });
-        println!("  agent cpu per downstream call (on, median): {us:.2} us");
-    } else {
+    if silent > 0 {
         println!(
             "WARNING: api_observer_downstream_calls_total stayed 0 in {silent} of {} runs with \
-             downstream capture on: the agent parsed no Redis call there, so the on variant \
-             measured no downstream work (is the agent's Redis parser in this build?)",
+             downstream capture on: the on variant measured no downstream work",
             runs.len()
         );
+    }
+    if errors > 0 {
+        println!("WARNING: wrk saw {errors} socket errors or error responses over the runs");
     }
     Ok(())
 }
 
-/// redis-benchmark's GET and SET over `connections` clients, `n` requests each;
-/// requests/s over both.
-fn redis_benchmark(port: u16, connections: u32, n: u64) -> Result<f64> {
-    let out = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-c", &connections.to_string(), "-n", &n.to_string()])
-        .args(["-t", "get,set", "-q"])
-        .stdin(Stdio::null())
+/// Build `tests/servers/godownstream` (standard library only, nothing downloaded) into
+/// `dir`.
+fn build_api_server(dir: &Path) -> Result<PathBuf> {
+    let out_bin = dir.join("godownstream");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out_bin)
+        .arg(".")
+        .current_dir(crate::workspace_root().join("tests/servers/godownstream"))
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        .env("GO111MODULE", "on")
+        .env("GOTOOLCHAIN", "local")
         .output()
-        .context("running redis-benchmark (apt-get install redis-tools)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rates = parse_redis_benchmark(&text);
-    if !out.status.success() || rates.len() != 2 {
+        .context("running go build (apt-get install golang-go)")?;
+    if !out.status.success() {
         bail!(
-            "redis-benchmark failed ({}): {text}{}",
-            out.status,
+            "go build of godownstream failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // The same count of each: the rate over both is the harmonic mean.
-    Ok(2.0 / rates.iter().map(|(_, r)| 1.0 / r).sum::<f64>())
+    Ok(out_bin)
 }
 
-/// `SET: 98039.22 requests per second, p50=0.271 msec` lines of `redis-benchmark -q`
-/// (progress updates in between end with `\r`): `(test, requests/s)`.
-fn parse_redis_benchmark(text: &str) -> Vec<(String, f64)> {
-    text.split(['\r', '\n'])
-        .filter_map(|l| {
-            let (test, rest) = l.split_once(':')?;
-            let (rate, _) = rest.split_once(" requests per second")?;
-            let rate: f64 = rate.trim().parse().ok()?;
-            (rate > 0.0).then(|| (test.trim().to_string(), rate))
-        })
-        .collect()
-}
-
-/// A `redis-server` on a free loopback port, with no persistence, killed on drop.
-struct Redis {
+/// The Go API server, killed on drop.
+struct ApiServer {
     child: Child,
-    port: u16,
 }
 
-impl Redis {
-    fn start(dir: &Path) -> Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = dir.join("redis.log");
-        let child = Command::new("redis-server")
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .arg("--logfile")
-            .arg(&log)
+impl ApiServer {
+    fn start(bin: &Path, port: u16, redis_port: u16) -> Result<Self> {
+        let child = Command::new(bin)
+            .args([port.to_string(), redis_port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting redis-server (apt-get install redis-server)")?;
-        let mut me = Self { child, port };
+            .context("starting the Go API server")?;
+        let me = Self { child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = me.child.try_wait()? {
-                bail!(
-                    "redis-server exited ({status}): {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if me.ping() {
-                return Ok(me);
-            }
+        let addr = ([127, 0, 0, 1], port).into();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             if Instant::now() > deadline {
-                bail!("redis-server on port {port} did not answer PING");
+                bail!("the Go API server did not listen on port {port}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    fn ping(&self) -> bool {
-        let addr = ([127, 0, 0, 1], self.port).into();
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            return false;
-        }
-        Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "PING"])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+        Ok(me)
     }
 }
 
-impl Drop for Redis {
+impl Drop for ApiServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -393,27 +371,6 @@ impl Drop for Redis {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redis_benchmark_quiet_report() {
-        let text = "SET: rps=91234.0 (overall: 90000.0) avg_msec=0.300 (overall: 0.310)\r\
-            SET: 98039.22 requests per second, p50=0.271 msec\n\
-            GET: rps=0.0 (overall: nan) avg_msec=nan (overall: nan)\r\
-            GET: 102040.82 requests per second, p50=0.255 msec\n\n";
-        assert_eq!(
-            parse_redis_benchmark(text),
-            [
-                ("SET".to_string(), 98039.22),
-                ("GET".to_string(), 102040.82)
-            ]
-        );
-        // Redis 6 and older print no percentile.
-        assert_eq!(
-            parse_redis_benchmark("PING_INLINE: 1000.00 requests per second\n").len(),
-            1
-        );
-        assert!(parse_redis_benchmark("ERROR: connection refused\n").is_empty());
-    }
 
     #[test]
     fn configs_per_variant() {

@@ -24,17 +24,21 @@ pub struct Load {
     pub rounds: usize,
 }
 
-/// A `redis-server` on a free loopback port, with no persistence, killed on drop.
-struct Redis {
+/// A `redis-server` on a free loopback port, with no persistence, killed on drop (also
+/// the downstream bench's).
+pub(crate) struct Redis {
     child: Child,
-    port: u16,
+    pub port: u16,
     dir: std::path::PathBuf,
 }
 
 impl Redis {
-    fn start() -> Result<Self> {
+    pub fn start() -> Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = std::env::temp_dir().join(format!("observer-bench-fleet-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "observer-bench-redis-{}-{port}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir)?;
         let child = Command::new("redis-server")
             .args(["--save", "", "--appendonly", "no"])
