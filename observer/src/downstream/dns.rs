@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::postgres::{Framer, Frames, Msg};
+use super::framing::{Framer, Frames, Msg};
 use super::{Call, ErrorClass, Output, Parser, Protocol, Segment, Skip, MAX_DNS_NAME};
 use crate::http::Side;
 

@@ -8,6 +8,7 @@
 //! resolved addresses.
 
 pub mod dns;
+mod framing;
 pub mod metrics;
 pub mod mysql;
 pub mod postgres;

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 
-use super::postgres::{Bounded, Framer, Frames, Msg, MAX_BUFFER, MAX_PENDING};
+use super::framing::{Bounded, Framer, Frames, Msg, MAX_BUFFER, MAX_PENDING};
 use super::{sql, Call, ErrorClass, Output, Parser, Protocol, Segment, Skip};
 use crate::http::Side;
 

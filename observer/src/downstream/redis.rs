@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 
-use super::postgres::MAX_PENDING;
+use super::framing::MAX_PENDING;
 use super::{sql, Call, ErrorClass, Output, Parser, Protocol, Segment, Skip};
 use crate::http::Side;
 

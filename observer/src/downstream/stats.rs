@@ -19,6 +19,13 @@ struct Tally {
     nanos: u64,
 }
 
+/// A target: the DNS name it was resolved from (when known) and its calls.
+#[derive(Default)]
+struct Target {
+    name: Option<Arc<str>>,
+    tally: Tally,
+}
+
 #[derive(Default)]
 struct RouteWork {
     requests: u64,
@@ -34,7 +41,7 @@ pub struct DownstreamStats {
     unattributed: HashMap<&'static str, u64>,
     routes: HashMap<Arc<str>, RouteWork>,
     fingerprints: HashMap<(Protocol, String), Tally>,
-    targets: HashMap<(Protocol, SocketAddr), (Option<Arc<str>>, Tally)>,
+    targets: HashMap<(Protocol, SocketAddr), Target>,
     /// Fingerprints, targets and routes not kept (the tables were full).
     other: u64,
 }
@@ -70,10 +77,11 @@ impl DownstreamStats {
         if let Some(addr) = r.target {
             let key = (c.protocol, addr);
             if self.targets.len() < MAX_TARGETS || self.targets.contains_key(&key) {
-                let (name, t) = self.targets.entry(key).or_default();
+                let target = self.targets.entry(key).or_default();
                 if r.target_name.is_some() {
-                    name.clone_from(&r.target_name);
+                    target.name.clone_from(&r.target_name);
                 }
+                let t = &mut target.tally;
                 t.calls += 1;
                 t.errors += failed;
                 t.nanos += nanos;
@@ -148,13 +156,14 @@ impl DownstreamStats {
             })
             .collect();
         let mut targets: Vec<_> = self.targets.iter().collect();
-        targets.sort_by(|a, b| b.1 .1.calls.cmp(&a.1 .1.calls).then(a.0.cmp(b.0)));
+        targets.sort_by(|a, b| b.1.tally.calls.cmp(&a.1.tally.calls).then(a.0.cmp(b.0)));
         let targets: Vec<Value> = targets
             .into_iter()
-            .map(|((p, addr), (name, t))| {
+            .map(|((p, addr), target)| {
+                let t = &target.tally;
                 json!({
                     "protocol": p.as_str(), "address": addr.to_string(),
-                    "dns_name": name.as_deref(), "calls": t.calls, "errors": t.errors,
+                    "dns_name": target.name.as_deref(), "calls": t.calls, "errors": t.errors,
                     "mean_ms": t.nanos as f64 / t.calls.max(1) as f64 / 1e6,
                 })
             })
