@@ -181,3 +181,71 @@ impl DownstreamStats {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::downstream::{Call, ErrorClass, Unattributed};
+
+    fn record(protocol: Protocol, fp: &str, attributed: bool, error: bool) -> Record {
+        Record {
+            call: Call {
+                protocol,
+                operation: "SELECT".into(),
+                fingerprint: Some(fp.into()),
+                dns_name: None,
+                answers: Vec::new(),
+                started_ns: 1_000_000,
+                ended_ns: 3_000_000,
+                error: error.then_some(ErrorClass::Permission),
+            },
+            target: Some("127.0.0.1:5432".parse().unwrap()),
+            target_name: Some(Arc::from("db.internal")),
+            attributed: if attributed {
+                Ok(())
+            } else {
+                Err(Unattributed::SharedThread)
+            },
+        }
+    }
+
+    #[test]
+    fn attribution_routes_fingerprints_and_targets() {
+        let mut s = DownstreamStats::default();
+        let fp = "SELECT v FROM t WHERE id = ?";
+        s.record(&record(Protocol::Postgres, fp, true, false));
+        s.record(&record(Protocol::Postgres, fp, true, true));
+        s.record(&record(Protocol::Postgres, fp, false, false));
+        s.record(&record(Protocol::Redis, "GET ?", true, false));
+        let mut work = Summary::default();
+        work.calls[Protocol::Postgres.index()] = 3;
+        s.request("GET", "/items/{id}", Some(&work));
+        s.request("GET", "/items/{id}", None);
+        let j = s.json();
+        assert_eq!(j["calls"], 4);
+        assert_eq!(j["attributed"], 3);
+        assert_eq!(j["attribution_rate"], 0.75);
+        assert_eq!(j["unattributed"]["shared_thread"], 1);
+        assert_eq!(
+            j["by_protocol"]["postgres"],
+            json!({"calls": 3, "attributed": 2, "errors": 1})
+        );
+        assert_eq!(
+            j["routes"][0],
+            json!({"route": "GET /items/{id}", "requests": 2, "per_request": {"postgres": 1.5}})
+        );
+        assert_eq!(j["fingerprints"][0]["fingerprint"], fp);
+        assert_eq!(j["fingerprints"][0]["calls"], 3);
+        assert_eq!(j["fingerprints"][0]["mean_ms"], 2.0);
+        assert_eq!(j["targets"][0]["dns_name"], "db.internal");
+        assert_eq!(j["targets"][0]["calls"], 3);
+    }
+
+    #[test]
+    fn nothing_seen_has_no_rate() {
+        assert_eq!(
+            DownstreamStats::default().json()["attribution_rate"],
+            Value::Null
+        );
+    }
+}

@@ -715,3 +715,72 @@ fn plaintext_from_trusted_networks_is_a_finding_not_a_signal() {
     assert_eq!(f[0].host, "api.internal");
     assert_eq!((f[0].requests, f[0].untrusted_requests), (1, 0));
 }
+
+/// Five sessions doing the route's usual 2 database calls per request, and one doing
+/// `heavy`: the sessions flagged `downstream_heavy`.
+fn downstream_flagged(heavy: u64) -> Vec<u64> {
+    let mut t = table();
+    t.set_downstream(crate::downstream::DownstreamConfig::default());
+    for i in 0..5 {
+        for r in 0..4 {
+            let b = ExchangeBuilder::new()
+                .bearer(&format!("LIGHT-TOKEN-{i}"))
+                .path(&format!("/items/{r}"))
+                .at(f64::from(r) + f64::from(i) / 10.0)
+                .downstream(2, 0);
+            obs(&mut t, b);
+        }
+    }
+    for r in 0..4 {
+        let b = ExchangeBuilder::new()
+            .bearer("HEAVY-TOKEN")
+            .path(&format!("/items/{r}"))
+            .at(5.0 + f64::from(r))
+            .downstream(heavy, 0);
+        obs(&mut t, b);
+    }
+    t.score(at(10.0));
+    let q = ListQuery {
+        kind: Some("bearer".into()),
+        ..Default::default()
+    };
+    t.list(&q)
+        .iter()
+        .filter(|s| s.reasons.contains(&Reason::DownstreamHeavy))
+        .map(|s| s.requests)
+        .collect()
+}
+
+#[test]
+fn downstream_heavy() {
+    // 51 calls a request where the route's others make 2: flagged, once it made 3.
+    assert_eq!(downstream_flagged(51), [4]);
+    // 18 (9x): a near miss.
+    assert!(downstream_flagged(18).is_empty());
+    assert!(downstream_flagged(2).is_empty());
+}
+
+#[test]
+fn downstream_heavy_needs_a_baseline() {
+    // Alone on its route, a session's work is its own baseline: nothing to compare.
+    let mut t = table();
+    t.set_downstream(crate::downstream::DownstreamConfig::default());
+    for r in 0..6 {
+        obs(&mut t, tok().at(f64::from(r)).downstream(100, 0));
+    }
+    assert!(!reasons(&mut t, 10.0).contains(&Reason::DownstreamHeavy));
+}
+
+#[test]
+fn db_auth_errors() {
+    let mut t = table();
+    t.set_downstream(crate::downstream::DownstreamConfig::default());
+    obs(&mut t, tok().downstream(2, 0));
+    assert!(!reasons(&mut t, 1.0).contains(&Reason::DbAuthErrors));
+    obs(&mut t, tok().at(2.0).downstream(1, 1));
+    assert!(reasons(&mut t, 3.0).contains(&Reason::DbAuthErrors));
+    // Without downstream capture the work is not judged.
+    let mut t = table();
+    obs(&mut t, tok().downstream(1, 1));
+    assert!(!reasons(&mut t, 1.0).contains(&Reason::DbAuthErrors));
+}

@@ -139,6 +139,17 @@ impl ExchangeBuilder {
         self
     }
 
+    /// Downstream work of the request: `db` PostgreSQL calls, `auth_errors` of them
+    /// refused (authentication or permission).
+    pub(crate) fn downstream(mut self, db: u64, auth_errors: u64) -> Self {
+        let mut w = crate::downstream::Summary::default();
+        w.calls[crate::downstream::Protocol::Postgres.index()] = db;
+        w.errors[crate::downstream::Protocol::Postgres.index()] = auth_errors;
+        w.auth_errors = auth_errors;
+        self.0.downstream = Some(Box::new(w));
+        self
+    }
+
     pub(crate) fn build(self) -> Exchange {
         self.0
     }
