@@ -16,7 +16,7 @@ Every route but /healthz needs `Authorization: Bearer <any token>` (401 without 
          unconnected UDP socket: 1 DNS query
       c. psycopg2 (simple query protocol, autocommit: no BEGIN/COMMIT), one connection
          to 127.0.0.1 as role `app`, database `shop`: the login, then N times (default 1)
-         `SELECT name FROM items WHERE id = %s` (psycopg2 puts the literal into the SQL
+         `SELECT name FROM items WHERE id = %s AND name <> %s` (psycopg2 puts the literals into the SQL
          text): 1 + N PostgreSQL calls
       d. redis-py, one connection: GET item:<id>, SET item:<id> canary-value-<id>: 2 Redis
          calls
@@ -148,7 +148,12 @@ class Handler(BaseHTTPRequestHandler):
         try:
             with conn.cursor() as cur:
                 for _ in range(depth):
-                    cur.execute("SELECT name FROM items WHERE id = %s", (item,))
+                    # A string literal too (psycopg2 quotes it into the text): the
+                    # agent must keep neither.
+                    cur.execute(
+                        "SELECT name FROM items WHERE id = %s AND name <> %s",
+                        (item, "canary-sql-literal"),
+                    )
                     row = cur.fetchone()
                     name = row[0] if row else None
         finally:

@@ -21,11 +21,19 @@ use serde_json::{json, Value};
 /// Scoring every second; everything else the default (downstream capture on).
 const CONFIG: &str = "[scoring]\ninterval_secs = 1\n";
 
-const ITEMS_FINGERPRINT: &str = "SELECT name FROM items WHERE id = ?";
+/// psycopg2's statement of `/items` (its literals, an id and a string, put into the text
+/// by the client), and psycopg 3's of `/extended` (sent apart as a bind value).
+const ITEMS_FINGERPRINT: &str = "SELECT name FROM items WHERE id = ? AND name <> ?";
+const EXTENDED_FINGERPRINT: &str = "SELECT name FROM items WHERE id = ?";
 
 /// What no output of the agent may hold: a value read from the database (the name of
-/// item 4242) and a value written to Redis.
-const CANARIES: &[&str] = &["canary-secret-42", "canary-value", "canary-secret-row"];
+/// item 4242), a value written to Redis, and a string literal of a SQL statement.
+const CANARIES: &[&str] = &[
+    "canary-secret-42",
+    "canary-value",
+    "canary-secret-row",
+    "canary-sql-literal",
+];
 
 /// The peers, the agent and the API server of one test. Fields drop in order: the agent
 /// stops first, then the API server and the peers.
@@ -366,7 +374,7 @@ fn extended_protocol_and_errors_are_reported() {
         w.diagnose()
     );
     assert!(d.get("errors").is_none(), "{e:#}");
-    assert_eq!(strings(&d["fingerprints"]), [ITEMS_FINGERPRINT], "{e:#}");
+    assert_eq!(strings(&d["fingerprints"]), [EXTENDED_FINGERPRINT], "{e:#}");
 
     // The login, then a statement refused (42501).
     let e = w.exchange(&ex, "/secrets");
