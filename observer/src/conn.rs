@@ -228,9 +228,9 @@ pub struct ConnTable {
     /// a pid none of them named): one shared name per process, no file read per event.
     comms: HashMap<u32, Arc<str>>,
     /// Which server connection each thread last read a request from.
-    threads: HashMap<(u32, u64), Serving>,
+    threads: crate::session::window::FastMap<(u32, u64), Serving>,
     /// Whether each process is a Go program: its requests are told apart by goroutine.
-    go: HashMap<u32, bool>,
+    go: crate::session::window::FastMap<u32, bool>,
     /// Processes that served a request: only their calls are downstream calls (a client
     /// program, a cron job or a CLI serves none).
     servers: std::collections::HashSet<u32>,
@@ -280,8 +280,8 @@ impl ConnTable {
             ignore_processes: Vec::new(),
             workloads: None,
             comms: HashMap::new(),
-            threads: HashMap::new(),
-            go: HashMap::new(),
+            threads: crate::session::window::fast_map(),
+            go: crate::session::window::fast_map(),
             servers: std::collections::HashSet::new(),
             resolved: HashMap::new(),
         }
@@ -503,11 +503,14 @@ impl ConnTable {
             self.insert(key, Connection::new(None, comm, true, chunk.ts_ns), out);
         }
         let follow = self.parsers.downstream;
-        let role = self.conns.get(&key).and_then(|c| c.role);
+        let (role, http) = self.conns.get(&key).map_or((None, false), |c| {
+            let http = !matches!(c.stage, Stage::Ignored | Stage::Downstream(_));
+            (c.role, http)
+        });
         let direction = chunk.direction;
         // Who reads a request or sends a downstream call: needed only then.
         let worker = match (follow, role, direction) {
-            (true, Some(Role::Server), Direction::Ingress) => {
+            (true, Some(Role::Server), Direction::Ingress) if http => {
                 let w = self.worker(key.pid, chunk.tid, chunk.g);
                 self.note_request(key, w, chunk.ts_ns);
                 w
@@ -521,8 +524,12 @@ impl ConnTable {
             return;
         };
         conn.last_ns = chunk.ts_ns;
-        if role == Some(Role::Client) && direction == Direction::Egress {
-            conn.request_worker = worker;
+        match (follow, role, direction) {
+            (true, Some(Role::Server), Direction::Ingress) if http => {
+                conn.awaiting_response = true;
+            }
+            (_, Some(Role::Client), Direction::Egress) => conn.request_worker = worker,
+            _ => {}
         }
         if tls && !conn.tls {
             // Plaintext from a TLS library: the syscall bytes were ciphertext; start over.
@@ -623,39 +630,30 @@ impl ConnTable {
     /// waits for its response serves several at once (an event loop): its calls cannot
     /// be attributed for a while.
     fn note_request(&mut self, key: ConnKey, tid: u64, now: u64) {
-        let Some(conn) = self.conns.get(&key) else {
-            return;
-        };
-        if conn.role != Some(Role::Server)
-            || matches!(conn.stage, Stage::Ignored | Stage::Downstream(_))
-        {
-            return;
-        }
         let thread = (key.pid, tid);
-        let shared_until_ns = match self.threads.get(&thread) {
-            Some(s)
-                if s.conn != key
-                    && self.conns.get(&s.conn).is_some_and(|c| c.awaiting_response) =>
-            {
-                now.max(s.shared_until_ns) + SHARED_HOLD_NS
+        match self.threads.get_mut(&thread) {
+            // Still the connection it served: nothing changes (the common case).
+            Some(s) if s.conn == key => {}
+            Some(s) => {
+                if self.conns.get(&s.conn).is_some_and(|c| c.awaiting_response) {
+                    s.shared_until_ns = now.max(s.shared_until_ns) + SHARED_HOLD_NS;
+                }
+                s.conn = key;
             }
-            Some(s) => s.shared_until_ns,
-            None => 0,
-        };
-        if self.threads.len() >= MAX_THREADS && !self.threads.contains_key(&thread) {
-            self.threads.clear();
-            self.servers.clear();
-        }
-        self.servers.insert(key.pid);
-        self.threads.insert(
-            thread,
-            Serving {
-                conn: key,
-                shared_until_ns,
-            },
-        );
-        if let Some(conn) = self.conns.get_mut(&key) {
-            conn.awaiting_response = true;
+            None => {
+                if self.threads.len() >= MAX_THREADS {
+                    self.threads.clear();
+                    self.servers.clear();
+                }
+                self.servers.insert(key.pid);
+                self.threads.insert(
+                    thread,
+                    Serving {
+                        conn: key,
+                        shared_until_ns: 0,
+                    },
+                );
+            }
         }
     }
 

@@ -39,11 +39,13 @@ pub struct DownstreamStats {
     attributed: u64,
     by_protocol: [(u64, u64, u64); 5],
     unattributed: HashMap<&'static str, u64>,
-    routes: HashMap<Arc<str>, RouteWork>,
+    routes: crate::session::window::FastMap<Arc<str>, RouteWork>,
     fingerprints: HashMap<(Protocol, String), Tally>,
     targets: HashMap<(Protocol, SocketAddr), Target>,
     /// Fingerprints, targets and routes not kept (the tables were full).
     other: u64,
+    /// Reused buffer for route keys (no allocation per request).
+    key: String,
 }
 
 impl DownstreamStats {
@@ -94,12 +96,21 @@ impl DownstreamStats {
     /// A server request on route (`method`, `path` template) and the downstream work it
     /// caused (`None`: none).
     pub fn request(&mut self, method: &str, path: &str, work: Option<&Summary>) {
-        let route = format!("{method} {path}");
-        if self.routes.len() >= MAX_ROUTES && !self.routes.contains_key(route.as_str()) {
-            self.other += 1;
-            return;
+        self.key.clear();
+        self.key.push_str(method);
+        self.key.push(' ');
+        self.key.push_str(path);
+        if !self.routes.contains_key(self.key.as_str()) {
+            if self.routes.len() >= MAX_ROUTES {
+                self.other += 1;
+                return;
+            }
+            self.routes
+                .insert(Arc::from(self.key.as_str()), RouteWork::default());
         }
-        let w = self.routes.entry(Arc::from(route)).or_default();
+        let Some(w) = self.routes.get_mut(self.key.as_str()) else {
+            return;
+        };
         w.requests += 1;
         if let Some(s) = work {
             for (a, b) in w.calls.iter_mut().zip(s.calls) {

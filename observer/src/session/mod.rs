@@ -217,7 +217,7 @@ pub struct SessionTable {
     downstream: Option<crate::downstream::DownstreamConfig>,
     /// Database calls per request of each route's recent requests, with the session that
     /// made each (`[downstream]` on).
-    route_work: std::collections::HashMap<Arc<str>, RouteWork>,
+    route_work: FastMap<Arc<str>, RouteWork>,
 }
 
 /// The last requests of one route: (session hash, database calls), a ring.
@@ -324,7 +324,7 @@ impl SessionTable {
             expiry_floor: (SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH),
             fleet_node: None,
             downstream: None,
-            route_work: std::collections::HashMap::new(),
+            route_work: window::fast_map(),
         }
     }
 
