@@ -285,7 +285,7 @@ fn api_path(bin: &Path, configs: &Configs, o: &Options) -> Result<()> {
         o.rounds
     );
     println!(
-        "downstream api-path: median req/s without {without:.0} | downstream off {off:.0} | downstream on {on:.0}; ratio on/off {:.3}; agent cpu per request off {:.2} us | on {:.2} us",
+        "downstream api-path: median req/s without {without:.0} | downstream off {off:.0} | downstream on {on:.0}; ratio on/off {:.3}; agent cpu per reported exchange off {:.2} us | on {:.2} us",
         on / off,
         us(Variant::Off),
         us(Variant::On)
