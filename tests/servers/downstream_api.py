@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Test API server whose requests make real downstream calls: DNS, PostgreSQL, Redis.
+"""Test API server whose requests make real downstream calls: DNS, PostgreSQL, Redis,
+MySQL (MariaDB).
 
 usage: downstream_api.py --port P --dns IP --pg-port P --redis-port P [--bind ADDR]
                          [--pg-password-role ROLE --pg-bad-password PW]
+                         [--mysql-port P --mysql-user USER --mysql-password PW]
 
 Run it in a private mount namespace whose /etc/resolv.conf names the test's DNS server
 (`tests/src/downstream.rs` does), so that glibc's resolver asks that server.
@@ -31,6 +33,16 @@ Every route but /healthz needs `Authorization: Bearer <any token>` (401 without 
   GET /login-bad
       psycopg2 login with a wrong password for the password role: authentication failed
       (SQLSTATE 28P01). 503 JSON
+  GET /mysql/<id>
+      PyMySQL (pure Python, autocommit=True: the server's autocommit is on already, so
+      it sends nothing for it), one connection to 127.0.0.1:<--mysql-port> as
+      --mysql-user, database `shop`. On the wire (checked with strace and the server's
+      general log): the HandshakeResponse (mysql_native_password, no auth switch), then
+      COM_QUERY `SELECT name FROM items WHERE id = <id>` (PyMySQL puts the literal into
+      the text), COM_QUERY `SELECT v FROM secrets` answered ERR 1142 (SELECT command
+      denied), COM_QUIT: 3 MySQL calls (the login, 2 queries), 1 failed. No DNS, no
+      PostgreSQL, no Redis. 200 JSON {"id", "name", "secrets_errno"}; 404 when there is
+      no such item; 503 without --mysql-port
   GET /healthz   200, no downstream call, no token needed
 
 Prints `ready` on stdout once listening, and one line per request on stdout saying what
@@ -49,6 +61,11 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 import psycopg2
 import redis
+
+try:  # only the /mysql route needs it
+    import pymysql
+except ImportError:
+    pymysql = None
 
 ARGS = None
 LOG_LOCK = threading.Lock()
@@ -130,6 +147,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.secrets()
             if path == "/login-bad":
                 return self.login_bad()
+            if path.startswith("/mysql/") and path[len("/mysql/") :].isdigit():
+                return self.mysql(int(path[len("/mysql/") :]))
         except Exception as e:  # a test server: say what broke, keep serving
             log(f"error {path}: {type(e).__name__}: {e}")
             return self.send_json(500, {"error": type(e).__name__})
@@ -219,6 +238,35 @@ class Handler(BaseHTTPRequestHandler):
         log("login-bad logged in")
         return self.send_json(200, {"error": "the bad password was accepted"})
 
+    def mysql(self, item):
+        if ARGS.mysql_port is None or pymysql is None:
+            return self.send_json(503, {"error": "no MySQL server configured"})
+        conn = pymysql.connect(
+            host="127.0.0.1",
+            port=ARGS.mysql_port,
+            user=ARGS.mysql_user,
+            password=ARGS.mysql_password,
+            database="shop",
+            autocommit=True,
+            connect_timeout=5,
+        )
+        errno = None
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT name FROM items WHERE id = %s", (item,))
+                row = cur.fetchone()
+                try:
+                    cur.execute("SELECT v FROM secrets")
+                    cur.fetchall()
+                except pymysql.MySQLError as e:
+                    errno = e.args[0]
+        finally:
+            conn.close()
+        log(f"mysql id={item} errno={errno} mysql=3")
+        if row is None:
+            return self.send_json(404, {"error": "no such item"})
+        return self.send_json(200, {"id": item, "name": row[0], "secrets_errno": errno})
+
 
 def main():
     global ARGS
@@ -230,6 +278,9 @@ def main():
     p.add_argument("--redis-port", type=int, required=True)
     p.add_argument("--pg-password-role", default="reporter")
     p.add_argument("--pg-bad-password", default="not-the-password")
+    p.add_argument("--mysql-port", type=int, default=None)
+    p.add_argument("--mysql-user", default="app")
+    p.add_argument("--mysql-password", default="")
     ARGS = p.parse_args()
     ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer.allow_reuse_address = True

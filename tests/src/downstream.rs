@@ -1,5 +1,5 @@
 //! The downstream peers of the downstream-call tests: a local DNS server (dnsmasq), a
-//! throwaway PostgreSQL cluster, and the API server `tests/servers/downstream_api.py`
+//! throwaway PostgreSQL cluster, a throwaway MariaDB server, and the API server `tests/servers/downstream_api.py`
 //! run in a private mount namespace whose `/etc/resolv.conf` names that DNS server (so
 //! glibc's resolver really asks it). Redis is [`crate::redis::Redis`]. Each is stopped
 //! and its files removed when dropped.
@@ -24,6 +24,12 @@ pub const PG_APP_ROLE: &str = "app";
 /// A role that logs in with a password (SCRAM), for the authentication-failure case.
 pub const PG_PASSWORD_ROLE: &str = "reporter";
 pub const PG_PASSWORD: &str = "reporter-pw-7193";
+
+/// The Python module `downstream_api.py` imports for its MySQL route (only then).
+pub const MYSQL_PYTHON_MODULE: &str = "pymysql";
+/// The MariaDB user the API server logs in as (mysql_native_password, from 127.0.0.1).
+pub const MYSQL_APP_USER: &str = "app";
+pub const MYSQL_APP_PASSWORD: &str = "app-mysql-pw-5120";
 
 /// Whether a program is on PATH, or (for `dnsmasq`, which Debian puts in /usr/sbin) in
 /// /usr/sbin or /sbin.
@@ -443,6 +449,175 @@ impl Drop for Postgres {
 }
 
 // ---------------------------------------------------------------------------------
+// MariaDB
+
+/// Whether what the MySQL-protocol test needs besides [`downstream_prerequisites`] is
+/// here (mariadbd, mariadb-install-db, the `mariadb` client, the `mysql` user, PyMySQL
+/// next to the other Python modules); when not, the test is recorded as skipped.
+#[must_use]
+pub fn mariadb_prerequisites() -> bool {
+    let mut missing: Vec<String> = ["mariadbd", "mariadb-install-db", "mariadb", "chown"]
+        .iter()
+        .filter(|t| find_program(t).is_none())
+        .map(|t| t.to_string())
+        .collect();
+    let mysql_user = Command::new("id")
+        .arg("mysql")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mysql_user {
+        missing.push("the mysql user (made by mariadb-server)".into());
+    }
+    let mut modules = PYTHON_MODULES.to_vec();
+    modules.push(MYSQL_PYTHON_MODULE);
+    if python_with(&modules).is_none() {
+        missing.push(format!("python modules {}", modules.join(", ")));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    skip(&format!("prerequisites missing: {}", missing.join(", ")));
+    false
+}
+
+/// A throwaway MariaDB server (run as the `mysql` user, no option files: nothing of a
+/// system MariaDB's configuration, port or socket) on a free loopback port: database
+/// `shop` with `items(id, name)` (ids 1..=20 and 4242, named `canary-secret-42`) that
+/// user [`MYSQL_APP_USER`]@127.0.0.1 (password [`MYSQL_APP_PASSWORD`],
+/// mysql_native_password) may read, and `secrets(id, v)` it may not (ERR 1142). Every
+/// command the server receives is in its general log.
+pub struct MariaDb {
+    pub port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+const MARIADB_SETUP: &str = "
+CREATE DATABASE shop;
+CREATE TABLE shop.items (id int PRIMARY KEY, name varchar(64) NOT NULL);
+INSERT INTO shop.items WITH RECURSIVE s (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20)
+    SELECT i, CONCAT('item-', i) FROM s;
+INSERT INTO shop.items VALUES (4242, 'canary-secret-42');
+CREATE TABLE shop.secrets (id int, v varchar(64));
+INSERT INTO shop.secrets VALUES (1, 'canary-secret-row');
+CREATE USER '@USER@'@'127.0.0.1' IDENTIFIED BY '@PASSWORD@';
+GRANT SELECT ON shop.items TO '@USER@'@'127.0.0.1';
+";
+
+impl MariaDb {
+    pub fn start() -> Result<Self> {
+        let mariadbd = find_program("mariadbd").context("mariadbd is not installed")?;
+        let install_db =
+            find_program("mariadb-install-db").context("mariadb-install-db is not installed")?;
+        stop_leftovers("mariadb", "mariadbd");
+        let dir = scratch_dir("mariadb");
+        // The server runs as the mysql user: the scratch dir (data, socket, logs) is its.
+        run_checked("chown", Command::new("chown").arg("mysql:mysql").arg(&dir))?;
+        let data = dir.join("data");
+        // root@localhost logs in over the socket by unix_socket (we are root), with no
+        // password over TCP; no test database, no anonymous user.
+        run_checked(
+            "mariadb-install-db",
+            Command::new(install_db)
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .args([
+                    "--user=mysql",
+                    "--auth-root-authentication-method=socket",
+                    "--skip-test-db",
+                    "--skip-name-resolve",
+                ])
+                .stdin(Stdio::null()),
+        )?;
+        let port = free_port();
+        let child = Command::new(mariadbd)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--port={port}"))
+            .arg(format!("--socket={}", dir.join("mysql.sock").display()))
+            .arg(format!("--pid-file={}", dir.join("mariadbd.pid").display()))
+            .arg(format!("--log-error={}", dir.join("error.log").display()))
+            .arg(format!(
+                "--general-log-file={}",
+                dir.join("general.log").display()
+            ))
+            .args([
+                "--user=mysql",
+                "--bind-address=127.0.0.1",
+                "--general-log=1",
+                "--skip-name-resolve",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=16M",
+                "--innodb-flush-log-at-trx-commit=0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join("stdout"))?)
+            .stderr(File::create(dir.join("stderr"))?)
+            .spawn()
+            .context("starting mariadbd")?;
+        std::fs::write(dir.join("pid"), child.id().to_string())?;
+        let mut me = Self { port, child, dir };
+        let ready = wait_for(Duration::from_secs(30), || {
+            if let Ok(Some(_)) = me.child.try_wait() {
+                return Some(false);
+            }
+            me.sql("SELECT 1").ok().map(|_| true)
+        });
+        if ready != Some(true) {
+            bail!("mariadbd did not start; {}", me.errors());
+        }
+        let setup = MARIADB_SETUP
+            .replace("@USER@", MYSQL_APP_USER)
+            .replace("@PASSWORD@", MYSQL_APP_PASSWORD);
+        me.sql(&setup)
+            .with_context(|| format!("setting up the server; {}", me.errors()))?;
+        wait_listening(format!("127.0.0.1:{port}").parse()?)?;
+        Ok(me)
+    }
+
+    /// Run `sql` with the `mariadb` client as root over the Unix socket; returns its
+    /// output (tab-separated, no column names).
+    pub fn sql(&self, sql: &str) -> Result<String> {
+        let script = self.dir.join("script.sql");
+        std::fs::write(&script, sql)?;
+        run_checked(
+            "mariadb",
+            Command::new("mariadb")
+                .arg("--no-defaults")
+                .arg(format!(
+                    "--socket={}",
+                    self.dir.join("mysql.sock").display()
+                ))
+                .args(["--user=root", "--batch", "--skip-column-names"])
+                .stdin(File::open(&script)?),
+        )
+    }
+
+    /// The server's general log: every connection and command.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("general.log")).unwrap_or_default()
+    }
+
+    /// The server's error log and stderr.
+    pub fn errors(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        format!(
+            "error log:\n{}\nstderr:\n{}",
+            read("error.log"),
+            read("stderr")
+        )
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // The API server
 
 /// `tests/servers/downstream_api.py` in a private mount namespace whose
@@ -456,8 +631,23 @@ pub struct DownstreamApi {
 
 impl DownstreamApi {
     pub fn start(dns: &str, pg_port: u16, redis_port: u16) -> Result<Self> {
-        let python = python_with(PYTHON_MODULES)
-            .with_context(|| format!("no python3 imports {}", PYTHON_MODULES.join(", ")))?;
+        Self::start_with_mysql(dns, pg_port, redis_port, None)
+    }
+
+    /// [`DownstreamApi::start`], and with `mysql_port` its `/mysql` route logs in to the
+    /// MariaDB server there (as [`MYSQL_APP_USER`]); without, that route answers 503.
+    pub fn start_with_mysql(
+        dns: &str,
+        pg_port: u16,
+        redis_port: u16,
+        mysql_port: Option<u16>,
+    ) -> Result<Self> {
+        let mut modules = PYTHON_MODULES.to_vec();
+        if mysql_port.is_some() {
+            modules.push(MYSQL_PYTHON_MODULE);
+        }
+        let python = python_with(&modules)
+            .with_context(|| format!("no python3 imports {}", modules.join(", ")))?;
         stop_leftovers("downstream-api", "python3");
         let dir = scratch_dir("downstream-api");
         let resolv = dir.join("resolv.conf");
@@ -480,6 +670,13 @@ impl DownstreamApi {
             .args(["--pg-port", &pg_port.to_string()])
             .args(["--redis-port", &redis_port.to_string()])
             .args(["--pg-password-role", PG_PASSWORD_ROLE])
+            .args(mysql_port.into_iter().flat_map(|p| {
+                [
+                    format!("--mysql-port={p}"),
+                    format!("--mysql-user={MYSQL_APP_USER}"),
+                    format!("--mysql-password={MYSQL_APP_PASSWORD}"),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(File::create(dir.join("stdout"))?)
             .stderr(File::create(dir.join("stderr"))?)

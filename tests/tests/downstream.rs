@@ -11,7 +11,10 @@
 //! cache.observer.test with sendto), PostgreSQL 1 + N (login, N simple `Query`), Redis 2
 //! (GET, SET). `GET /extended/<id>`: PostgreSQL 2 (login; Parse/Bind/Describe/Execute/Sync
 //! in one write). `GET /secrets`: PostgreSQL 2 (login; `Query` answered 42501).
-//! `GET /login-bad`: PostgreSQL 1 (a SCRAM login answered 28P01).
+//! `GET /login-bad`: PostgreSQL 1 (a SCRAM login answered 28P01). `GET /mysql/<id>`
+//! (PyMySQL, checked with strace and MariaDB's general log): MySQL 3 (the login; COM_QUERY
+//! `SELECT name FROM items WHERE id = <id>`; COM_QUERY `SELECT v FROM secrets` answered
+//! ERR 1142), then COM_QUIT (not a call).
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -40,6 +43,7 @@ const CANARIES: &[&str] = &[
 struct World {
     agent: Agent,
     api: DownstreamApi,
+    mariadb: Option<MariaDb>,
     _redis: Redis,
     pg: Postgres,
     dns: Dnsmasq,
@@ -50,6 +54,11 @@ impl World {
     /// `dns_addr`: a loopback address of its own for this test's dnsmasq (tests of one
     /// binary may run at once); `config`: added to [`CONFIG`].
     fn new(dns_addr: &str, config: &str) -> Self {
+        Self::with_mariadb(dns_addr, config, None)
+    }
+
+    /// [`World::new`], the API server's `/mysql` route using `mariadb`.
+    fn with_mariadb(dns_addr: &str, config: &str, mariadb: Option<MariaDb>) -> Self {
         let dns = Dnsmasq::start(
             dns_addr,
             &[
@@ -64,10 +73,17 @@ impl World {
         let cfg = dir.join("observer.toml");
         std::fs::write(&cfg, format!("{CONFIG}{config}")).unwrap();
         let agent = Agent::start(&["--config", cfg.to_str().unwrap()]).unwrap();
-        let api = DownstreamApi::start(dns_addr, pg.port, redis.port).unwrap();
+        let api = DownstreamApi::start_with_mysql(
+            dns_addr,
+            pg.port,
+            redis.port,
+            mariadb.as_ref().map(|m| m.port),
+        )
+        .unwrap();
         Self {
             agent,
             api,
+            mariadb,
             _redis: redis,
             pg,
             dns,
@@ -619,4 +635,83 @@ fn go_requests_are_attributed_by_goroutine() {
     assert_no_canary("/api/downstream", &api.to_string());
     assert_no_canary("/metrics", &agent.metrics());
     assert_no_canary("the exchange stream", &serde_json::to_string(&ex).unwrap());
+}
+
+/// PyMySQL against a throwaway MariaDB: the login is one call (`CONNECT`), each
+/// COM_QUERY one, fingerprinted without its literal; the statement refused with ERR 1142
+/// is an error of class `permission`; nothing read from the database is reported.
+#[test]
+fn mysql_calls_are_attributed_with_fingerprints_and_errors() {
+    if !ready() || !mariadb_prerequisites() {
+        return;
+    }
+    let mariadb = MariaDb::start().unwrap();
+    let w = World::with_mariadb("127.0.0.157", "", Some(mariadb));
+    let paths = ["/mysql/1", "/mysql/2", "/mysql/4242"];
+    let requests: Vec<(&str, u16)> = paths.iter().map(|p| (*p, 200)).collect();
+    w.get("downstream-mysql-token-0007", &requests);
+
+    let ex = w.server_exchanges(paths.len());
+    for p in paths {
+        let e = w.exchange(&ex, p);
+        let d = &e["downstream"];
+        // The login, the SELECT of the item, the SELECT refused; COM_QUIT is no call.
+        assert_eq!(
+            d["calls"],
+            json!({"mysql": 3}),
+            "{p}: {e:#}\n{}",
+            w.diagnose()
+        );
+        assert_eq!(d["errors"], json!({"mysql": 1}), "{p}: {e:#}");
+        // The statements' fingerprints (the login has none, as PostgreSQL's has not).
+        let fingerprints = strings(&d["fingerprints"]);
+        assert_eq!(
+            fingerprints,
+            [
+                "SELECT name FROM items WHERE id = ?",
+                "SELECT v FROM secrets"
+            ],
+            "{p}: {e:#}"
+        );
+        assert_literal_free("exchange", &fingerprints);
+    }
+
+    let metrics = w.agent.metrics();
+    assert_eq!(
+        metric_with(
+            &metrics,
+            "api_observer_downstream_errors_total",
+            &[("protocol", "mysql"), ("class", "permission")],
+        ),
+        3.0,
+        "{metrics}\n{}",
+        w.diagnose()
+    );
+    assert_eq!(
+        metric_with(
+            &metrics,
+            "api_observer_downstream_errors_total",
+            &[("protocol", "mysql")],
+        ),
+        3.0,
+        "{metrics}"
+    );
+    let api = agent_json(&w.agent, "/api/downstream").unwrap();
+    let route = api["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["route"] == "GET /mysql/{id}")
+        .unwrap_or_else(|| panic!("no route GET /mysql/{{id}}: {api:#}"));
+    assert_eq!(route["requests"], 3, "{route:#}");
+    assert_eq!(route["per_request"], json!({"mysql": 3.0}), "{route:#}");
+    let stream = std::fs::read_to_string(w.agent.dir.join("exchanges.jsonl")).unwrap();
+    assert_no_canary("the exchange stream", &stream);
+    assert_no_canary("/metrics", &metrics);
+    assert_no_canary("/api/downstream", &api.to_string());
+    assert_no_canary("the agent's stderr", &w.agent.stderr());
+    // The server really made its calls (its own account, and MariaDB's general log).
+    assert_eq!(w.api.output().matches("errno=1142 mysql=3").count(), 3);
+    let log = w.mariadb.as_ref().unwrap().log();
+    assert_eq!(log.matches("SELECT v FROM secrets").count(), 3, "{log}");
 }

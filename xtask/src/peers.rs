@@ -88,6 +88,16 @@ pub const PEERS: &[Peer] = &[
         Source::Apt("postgresql"),
         "throwaway PostgreSQL clusters (downstream database calls)",
     ),
+    // The server program mariadbd is in /usr/sbin (on root's PATH), mariadb-install-db
+    // in /usr/bin, with the `mariadb` client (mariadb-client-core, a dependency). The
+    // package would start a system MariaDB on port 3306 where services may start; the
+    // tests run throwaway servers of their own (--no-defaults, own port and socket) and
+    // neither need nor touch it.
+    cmd(
+        "mariadb-install-db",
+        Source::Apt("mariadb-server"),
+        "throwaway MariaDB servers (downstream MySQL-protocol calls)",
+    ),
     // The downstream API server's clients, from PyPI into the `python3` on PATH (the one
     // the probe and the tests run; Debian's python3-psycopg2, python3-psycopg and
     // python3-redis would be invisible to another Python, e.g. pyenv's). Pinned to the
@@ -109,6 +119,14 @@ pub const PEERS: &[Peer] = &[
         probe: Probe::PythonModule("redis"),
         source: Source::Pip("redis==4.3.4"),
         used_by: "downstream API server (Redis client)",
+    },
+    // Pure Python; with autocommit=True on a server whose autocommit is on it sends
+    // nothing on connect but the HandshakeResponse (checked with strace and the
+    // server's general log): then one COM_QUERY per execute, COM_QUIT on close.
+    Peer {
+        probe: Probe::PythonModule("pymysql"),
+        source: Source::Pip("PyMySQL==1.0.2"),
+        used_by: "downstream API server (MySQL client)",
     },
     cmd("prometheus", Source::Apt("prometheus"), "real scrape test"),
     cmd(
