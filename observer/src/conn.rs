@@ -242,6 +242,9 @@ pub struct ConnTable {
 #[derive(Clone, Copy, Debug)]
 struct Serving {
     conn: ConnKey,
+    /// Which connection on that fd (`Connection::opened_ns`): a later one that reuses the
+    /// fd is not the one the thread served.
+    opened: Option<u64>,
     /// Until then the thread counts as serving several connections at once: its calls
     /// cannot be attributed.
     shared_until_ns: u64,
@@ -503,16 +506,16 @@ impl ConnTable {
             self.insert(key, Connection::new(None, comm, true, chunk.ts_ns), out);
         }
         let follow = self.parsers.downstream;
-        let (role, http) = self.conns.get(&key).map_or((None, false), |c| {
+        let (role, http, opened) = self.conns.get(&key).map_or((None, false, None), |c| {
             let http = !matches!(c.stage, Stage::Ignored | Stage::Downstream(_));
-            (c.role, http)
+            (c.role, http, c.opened_ns)
         });
         let direction = chunk.direction;
         // Who reads a request or sends a downstream call: needed only then.
         let worker = match (follow, role, direction) {
             (true, Some(Role::Server), Direction::Ingress) if http => {
                 let w = self.worker(key.pid, chunk.tid, chunk.g);
-                self.note_request(key, w, chunk.ts_ns);
+                self.note_request(key, opened, w, chunk.ts_ns);
                 w
             }
             (true, Some(Role::Client), Direction::Egress) if self.servers.contains(&key.pid) => {
@@ -629,16 +632,21 @@ impl ConnTable {
     /// worker found reading a second connection while the request of the first still
     /// waits for its response serves several at once (an event loop): its calls cannot
     /// be attributed for a while.
-    fn note_request(&mut self, key: ConnKey, tid: u64, now: u64) {
+    fn note_request(&mut self, key: ConnKey, opened: Option<u64>, tid: u64, now: u64) {
         let thread = (key.pid, tid);
         match self.threads.get_mut(&thread) {
             // Still the connection it served: nothing changes (the common case).
-            Some(s) if s.conn == key => {}
+            Some(s) if s.conn == key && s.opened == opened => {}
             Some(s) => {
-                if self.conns.get(&s.conn).is_some_and(|c| c.awaiting_response) {
+                if self
+                    .conns
+                    .get(&s.conn)
+                    .is_some_and(|c| c.awaiting_response && c.opened_ns == s.opened)
+                {
                     s.shared_until_ns = now.max(s.shared_until_ns) + SHARED_HOLD_NS;
                 }
                 s.conn = key;
+                s.opened = opened;
             }
             None => {
                 if self.threads.len() >= MAX_THREADS {
@@ -650,6 +658,7 @@ impl ConnTable {
                     thread,
                     Serving {
                         conn: key,
+                        opened,
                         shared_until_ns: 0,
                     },
                 );
@@ -667,7 +676,7 @@ impl ConnTable {
             return Err(Unattributed::SharedThread);
         }
         match self.conns.get(&s.conn) {
-            Some(c) if c.awaiting_response => Ok(s.conn),
+            Some(c) if c.awaiting_response && c.opened_ns == s.opened => Ok(s.conn),
             _ => Err(Unattributed::NoRequest),
         }
     }
@@ -1879,5 +1888,35 @@ mod tests {
         data_on(&mut t, 6, 7, 30, Direction::Ingress, RESP, &mut out);
         assert_eq!(out.exchanges.len(), 1);
         assert!(out.downstream.is_empty());
+    }
+
+    #[test]
+    fn a_later_connection_on_the_same_fd_is_not_the_one_a_thread_served() {
+        let mut t = table(16);
+        t.follow_downstream(true);
+        let mut out = ConnOutput::default();
+        server_and_client(&mut t, 5, "10.1.0.1:80", &mut out);
+        // Thread 7 serves a request on fd 5, which then closes.
+        data_on(&mut t, 5, 7, 10, Direction::Ingress, REQ, &mut out);
+        data_on(&mut t, 5, 7, 20, Direction::Egress, RESP, &mut out);
+        t.on_event(
+            Event::Close {
+                pid: PID,
+                fd: 5,
+                ts_ns: 30,
+            },
+            &mut out,
+        );
+        // A new connection takes fd 5; thread 8 reads its request.
+        let mut accepted = info(5, Some(Role::Server), None, Some("10.0.0.7:4000"));
+        accepted.ts_ns = 40;
+        t.on_event(Event::Accept(accepted), &mut out);
+        data_on(&mut t, 5, 8, 50, Direction::Ingress, REQ, &mut out);
+        // Thread 7 calls upstream on its own: not for thread 8's request.
+        out = ConnOutput::default();
+        data_on(&mut t, 6, 7, 60, Direction::Egress, UP_REQ, &mut out);
+        data_on(&mut t, 6, 7, 70, Direction::Ingress, RESP, &mut out);
+        assert_eq!(out.downstream.len(), 1);
+        assert_eq!(out.downstream[0].attributed, Err(Unattributed::NoRequest));
     }
 }
