@@ -23,6 +23,10 @@ Every route but /healthz needs `Authorization: Bearer <any token>` (401 without 
       d. redis-py, one connection: GET item:<id>, SET item:<id> canary-value-<id>: 2 Redis
          calls
       200 JSON {"id", "name"}; 404 when there is no such item
+  GET /proxy/<id>
+      an HTTP call to this server itself (http.client, a new connection to 127.0.0.1):
+      GET /items/<id> with the same token, served by another thread: 1 HTTP call for
+      this request, the DNS, PostgreSQL and Redis calls for the inner one. 200 JSON
   GET /extended/<id>
       psycopg 3 (extended query protocol: Parse/Bind/Describe/Execute/Sync), autocommit:
       the login and one Execute of `SELECT name FROM items WHERE id = $1`: 2 PostgreSQL
@@ -141,6 +145,8 @@ class Handler(BaseHTTPRequestHandler):
             if path.startswith("/items/") and path[len("/items/") :].isdigit():
                 depth = int(query.get("depth", ["1"])[0])
                 return self.items(int(path[len("/items/") :]), depth)
+            if path.startswith("/proxy/") and path[len("/proxy/") :].isdigit():
+                return self.proxy(int(path[len("/proxy/") :]))
             if path.startswith("/extended/") and path[len("/extended/") :].isdigit():
                 return self.extended(int(path[len("/extended/") :]))
             if path == "/secrets":
@@ -192,6 +198,23 @@ class Handler(BaseHTTPRequestHandler):
         if name is None:
             return self.send_json(404, {"error": "no such item"})
         return self.send_json(200, {"id": item, "name": name})
+
+    def proxy(self, item):
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", ARGS.port, timeout=10)
+        try:
+            conn.request(
+                "GET",
+                f"/items/{item}",
+                headers={"Authorization": self.headers.get("Authorization", "")},
+            )
+            inner = conn.getresponse()
+            inner.read()
+        finally:
+            conn.close()
+        log(f"proxy id={item} inner={inner.status}")
+        return self.send_json(200, {"id": item, "inner_status": inner.status})
 
     def extended(self, item):
         with psycopg.connect(

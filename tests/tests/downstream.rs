@@ -715,3 +715,38 @@ fn mysql_calls_are_attributed_with_fingerprints_and_errors() {
     let log = w.mariadb.as_ref().unwrap().log();
     assert_eq!(log.matches("SELECT v FROM secrets").count(), 3, "{log}");
 }
+
+/// Nested requests: `/proxy/3` calls the server itself for `/items/3`, which another
+/// thread serves. The HTTP call is the outer request's downstream work; the DNS,
+/// PostgreSQL and Redis calls are the inner request's, not the outer one's.
+#[test]
+fn an_http_call_is_the_outer_requests_and_its_work_the_inner_ones() {
+    if !ready() {
+        return;
+    }
+    let w = World::new("127.0.0.158", "");
+    w.get("downstream-proxy-token-0007", &[("/proxy/3", 200)]);
+    let ex = w.server_exchanges(2);
+    let outer = w.exchange(&ex, "/proxy/3");
+    let d = &outer["downstream"];
+    assert_eq!(
+        d["calls"],
+        json!({"http": 1}),
+        "{outer:#}\n{}",
+        w.diagnose()
+    );
+    assert_eq!(
+        strings(&d["fingerprints"]),
+        ["GET /items/{id}"],
+        "{outer:#}"
+    );
+    let inner = w.exchange(&ex, "/items/3");
+    assert_eq!(
+        inner["downstream"]["calls"],
+        json!({"dns": 3, "postgres": 2, "redis": 2}),
+        "{inner:#}\n{}",
+        w.diagnose()
+    );
+    let api = agent_json(&w.agent, "/api/downstream").unwrap();
+    assert_eq!(api["by_protocol"]["http"]["attributed"], 1, "{api:#}");
+}
