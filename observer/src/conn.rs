@@ -1178,21 +1178,7 @@ mod tests {
         bytes: &[u8],
         out: &mut ConnOutput,
     ) {
-        t.on_event(
-            Event::Data {
-                pid: PID,
-                tid: PID,
-                g: 0,
-                fd,
-                ts_ns,
-                direction,
-                tls: false,
-                len: bytes.len() as u64,
-                offsets: None,
-                payload: bytes,
-            },
-            out,
-        );
+        data_on(t, fd, PID, ts_ns, direction, bytes, out);
     }
 
     const REQ: &[u8] = b"GET /a?k=v HTTP/1.1\r\nHost: x\r\nUser-Agent: t/1\r\n\r\n";
